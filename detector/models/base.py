@@ -1,0 +1,109 @@
+"""The one interface every boxwatch model implements.
+
+A model is fitted on a history frame and then scores new points. Frames are
+``pandas.DataFrame`` objects with a UTC ``DatetimeIndex``; a univariate model reads the
+single column ``value``, a multivariate one reads every column (one feature per column).
+
+``score(frame)`` returns a frame with the same index and the columns
+
+``expected``, ``lower``, ``upper``
+    the model's expected value and band for the point (NaN where a model has none,
+    e.g. a multivariate model);
+``score``
+    0 for normal, growing with the distance from ``expected``, and above 1 exactly
+    when the point lies outside ``[lower, upper]`` (see :func:`band_score`). NaN while
+    the model does not have enough history to say — never 0, which reads as "normal";
+``top_features`` (multivariate models only)
+    the features that drove the score, most important first.
+
+``learn(frame)`` feeds points the model has just scored back into its online state
+(river's learn_one after score_one). Models must not learn from points they flag as
+anomalous, so a baseline does not absorb the incident it is meant to report.
+
+Models follow scikit-learn's estimator contract: parameters are set in ``__init__`` and
+stored unchanged, ``fit`` returns ``self``, learned state ends with ``_``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+Direction = Literal["both", "above", "below"]
+SCORE_COLUMNS = ["expected", "lower", "upper", "score"]
+
+
+class NotFittedError(RuntimeError):
+    """``score`` was called before ``fit``."""
+
+
+class Model(ABC):
+    """Base class of boxwatch models. Subclasses set ``name`` and implement fit/score."""
+
+    name: ClassVar[str]
+    multivariate: ClassVar[bool] = False
+
+    @abstractmethod
+    def fit(self, history: pd.DataFrame) -> Model:
+        """Fit on ``history`` and return ``self``."""
+
+    @abstractmethod
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Score every row of ``frame``; see the module docstring for the columns."""
+
+    def learn(self, frame: pd.DataFrame) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Update online state with points that were just scored. Default: nothing."""
+
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` parameters, as scikit-learn's ``get_params`` returns them."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    @property
+    def is_fitted(self) -> bool:
+        return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit() first")
+
+
+def band_score(
+    value: np.ndarray,
+    expected: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    direction: Direction = "both",
+    min_deviation: float = 0.0,
+) -> np.ndarray:
+    """Anomaly score from a band: ``|value - expected|`` over the band's half-width on that side.
+
+    Inside the band the score is in ``[0, 1]``; outside it is above 1. With ``direction``
+    ``"above"`` (``"below"``) only deviations above (below) ``expected`` count. A deviation
+    smaller than ``min_deviation`` (absolute, in the series' unit) scores 0. NaN in any
+    input gives NaN.
+    """
+    value, expected, lower, upper = (np.asarray(a, dtype=float) for a in (value, expected, lower, upper))
+    deviation = value - expected
+    tiny = np.finfo(float).eps * np.maximum(1.0, np.abs(expected))
+    half_up = np.maximum(upper - expected, tiny)
+    half_down = np.maximum(expected - lower, tiny)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(deviation >= 0, deviation / half_up, -deviation / half_down)
+    if direction == "above":
+        score = np.where(deviation < 0, 0.0, score)
+    elif direction == "below":
+        score = np.where(deviation > 0, 0.0, score)
+    score = np.where(np.abs(deviation) < min_deviation, 0.0, score)
+    nan = np.isnan(value) | np.isnan(expected) | np.isnan(lower) | np.isnan(upper)
+    return np.where(nan, np.nan, score)
+
+
+def empty_scores(index: pd.Index, columns: list[str] = SCORE_COLUMNS) -> pd.DataFrame:
+    """A result frame of NaN: what a model returns for points it cannot judge yet."""
+    return pd.DataFrame(np.nan, index=index, columns=columns)
