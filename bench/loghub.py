@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data {args.data}: no <DS>/<DS>_2k.log with its structured CSV")
     results, all_lines = {}, []
     for folder in sets:
-        contents, ids, templates = load_set(folder)
+        try:
+            contents, ids, templates = load_set(folder)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
         all_lines.extend(contents)
         results[folder.name] = evaluate(contents, ids, templates)
     if args.json:

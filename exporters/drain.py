@@ -32,25 +32,26 @@ from dataclasses import dataclass, field
 WILDCARD = "<*>"
 STATE_VERSION = 1
 
-# Ordered: earlier patterns win. Each is (placeholder name, regex).
-_MASKS: list[tuple[str, str]] = [
-    ("UUID", r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
-    ("URL", r"(?<=://)[^\s\"'<>\[\](){}]+"),
-    ("DATETIME", r"\b(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\w*,?\s+)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\w*"
+# Ordered: earlier patterns win. Each is (placeholder name, substrings one of which a match needs
+# (a cheap test that skips the regex), regex).
+_MASKS: list[tuple[str, tuple[str, ...], str]] = [
+    ("UUID", ("-",), r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
+    ("URL", ("://",), r"(?<=://)[^\s\"'<>\[\](){}]+"),
+    ("DATETIME", (":",), r"\b(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\w*,?\s+)?(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\w*"
                  r"\s+\d{1,2},?\s+\d{1,2}:\d{2}:\d{2}(?:\.\d+)?(?:\s+(?:[A-Z]{3,4}\s+)?\d{4}\b)?"),
-    ("DATETIME", r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"),
-    ("PCI", r"\b(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b"),
-    ("PCI", r"(?<=PCI:)[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\b"),
-    ("MAC", r"\b[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}\b"),
-    ("IP", r"(?<![\w.:])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"),
-    ("IP", r"(?<![\w:])(?:(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}"
+    ("DATETIME", (":",), r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"),
+    ("PCI", (":",), r"\b(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b"),
+    ("PCI", ("PCI:",), r"(?<=PCI:)[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\b"),
+    ("MAC", (":",), r"\b[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}\b"),
+    ("IP", (".",), r"(?<![\w.:])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"),
+    ("IP", ("::", ":"), r"(?<![\w:])(?:(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}"
            r"|(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:){0,5}[0-9a-fA-F]{1,4})(?![\w:])"),
-    ("PATH", r"(?<![^\s=:,(\[\"'])(?:/[^\s/,;:()\[\]\"'=]+)+/?"),
-    ("HEX", r"\b0[xX][0-9a-fA-F]+\b"),
-    ("SIZE", r"(?<![\w.])\d+(?:\.\d+)?\s?(?:[KMGTP]i?B)\b"),
+    ("PATH", ("/",), r"(?<![^\s=:,(\[\"'])(?:/[^\s/,;:()\[\]\"'=]+)+/?"),
+    ("HEX", ("0x", "0X"), r"\b0[xX][0-9a-fA-F]+\b"),
+    ("SIZE", ("B",), r"(?<![\w.])\d+(?:\.\d+)?\s?(?:[KMGTP]i?B)\b"),
 ]
-_MASK_RE = [(f"<{name}>", re.compile(pattern)) for name, pattern in _MASKS]
-# a word that carries a digit; whether it is a variable is decided by _is_variable_word
+_MASK_RE = [(f"<{name}>", needs, re.compile(pattern)) for name, needs, pattern in _MASKS]
+# a word that carries a digit; _mask_word decides whether it is a variable
 _DIGIT_WORD = re.compile(r"(?<![^\s=:,(\[\"'#@<>/])[-+]?[\w.\-@]*\d(?:[\w.\-@]*\w)?(?![^\s=:,.)\]\"';>/])")
 _VARIABLE_WORD = re.compile(r"^[-+]?\d|\d{4}|[_.\-@]\d|\d[_.\-@]")
 _NUMBER = re.compile(r"(?<![A-Za-z\d<])[-+]?\d+(?:\.\d+)?")
@@ -69,8 +70,9 @@ def _mask_word(match: re.Match) -> str:
 
 def mask(message: str) -> str:
     """``message`` with its variable parts replaced by typed placeholders (``<IP>``, ``<NUM>``, ...)."""
-    for placeholder, pattern in _MASK_RE:
-        message = pattern.sub(placeholder, message)
+    for placeholder, needs, pattern in _MASK_RE:
+        if any(n in message for n in needs):
+            message = pattern.sub(placeholder, message)
     message = _DIGIT_WORD.sub(_mask_word, message)
     message = _NUMBER.sub("<NUM>", message)
     # a list of values of one kind (``delete blk_1 blk_2 ...``) is one variable, whatever its length

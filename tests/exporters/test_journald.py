@@ -288,7 +288,7 @@ def test_crash_falls_back_to_the_last_save_consistently(start, journal, tmp_path
 
     write_journal(journal / "system.journal", [unit_entry("app.service", f"job {i} ok") for i in range(3)])
     exporter = start("--state.save-interval=0")
-    m = exporter.wait_for(lambda m: entries(m, "app.service", "info") >= 7)
+    exporter.wait_for(lambda m: entries(m, "app.service", "info") >= 7)
     time.sleep(1.0)
     assert entries(exporter.metrics(), "app.service", "info") == 7
 
