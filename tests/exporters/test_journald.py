@@ -23,11 +23,11 @@ pytest.importorskip("systemd.journal")
 class Exporter:
     """``python -m exporters journald`` on a free port, reading ``journal_dir``."""
 
-    def __init__(self, tmp_path: Path, journal_dir: Path, state_dir: Path, *flags: str):
+    def __init__(self, tmp_path: Path, journal_dir: Path | None, state_dir: Path, *flags: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
-        argv = [sys.executable, "-m", "exporters", "journald",
-                f"--journal.directory={journal_dir}", f"--state.directory={state_dir}",
+        source = [f"--journal.directory={journal_dir}"] if journal_dir is not None else []
+        argv = [sys.executable, "-m", "exporters", "journald", *source, f"--state.directory={state_dir}",
                 f"--web.listen-address=127.0.0.1:{self.port}", *flags]
         self.process = Process(argv, tmp_path / f"exporter-{self.port}.log", cwd=REPO)
         try:
@@ -76,8 +76,8 @@ def journal(tmp_path):
 def start(tmp_path, journal):
     started: list[Exporter] = []
 
-    def run(*flags: str, state: Path | None = None) -> Exporter:
-        exporter = Exporter(tmp_path, journal, state or tmp_path / "state", *flags)
+    def run(*flags: str, state: Path | None = None, directory: bool = True) -> Exporter:
+        exporter = Exporter(tmp_path, journal if directory else None, state or tmp_path / "state", *flags)
         started.append(exporter)
         return exporter
 
@@ -314,6 +314,27 @@ def test_rotation_new_files_and_vacuumed_files(start, journal):
     assert entries(m, "app.service", "info") == 11
     assert value(m, "boxwatch_journal_reader_up") == 1
     assert value(m, "boxwatch_journal_read_errors_total") == 0
+
+
+def test_journal_files_reads_exactly_the_given_files(start, journal):
+    chosen, ignored = journal / "chosen.journal", journal / "ignored.journal"
+    write_journal(chosen, [unit_entry("init.service", "boot")])
+    write_journal(ignored, [unit_entry("init.service", "boot")])
+    exporter = start(f"--journal.files={chosen}", directory=False)
+    write_journal(chosen, [unit_entry("app.service", "counted")] * 2)
+    write_journal(ignored, [unit_entry("other.service", "not counted")] * 2)
+    exporter.wait_for(lambda m: entries(m, "app.service", "info") == 2)
+    time.sleep(1.0)
+    assert entries(exporter.metrics(), "other.service", "info") is None
+
+
+@pytest.mark.parametrize("flag", ["--journal.max-units=0", "--templates.max-per-unit=-1"])
+def test_invalid_flag_values_stop_the_exporter_with_a_clear_error(tmp_path, flag):
+    result = subprocess.run([sys.executable, "-m", "exporters", "journald", f"--state.directory={tmp_path}",
+                             f"--web.listen-address=127.0.0.1:{free_port()}", flag],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert flag.split("=")[0] in result.stderr
 
 
 def test_missing_journal_directory_is_reported_not_fatal(tmp_path):
