@@ -113,7 +113,11 @@ def create(args: argparse.Namespace) -> Source:
     )
     saved = store.load()
     if saved is not None:
-        state.restore(saved)
+        try:
+            state.restore(saved)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            store.discard(f"unusable content: {err!r}")
+            state = JournalState(**state.settings())
     follower = JournalFollower(
         state, store,
         directory=args.journal_directory,
@@ -154,11 +158,15 @@ class StateStore:
                                  f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
             return state
         except ValueError as err:
-            aside = self.path.with_name(f"{STATE_FILE}.invalid-{int(time.time())}")
-            os.replace(self.path, aside)
-            log.error("unusable state file moved aside; starting without it",
-                      extra=kv(file=str(self.path), moved_to=str(aside), error=err))
+            self.discard(str(err))
             return None
+
+    def discard(self, reason: str) -> None:
+        """Move an unusable state file aside (kept for inspection) and say so."""
+        aside = self.path.with_name(f"{STATE_FILE}.invalid-{int(time.time())}")
+        os.replace(self.path, aside)
+        log.error("unusable state file moved aside; starting without it",
+                  extra=kv(file=str(self.path), moved_to=str(aside), error=reason))
 
     def save(self, state: dict) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
@@ -278,6 +286,11 @@ class JournalState:
         self.last_timestamp: float | None = None
         self.last_lag: float | None = None
         self.dirty = False
+
+    def settings(self) -> dict:
+        return {"max_units": self.max_units, "templates_max_per_unit": self.templates_max_per_unit,
+                "templates_max_clusters": self.templates_max_clusters,
+                "max_line_length": self.max_line_length, "mine_templates": self.mine_templates}
 
     # ----------------------------------------------------------------- counting
 

@@ -307,7 +307,10 @@ def test_rotation_new_files_and_vacuumed_files(start, journal):
     first.unlink()
     time.sleep(1.5)
     write_journal(second, [unit_entry("app.service", "after the vacuum")] * 2)
-    write_journal(journal / "third.journal", [unit_entry("app.service", "in a third file")] * 4)
+    # the layout of /var/log/journal: one folder per machine id, possibly created later
+    machine = journal / "fedcba9876543210fedcba9876543210"
+    machine.mkdir()
+    write_journal(machine / "system.journal", [unit_entry("app.service", "in a third file")] * 4)
     m = exporter.wait_for(lambda m: entries(m, "app.service", "info") >= 11)
     time.sleep(1.0)
     m = exporter.metrics()
@@ -353,10 +356,12 @@ def test_missing_journal_directory_is_reported_not_fatal(tmp_path):
     assert "not a directory" in process.output()
 
 
-def test_unusable_state_file_is_moved_aside(start, journal, tmp_path):
+@pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": [["only-two", 3]]}',
+                                     '{"version": 7}'])
+def test_unusable_state_file_is_moved_aside(start, journal, tmp_path, content):
     state = tmp_path / "state"
     state.mkdir()
-    (state / "state.json").write_text("{not json")
+    (state / "state.json").write_text(content)
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start(state=state)
     assert list(state.glob("state.json.invalid-*"))
