@@ -61,7 +61,7 @@ def new_miner(max_clusters: int = 1000) -> Drain:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--journal.directory", dest="journal_directory", type=Path,
+    where.add_argument("--journal.directory", dest="journal_directory", type=Path, metavar="DIR",
                        help="read the journal files in this directory (and the files that appear there "
                             "later); default: the system journal")
     where.add_argument("--journal.files", dest="journal_files", type=Path, nargs="+", metavar="FILE",
@@ -70,23 +70,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal.from-start", dest="journal_from_start", action="store_true",
                         help="when there is no saved cursor yet, read the journal from its first entry "
                              "(backfill) instead of from its end")
-    parser.add_argument("--journal.max-units", dest="max_units", type=int, default=200,
+    parser.add_argument("--journal.max-units", dest="max_units", type=int, metavar="N", default=200,
                         help="units with their own series; entries of further units count as unit=\"other\" "
                              "(default: %(default)s)")
-    parser.add_argument("--state.directory", dest="state_directory", type=Path,
+    parser.add_argument("--state.directory", dest="state_directory", type=Path, metavar="DIR",
                         default=Path(os.environ.get("BOXWATCH_JOURNALD_STATE", ".boxwatch/journald")),
                         help="where the cursor, counters and templates are kept (default: %(default)s, or "
                              "$BOXWATCH_JOURNALD_STATE)")
-    parser.add_argument("--state.save-interval", dest="save_interval", type=float, default=10.0,
+    parser.add_argument("--state.save-interval", dest="save_interval", type=float, metavar="SECONDS", default=10.0,
                         help="seconds between state saves while entries arrive; 0 saves after every batch "
                              "(default: %(default)s)")
-    parser.add_argument("--templates.max-per-unit", dest="templates_max_per_unit", type=int, default=50,
+    parser.add_argument("--templates.max-per-unit", dest="templates_max_per_unit", type=int, metavar="N", default=50,
                         help="template series per unit; entries of further templates count as "
                              "template_id=\"other\" (default: %(default)s)")
-    parser.add_argument("--templates.max-clusters", dest="templates_max_clusters", type=int, default=1000,
+    parser.add_argument("--templates.max-clusters", dest="templates_max_clusters", type=int, metavar="N", default=1000,
                         help="templates the miner remembers per unit, least recently seen forgotten first "
                              "(default: %(default)s)")
-    parser.add_argument("--templates.max-line-length", dest="max_line_length", type=int, default=2048,
+    parser.add_argument("--templates.max-line-length", dest="max_line_length", type=int, metavar="N", default=2048,
                         help="characters of a message mined; longer ones are cut and counted as "
                              "invalid reason=\"too_long\" (default: %(default)s)")
     add_collector_flag(parser, "templates", "mine log templates per unit")

@@ -206,6 +206,17 @@ def test_units_are_capped(start, journal):
     assert value(m, "boxwatch_journal_template_entries_total", unit="other", template_id="other") == 3
 
 
+def test_template_mining_can_be_switched_off(start, journal):
+    write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
+    exporter = start("--no-collector.templates")
+    write_journal(journal / "system.journal", [unit_entry("app.service", "hello 1"),
+                                               kernel_entry("NVRM: Xid (PCI:0000:01:00): 79, pid=1, x")])
+    m = exporter.wait_for(lambda m: total_entries(m) >= 2)
+    assert series(m, "boxwatch_journal_template_entries_total") == {}
+    assert series(m, "boxwatch_journal_new_templates_total") == {}
+    assert value(m, "boxwatch_gpu_xid_errors_total", pci_bus_id="0000:01:00", xid="79") == 1
+
+
 # --------------------------------------------------------------------------- Xid
 
 
