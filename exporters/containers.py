@@ -40,6 +40,7 @@ COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 CONTAINER_LABELS = ["name", "image", "compose_service"]
 # Containers in these states have a cgroup, hence stats worth asking for.
 STATS_STATES = frozenset({"running", "paused"})
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 # --------------------------------------------------------------------------- flags
@@ -50,13 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docker.host",
         dest="docker_host",
-        default=os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+        default=os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST,
+        metavar="URL",
         help="Docker Engine API endpoint, unix:///PATH or tcp://HOST:PORT "
-        "(default: $DOCKER_HOST, else %(default)s)",
+        f"(default: $DOCKER_HOST, else {DEFAULT_DOCKER_HOST})",
     )
     parser.add_argument(
         "--docker.timeout",
         dest="docker_timeout",
+        metavar="SECONDS",
         type=_positive_float,
         default=10.0,
         help="seconds to wait for one Docker API call before giving up on it (default: %(default)s)",
@@ -64,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docker.poll-interval",
         dest="docker_poll_interval",
+        metavar="SECONDS",
         type=_positive_float,
         default=5.0,
         help="seconds between two refreshes of the container list, state and stats; a scrape "
@@ -72,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docker.stats-concurrency",
         dest="docker_stats_concurrency",
+        metavar="N",
         type=_positive_int,
-        default=32,
+        default=64,
         help="inspect/stats requests in flight at once during a refresh. The daemon answers a "
         "stats request at its next 1 s collection tick, so a refresh of N running containers "
         "takes about N / this many seconds (default: %(default)s)",
@@ -81,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docker.retry-max-backoff",
         dest="docker_retry_max_backoff",
+        metavar="SECONDS",
         type=_positive_float,
         default=30.0,
         help="longest wait, in seconds, between two attempts to reach an unreachable daemon; the "
@@ -89,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docker.events-max-names",
         dest="docker_events_max_names",
+        metavar="N",
         type=_positive_int,
         default=1000,
         help="container names whose event counters are kept; beyond it the least recently active "

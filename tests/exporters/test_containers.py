@@ -280,6 +280,8 @@ def test_scrape_serves_the_cache_while_the_daemon_is_frozen(engine, client, tmp_
             assert scrape.value("boxwatch_docker_up") == 1
             assert scrape.seconds < 1.0, f"scrape took {scrape.seconds:.3f}s"
             assert scrape.value("boxwatch_exporter_scrape_collector_duration_seconds", collector="containers") < 0.1
+        unlimited = scrapes[0].value("boxwatch_container_memory_limit_bytes", name=names[0])
+        assert unlimited is not None and unlimited > 64 * MiB, "no limit: the host's memory"
         ages = [s.value("boxwatch_container_stats_age_seconds", name=names[0]) for s in scrapes]
         assert ages[-1] > 1.0 and ages == sorted(ages), f"stats age should grow while frozen: {ages}"
         exporter.wait_until(lambda s: check({
