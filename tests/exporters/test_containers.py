@@ -167,16 +167,42 @@ def scenario(engine, client, exporter):
 
 
 def test_help_documents_every_flag():
-    parser = argparse.ArgumentParser()
-    containers.add_arguments(parser)
-    flags = [option for action in parser._actions for option in action.option_strings if option != "-h"]
-    assert flags, "the module declares no flags"
+    declared: dict[str, str] = {}
+
+    class Recorder(argparse.ArgumentParser):
+        def add_argument(self, *names, **kwargs):
+            declared.update(dict.fromkeys(names, kwargs.get("help", "")))
+            return super().add_argument(*names, **kwargs)
+
+    containers.add_arguments(Recorder())
+    assert declared, "the module declares no flags"
+    assert all(declared.values()), f"flags without help: {[f for f, h in declared.items() if not h]}"
     result = subprocess.run(python_module("exporters", "containers", "--help"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    for flag in [*flags, "--web.listen-address", "--web.telemetry-path", "--log.level"]:
+    for flag in [*declared, "--web.listen-address", "--web.telemetry-path", "--log.level"]:
         assert flag in result.stdout, f"{flag} missing from --help"
     assert "127.0.0.1:9873" in result.stdout, "default listen address"
+
+
+def test_no_daemon_is_reported_and_served(tmp_path):
+    """Without a daemon the exporter starts, serves docker_up 0 and logs it once."""
+    port = free_port()
+    proc = Process(python_module("exporters", "containers", f"--docker.host=unix://{tmp_path}/none.sock",
+                                 f"--web.listen-address=127.0.0.1:{port}", "--docker.retry-max-backoff=0.5"),
+                   tmp_path / "exporter.log")
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_http(url, 30, proc.proc)
+        time.sleep(2)  # several retries
+        scrape = Scrape(requests.get(url, timeout=10).text, 0)
+        assert scrape.value("boxwatch_docker_up") == 0
+        assert scrape.value("boxwatch_docker_errors_total", operation="connect") >= 2
+        assert scrape.value("boxwatch_exporter_scrape_collector_success", collector="containers") == 1
+        assert not scrape.find("boxwatch_container_info")
+    finally:
+        assert proc.stop() == 0
+    assert proc.output().count("stats: docker daemon unreachable") == 1, proc.output()
 
 
 def test_bad_flag_value_is_a_clear_error():
