@@ -342,6 +342,9 @@ class NvmlPoller:
         readings = []
         try:
             for device in self._devices:
+                if UNKNOWN in (device.identity.uuid, device.identity.name):  # lost at start, maybe back
+                    device.identity = self._identity(self._nv, device.handle, device.identity.index, quiet=True)
+                    self._errors.setdefault(device.identity, 0)
                 readings.append(reader.read(device))
         except DriverFailed as err:
             log.error("NVML failed; re-initialising", extra=kv(error=err))
@@ -412,14 +415,16 @@ class NvmlPoller:
             self._errors.setdefault(identity, 0)  # exported from the start, so rate() works
         return devices
 
-    def _identity(self, nv: ModuleType, handle: object, index: int) -> GpuIdentity:
+    @staticmethod
+    def _identity(nv: ModuleType, handle: object, index: int, quiet: bool = False) -> GpuIdentity:
         """UUID and name; a GPU already lost at start is still reported, as "unknown"."""
         values = []
         for what, fn in (("uuid", nv.nvmlDeviceGetUUID), ("name", nv.nvmlDeviceGetName)):
             try:
                 values.append(_text(fn(handle)))
             except nv.NVMLError as err:
-                log.warning("cannot read GPU identity", extra=kv(gpu=index, field=what, error=err))
+                if not quiet:
+                    log.warning("cannot read GPU identity", extra=kv(gpu=index, field=what, error=err))
                 values.append(UNKNOWN)
         return GpuIdentity(index, values[0], values[1])
 

@@ -47,6 +47,13 @@ def fake_lib(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def old_driver_lib(tmp_path_factory) -> Path:
+    """The fake library as drivers before R535 have it: no nvmlDeviceGetCurrentClocksEventReasons."""
+    require_binary("gcc", "/usr/bin/gcc")
+    return fake_nvml.build(tmp_path_factory.mktemp("fake-nvml-old"), old_driver=True)
+
+
+@pytest.fixture(scope="session")
 def workload(tmp_path_factory):
     """Real processes for NVML to report: copies of ``sleep`` named trainer and inference.
 
@@ -255,6 +262,45 @@ def test_lost_gpu_is_reported_and_the_other_keeps_reporting(start_exporter, tmp_
     trigger.unlink()
     wait_until(exporter, lambda t: value(t, "boxwatch_gpu_up", **GPU1) == 1.0)
     assert "GPU answering again" in exporter.log()
+
+
+def test_gpu_lost_before_start_is_listed_and_identified_once_back(start_exporter, tmp_path):
+    trigger = tmp_path / "gpu1-lost"
+    trigger.touch()
+    exporter = start_exporter("--gpu.poll-interval=0.1", lost_file=trigger, lost_gpu=1)
+    unknown = {"gpu": "1", "uuid": "unknown", "name": "unknown"}
+    text = wait_until(exporter, lambda t: value(t, "boxwatch_gpu_up", **unknown) == 0.0)
+    assert value(text, "boxwatch_gpu_up", **GPU0) == 1.0
+    assert value(text, "boxwatch_gpu_errors_total", **unknown) >= 1
+
+    trigger.unlink()
+    text = wait_until(exporter, lambda t: value(t, "boxwatch_gpu_up", **GPU1) == 1.0)
+    assert value(text, "boxwatch_gpu_temperature_celsius", **GPU1) == 45.0
+
+
+def test_driver_unloaded_then_reloaded_reinitialises_nvml(start_exporter, tmp_path):
+    gone = tmp_path / "driver-gone"
+    exporter = start_exporter("--gpu.poll-interval=0.1", "--gpu.init-retry-max-interval=0.2",
+                              driver_gone_file=gone)
+    assert value(exporter.scrape(), "boxwatch_nvml_up") == 1.0
+
+    gone.touch()  # every call now returns NVML_ERROR_DRIVER_NOT_LOADED, and so does nvmlInit
+    text = wait_until(exporter, lambda t: value(t, "boxwatch_nvml_up") == 0.0)
+    assert series(text, "boxwatch_gpu_up") == []
+    time.sleep(1.0)  # several failed re-initialisations
+    assert exporter.log().count("NVML unavailable") == 1
+
+    gone.unlink()
+    text = wait_until(exporter, lambda t: value(t, "boxwatch_gpu_up", **GPU1) == 1.0)
+    assert value(text, "boxwatch_nvml_up") == 1.0
+    assert value(text, "boxwatch_gpu_temperature_celsius", **GPU0) == 71.0
+
+
+def test_driver_before_r535_uses_the_throttle_reasons_call(start_exporter, old_driver_lib):
+    text = start_exporter(lib=old_driver_lib).scrape()
+    assert value(text, "boxwatch_gpu_throttle_active", **GPU0, reason="sw_power_cap") == 1.0
+    assert value(text, "boxwatch_gpu_throttle_active", **GPU1, reason="gpu_idle") == 1.0
+    assert value(text, "boxwatch_gpu_errors_total", **GPU0) == 0.0
 
 
 def _real_nvml_present() -> bool:

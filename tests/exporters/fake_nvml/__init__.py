@@ -19,15 +19,19 @@ class CompilerMissing(RuntimeError):
     """No C compiler to build the fake library with."""
 
 
-def build(directory: Path) -> Path:
-    """Compile fake_nvml.c into ``directory/libnvidia-ml.so.1``; return ``directory``."""
+def build(directory: Path, old_driver: bool = False) -> Path:
+    """Compile fake_nvml.c into ``directory/libnvidia-ml.so.1``; return ``directory``.
+
+    ``old_driver`` leaves out the calls that drivers before R535 lack.
+    """
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise CompilerMissing("gcc (or cc) is needed to build the fake NVML library")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / LIBRARY_NAME
     result = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(target), str(SOURCE)],
+        [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
+         *(["-DFAKE_NVML_OLD_DRIVER"] if old_driver else []), "-o", str(target), str(SOURCE)],
         capture_output=True, text=True, timeout=120,
     )
     if result.returncode != 0:

@@ -16,6 +16,11 @@
  *   FAKE_NVML_PROCS=g:pid:bytes,...  compute processes per GPU index.
  *   FAKE_NVML_INIT_ERROR=CODE    nvmlInit fails with CODE (e.g. 9, NVML_ERROR_DRIVER_NOT_LOADED).
  *   FAKE_NVML_DELAY_US=US        every device query sleeps US microseconds (a slow driver).
+ *   FAKE_NVML_DRIVER_GONE_FILE=PATH  while PATH exists, nvmlInit and every device call return
+ *                                NVML_ERROR_DRIVER_NOT_LOADED (the kernel module was unloaded).
+ *
+ * Compiled with -DFAKE_NVML_OLD_DRIVER it lacks nvmlDeviceGetCurrentClocksEventReasons, as
+ * drivers before R535 do (they only have the ...ClocksThrottleReasons name).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +33,7 @@ typedef int nvmlReturn_t;
 #define NVML_ERROR_INVALID_ARGUMENT 2
 #define NVML_ERROR_NOT_SUPPORTED 3
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_ERROR_DRIVER_NOT_LOADED 9
 #define NVML_ERROR_GPU_IS_LOST 15
 
 #define MAX_GPUS 64
@@ -66,6 +72,11 @@ static int initialised;
 static const char *lost_file;
 static unsigned int lost_gpu = 1;
 static useconds_t delay_us;
+
+static int driver_gone(void) {
+    const char *path = getenv("FAKE_NVML_DRIVER_GONE_FILE");
+    return path && *path && access(path, F_OK) == 0;
+}
 
 static void setup_gpu(fake_gpu *g, unsigned int i) {
     memset(g, 0, sizeof *g);
@@ -112,6 +123,7 @@ nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
     const char *err = getenv("FAKE_NVML_INIT_ERROR");
     if (err && *err) return atoi(err);
+    if (driver_gone()) return NVML_ERROR_DRIVER_NOT_LOADED;
     const char *n = getenv("FAKE_NVML_GPUS");
     gpu_count = n ? (unsigned int)atoi(n) : 2;
     if (gpu_count > MAX_GPUS) gpu_count = MAX_GPUS;
@@ -175,6 +187,7 @@ static nvmlReturn_t check(const fake_gpu *g, const void *out) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
     if (!g || g < gpus || g >= gpus + gpu_count || !out) return NVML_ERROR_INVALID_ARGUMENT;
     if (delay_us) usleep(delay_us);
+    if (driver_gone()) return NVML_ERROR_DRIVER_NOT_LOADED;
     if (lost_file && g->index == lost_gpu && access(lost_file, F_OK) == 0) return NVML_ERROR_GPU_IS_LOST;
     return NVML_SUCCESS;
 }
@@ -256,14 +269,20 @@ nvmlReturn_t nvmlDeviceGetClockInfo(fake_gpu *g, int type, unsigned int *mhz) {
     }
 }
 
-nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(fake_gpu *g, unsigned long long *reasons) {
+static nvmlReturn_t clocks_event_reasons(fake_gpu *g, unsigned long long *reasons) {
     CHECK(g, reasons);
     *reasons = g->throttle;
     return NVML_SUCCESS;
 }
 
+#ifndef FAKE_NVML_OLD_DRIVER
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(fake_gpu *g, unsigned long long *reasons) {
+    return clocks_event_reasons(g, reasons);
+}
+#endif
+
 nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(fake_gpu *g, unsigned long long *reasons) {
-    return nvmlDeviceGetCurrentClocksEventReasons(g, reasons);
+    return clocks_event_reasons(g, reasons);
 }
 
 nvmlReturn_t nvmlDeviceGetPcieThroughput(fake_gpu *g, int counter, unsigned int *kbs) {
