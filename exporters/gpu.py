@@ -121,7 +121,7 @@ class DriverFailed(Exception):
 
 @dataclass
 class _Device:
-    handle: object
+    handle: object | None  # None: the GPU could not be reached when NVML was initialised
     identity: GpuIdentity
 
 
@@ -151,14 +151,14 @@ class GpuReader:
 
     def _fill(self, handle: object, r: GpuReading) -> None:
         nv, ident = self._nv, r.identity
-        pci = self._call(ident, "pci_info", nv.nvmlDeviceGetPciInfo, handle)
+        pci = self.call(ident, "pci_info", nv.nvmlDeviceGetPciInfo, handle)
         if pci is not None:
             r.pci_bus_id = _text(pci.busId)
-        util = self._call(ident, "utilization", nv.nvmlDeviceGetUtilizationRates, handle)
+        util = self.call(ident, "utilization", nv.nvmlDeviceGetUtilizationRates, handle)
         if util is not None:
             r.gauges["utilization"] = util.gpu / 100.0
             r.gauges["memory_utilization"] = util.memory / 100.0
-        memory = self._call(ident, "memory", nv.nvmlDeviceGetMemoryInfo, handle)
+        memory = self.call(ident, "memory", nv.nvmlDeviceGetMemoryInfo, handle)
         if memory is not None:
             r.gauges["memory_used"] = float(memory.used)
             r.gauges["memory_total"] = float(memory.total)
@@ -168,17 +168,17 @@ class GpuReader:
         self._gauge(r, "fan_speed", 1e-2, nv.nvmlDeviceGetFanSpeed, handle)  # percent
         self._gauge(r, "sm_clock", 1e6, nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM)  # MHz
         self._gauge(r, "memory_clock", 1e6, nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_MEM)
-        energy = self._call(ident, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, handle)
+        energy = self.call(ident, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, handle)
         if energy is not None:
             r.energy_joules = energy / 1000.0  # mJ
         r.throttle_mask = self._throttle_reasons(handle, ident)
         for direction, counter in (("rx", nv.NVML_PCIE_UTIL_RX_BYTES), ("tx", nv.NVML_PCIE_UTIL_TX_BYTES)):
-            kbs = self._call(ident, f"pcie_{direction}", nv.nvmlDeviceGetPcieThroughput, handle, counter)
+            kbs = self.call(ident, f"pcie_{direction}", nv.nvmlDeviceGetPcieThroughput, handle, counter)
             if kbs is not None:
                 r.pcie[direction] = kbs * 1024.0  # KB/s
         for kind, error_type in (("corrected", nv.NVML_MEMORY_ERROR_TYPE_CORRECTED),
                                  ("uncorrected", nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
-            count = self._call(ident, f"ecc_{kind}", nv.nvmlDeviceGetTotalEccErrors,
+            count = self.call(ident, f"ecc_{kind}", nv.nvmlDeviceGetTotalEccErrors,
                                handle, error_type, self._ecc_counter)
             if count is not None:
                 r.ecc[kind] = float(count)
@@ -186,7 +186,7 @@ class GpuReader:
             r.processes = self._process_memory(handle, ident)
 
     def _gauge(self, r: GpuReading, key: str, scale: float, fn: Callable, *args: object) -> None:
-        value = self._call(r.identity, key, fn, *args)
+        value = self.call(r.identity, key, fn, *args)
         if value is not None:
             r.gauges[key] = value * scale
 
@@ -205,7 +205,7 @@ class GpuReader:
         return None
 
     def _process_memory(self, handle: object, ident: GpuIdentity) -> list[tuple[str, float]]:
-        procs = self._call(ident, "processes", self._nv.nvmlDeviceGetComputeRunningProcesses, handle)
+        procs = self.call(ident, "processes", self._nv.nvmlDeviceGetComputeRunningProcesses, handle)
         by_name: dict[str, float] = {}
         for proc in procs or ():
             if proc.usedGpuMemory is None:  # not available (e.g. Windows WDDM)
@@ -214,7 +214,8 @@ class GpuReader:
             by_name[name] = by_name.get(name, 0.0) + float(proc.usedGpuMemory)
         return top_processes(by_name, self._max_processes)
 
-    def _call(self, ident: GpuIdentity, what: str, fn: Callable, *args: object):
+    def call(self, ident: GpuIdentity, what: str, fn: Callable, *args: object):
+        """``fn(*args)``, or None if unsupported or failed (counted); raises GpuFailed / DriverFailed."""
         try:
             return fn(*args)
         except self._nv.NVMLError as err:
@@ -342,9 +343,10 @@ class NvmlPoller:
         readings = []
         try:
             for device in self._devices:
-                if UNKNOWN in (device.identity.uuid, device.identity.name):  # lost at start, maybe back
-                    device.identity = self._identity(self._nv, device.handle, device.identity.index, quiet=True)
-                    self._errors.setdefault(device.identity, 0)
+                unreachable = device.handle is None or device.identity.uuid == UNKNOWN
+                if unreachable and not self._refresh(device, reader):
+                    readings.append(GpuReading(identity=device.identity, up=False))
+                    continue
                 readings.append(reader.read(device))
         except DriverFailed as err:
             log.error("NVML failed; re-initialising", extra=kv(error=err))
@@ -357,6 +359,24 @@ class NvmlPoller:
         self._publish(Snapshot(nvml_up=True, taken_at=end, poll_duration=end - start,
                                driver_version=self._driver_version, gpus=tuple(readings),
                                errors=self._error_counts()))
+
+    def _refresh(self, device: _Device, reader: GpuReader) -> bool:
+        """Handle and identity of a GPU unreachable at initialisation; False while it still is."""
+        nv, ident = self._nv, device.identity
+        try:
+            if device.handle is None:
+                device.handle = reader.call(ident, "handle", nv.nvmlDeviceGetHandleByIndex, ident.index)
+            if device.handle is None:
+                return False
+            uuid = reader.call(ident, "uuid", nv.nvmlDeviceGetUUID, device.handle)
+            name = reader.call(ident, "name", nv.nvmlDeviceGetName, device.handle)
+        except GpuFailed:
+            return False
+        if uuid is None or name is None:
+            return False
+        device.identity = GpuIdentity(ident.index, _text(uuid), _text(name))
+        self._errors.setdefault(device.identity, 0)
+        return True
 
     def _note_transitions(self, readings: list[GpuReading]) -> None:
         for reading in readings:
@@ -407,8 +427,17 @@ class NvmlPoller:
         devices = []
         wanted = set(self._config.devices)
         for index in range(nv.nvmlDeviceGetCount()):
-            handle = nv.nvmlDeviceGetHandleByIndex(index)
-            identity = self._identity(nv, handle, index)
+            try:
+                handle = nv.nvmlDeviceGetHandleByIndex(index)
+            except nv.NVMLError as err:  # e.g. GPU_IS_LOST: still listed, as failing, and retried
+                if err.value in _DRIVER_FATAL:
+                    raise
+                log.warning("cannot reach GPU", extra=kv(gpu=index, error=err))
+                handle = None
+            if handle is None:
+                identity = GpuIdentity(index, UNKNOWN, UNKNOWN)
+            else:
+                identity = self._identity(nv, handle, index)
             if wanted and str(index) not in wanted and identity.uuid not in wanted:
                 continue
             devices.append(_Device(handle, identity))
@@ -416,16 +445,17 @@ class NvmlPoller:
         return devices
 
     @staticmethod
-    def _identity(nv: ModuleType, handle: object, index: int, quiet: bool = False) -> GpuIdentity:
-        """UUID and name; a GPU already lost at start is still reported, as "unknown"."""
+    def _identity(nv: ModuleType, handle: object, index: int) -> GpuIdentity:
+        """UUID and name; a GPU that cannot say is labelled "unknown" until a later poll can."""
         values = []
         for what, fn in (("uuid", nv.nvmlDeviceGetUUID), ("name", nv.nvmlDeviceGetName)):
             try:
                 values.append(_text(fn(handle)))
             except nv.NVMLError as err:
-                if not quiet:
-                    log.warning("cannot read GPU identity", extra=kv(gpu=index, field=what, error=err))
+                log.warning("cannot read GPU identity", extra=kv(gpu=index, field=what, error=err))
                 values.append(UNKNOWN)
+        if UNKNOWN in values:
+            return GpuIdentity(index, UNKNOWN, UNKNOWN)
         return GpuIdentity(index, values[0], values[1])
 
     def _init_failed(self, reason: str) -> bool:

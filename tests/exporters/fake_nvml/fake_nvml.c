@@ -11,8 +11,9 @@
  *   FAKE_NVML_GPUS=N             number of GPUs (default 2, at most 64). Even indexes are an
  *                                "NVIDIA RTX A5000" (ECC supported), odd ones an
  *                                "NVIDIA GeForce RTX 3060" (ECC -> NVML_ERROR_NOT_SUPPORTED).
- *   FAKE_NVML_LOST_FILE=PATH     once PATH exists, every device call for the GPU named by
- *   FAKE_NVML_LOST_GPU=I         FAKE_NVML_LOST_GPU (default 1) returns NVML_ERROR_GPU_IS_LOST.
+ *   FAKE_NVML_LOST_FILE=PATH     while PATH exists, every call for the GPU named by
+ *   FAKE_NVML_LOST_GPU=I         FAKE_NVML_LOST_GPU (default 1), nvmlDeviceGetHandleByIndex
+ *                                included, returns NVML_ERROR_GPU_IS_LOST.
  *   FAKE_NVML_PROCS=g:pid:bytes,...  compute processes per GPU index.
  *   FAKE_NVML_INIT_ERROR=CODE    nvmlInit fails with CODE (e.g. 9, NVML_ERROR_DRIVER_NOT_LOADED).
  *   FAKE_NVML_DELAY_US=US        every device query sleeps US microseconds (a slow driver).
@@ -178,6 +179,8 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, fake_gpu **device) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
     if (index >= gpu_count || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    if (driver_gone()) return NVML_ERROR_DRIVER_NOT_LOADED;
+    if (lost_file && index == lost_gpu && access(lost_file, F_OK) == 0) return NVML_ERROR_GPU_IS_LOST;
     *device = &gpus[index];
     return NVML_SUCCESS;
 }
