@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.exporters import fake_nvml
@@ -386,3 +387,22 @@ def test_bad_flag_value_is_a_clear_error():
                             text=True, timeout=60, cwd=Path(__file__).parents[2])
     assert result.returncode == 2
     assert "--gpu.poll-interval" in result.stderr and "positive" in result.stderr
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_the_exporter_under_the_boxwatch_gpu_job(start_exporter, start_prometheus, workload):
+    """The repository's scrape job, pointed at the exporter: a real Prometheus ingests every series."""
+    repo_config = yaml.safe_load((Path(__file__).parents[2] / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in repo_config["scrape_configs"] if j["job_name"] == "boxwatch-gpu")
+    exporter = start_exporter("--gpu.poll-interval=0.5", procs=workload)
+    job = {**job, "scrape_interval": "1s", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}
+    prom = start_prometheus(config={"global": {"scrape_interval": "1s"}, "scrape_configs": [job]})
+
+    up = prom.wait_for('boxwatch_gpu_up{job="boxwatch-gpu"} == 1', lambda r: len(r) == 2, timeout=30)
+    assert {r["metric"]["uuid"] for r in up} == {GPU0["uuid"], GPU1["uuid"]}
+    result = prom.query('sum by (gpu) (boxwatch_gpu_process_memory_used_bytes{job="boxwatch-gpu"})')
+    assert {r["metric"]["gpu"]: float(r["value"][1]) for r in result} == {"0": 6 * 2**30, "1": 2**29 + (64 << 20)}
+    throttled = prom.query('boxwatch_gpu_throttle_active{reason="sw_thermal_slowdown"} == 1')
+    assert [r["metric"]["gpu"] for r in throttled] == ["0"]
+    scrape = prom.query('up{job="boxwatch-gpu"}')
+    assert float(scrape[0]["value"][1]) == 1.0
