@@ -162,7 +162,10 @@ class GpuReader:
         if memory is not None:
             r.gauges["memory_used"] = float(memory.used)
             r.gauges["memory_total"] = float(memory.total)
-        self._gauge(r, "temperature", 1.0, nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
+        temperature = self._first_available(ident, "temperature", ("nvmlDeviceGetTemperatureV",
+                                            "nvmlDeviceGetTemperature"), handle, nv.NVML_TEMPERATURE_GPU)
+        if temperature is not None:
+            r.gauges["temperature"] = float(temperature)
         self._gauge(r, "power", 1e-3, nv.nvmlDeviceGetPowerUsage, handle)  # mW
         self._gauge(r, "power_limit", 1e-3, nv.nvmlDeviceGetEnforcedPowerLimit, handle)  # mW
         self._gauge(r, "fan_speed", 1e-2, nv.nvmlDeviceGetFanSpeed, handle)  # percent
@@ -171,7 +174,9 @@ class GpuReader:
         energy = self.call(ident, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, handle)
         if energy is not None:
             r.energy_joules = energy / 1000.0  # mJ
-        r.throttle_mask = self._throttle_reasons(handle, ident)
+        # Drivers before R535 only have the older ...ThrottleReasons name for the same bitmask.
+        r.throttle_mask = self._first_available(ident, "throttle_reasons", (
+            "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"), handle)
         for direction, counter in (("rx", nv.NVML_PCIE_UTIL_RX_BYTES), ("tx", nv.NVML_PCIE_UTIL_TX_BYTES)):
             kbs = self.call(ident, f"pcie_{direction}", nv.nvmlDeviceGetPcieThroughput, handle, counter)
             if kbs is not None:
@@ -190,18 +195,18 @@ class GpuReader:
         if value is not None:
             r.gauges[key] = value * scale
 
-    def _throttle_reasons(self, handle: object, ident: GpuIdentity) -> int | None:
-        """The clocks-event bitmask; drivers before 535 only have the older ThrottleReasons name."""
-        for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+    def _first_available(self, ident: GpuIdentity, what: str, names: tuple[str, ...], *args: object):
+        """The first of ``names`` that the binding and the driver both have (newest first)."""
+        for name in names:
             fn = getattr(self._nv, name, None)
-            if fn is None:
+            if fn is None:  # an older nvidia-ml-py
                 continue
             try:
-                return int(fn(handle))
+                return fn(*args)
             except self._nv.NVMLError as err:
-                if err.value == _FUNCTION_NOT_FOUND:
+                if err.value == _FUNCTION_NOT_FOUND:  # an older driver
                     continue
-                return self._failed(ident, "throttle_reasons", err)
+                return self._failed(ident, what, err)
         return None
 
     def _process_memory(self, handle: object, ident: GpuIdentity) -> list[tuple[str, float]]:

@@ -49,7 +49,7 @@ def fake_lib(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def old_driver_lib(tmp_path_factory) -> Path:
-    """The fake library as drivers before R535 have it: no nvmlDeviceGetCurrentClocksEventReasons."""
+    """The fake library as older drivers have it: without the calls that replaced deprecated ones."""
     require_binary("gcc", "/usr/bin/gcc")
     return fake_nvml.build(tmp_path_factory.mktemp("fake-nvml-old"), old_driver=True)
 
@@ -297,8 +297,10 @@ def test_driver_unloaded_then_reloaded_reinitialises_nvml(start_exporter, tmp_pa
     assert value(text, "boxwatch_gpu_temperature_celsius", **GPU0) == 71.0
 
 
-def test_driver_before_r535_uses_the_throttle_reasons_call(start_exporter, old_driver_lib):
+def test_older_driver_falls_back_to_the_older_calls(start_exporter, old_driver_lib):
+    """No nvmlDeviceGetCurrentClocksEventReasons (before R535) nor nvmlDeviceGetTemperatureV."""
     text = start_exporter(lib=old_driver_lib).scrape()
+    assert value(text, "boxwatch_gpu_temperature_celsius", **GPU0) == 71.0
     assert value(text, "boxwatch_gpu_throttle_active", **GPU0, reason="sw_power_cap") == 1.0
     assert value(text, "boxwatch_gpu_throttle_active", **GPU1, reason="gpu_idle") == 1.0
     assert value(text, "boxwatch_gpu_errors_total", **GPU0) == 0.0

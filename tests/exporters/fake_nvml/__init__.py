@@ -22,7 +22,7 @@ class CompilerMissing(RuntimeError):
 def build(directory: Path, old_driver: bool = False) -> Path:
     """Compile fake_nvml.c into ``directory/libnvidia-ml.so.1``; return ``directory``.
 
-    ``old_driver`` leaves out the calls that drivers before R535 lack.
+    ``old_driver`` leaves out the newer calls that older drivers lack (see fake_nvml.c).
     """
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:

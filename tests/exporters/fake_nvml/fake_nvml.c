@@ -20,8 +20,9 @@
  *   FAKE_NVML_DRIVER_GONE_FILE=PATH  while PATH exists, nvmlInit and every device call return
  *                                NVML_ERROR_DRIVER_NOT_LOADED (the kernel module was unloaded).
  *
- * Compiled with -DFAKE_NVML_OLD_DRIVER it lacks nvmlDeviceGetCurrentClocksEventReasons, as
- * drivers before R535 do (they only have the ...ClocksThrottleReasons name).
+ * Compiled with -DFAKE_NVML_OLD_DRIVER it lacks nvmlDeviceGetCurrentClocksEventReasons and
+ * nvmlDeviceGetTemperatureV, as older drivers do (they only have the ...ClocksThrottleReasons
+ * and nvmlDeviceGetTemperature names).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ typedef int nvmlReturn_t;
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_DRIVER_NOT_LOADED 9
 #define NVML_ERROR_GPU_IS_LOST 15
+#define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
 
 #define MAX_GPUS 64
 #define MAX_PROCS 256
@@ -238,6 +240,19 @@ nvmlReturn_t nvmlDeviceGetTemperature(fake_gpu *g, int sensor, unsigned int *tem
     *temp = g->temp;
     return NVML_SUCCESS;
 }
+
+#ifndef FAKE_NVML_OLD_DRIVER
+typedef struct { unsigned int version; int sensorType; int temperature; } nvmlTemperature_v1_t;
+#define NVML_TEMPERATURE_V1 (unsigned int)(sizeof(nvmlTemperature_v1_t) | (1 << 24))
+
+nvmlReturn_t nvmlDeviceGetTemperatureV(fake_gpu *g, nvmlTemperature_v1_t *t) {
+    CHECK(g, t);
+    if (t->version != NVML_TEMPERATURE_V1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (t->sensorType != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    t->temperature = (int)g->temp;
+    return NVML_SUCCESS;
+}
+#endif
 
 nvmlReturn_t nvmlDeviceGetPowerUsage(fake_gpu *g, unsigned int *mw) {
     CHECK(g, mw);
