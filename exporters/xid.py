@@ -90,11 +90,25 @@ class XidEvent(NamedTuple):
 
 
 def parse_xid(message: str) -> XidEvent | None:
-    """The PCI bus id (lower case, as the driver wrote it) and Xid code of an ``NVRM: Xid`` line."""
+    """The PCI bus id (in NVML's form, see :func:`nvml_bus_id`) and Xid code of an ``NVRM: Xid`` line."""
     match = _XID_LINE.search(message)
     if match is None:
         return None
-    return XidEvent(match["pci"].lower(), int(match["xid"]))
+    return XidEvent(nvml_bus_id(match["pci"]), int(match["xid"]))
+
+
+def nvml_bus_id(kernel_id: str) -> str:
+    """``0000:01:00`` (as the kernel prints it) -> ``00000000:01:00.0`` (as NVML reports ``busId``).
+
+    One form for both exporters, so ``boxwatch_gpu_xid_errors_total`` joins with
+    ``boxwatch_gpu_info`` on ``pci_bus_id`` without a ``label_replace``.
+    """
+    address, _, function = kernel_id.lower().partition(".")
+    parts = address.split(":")
+    if len(parts) == 2:  # bus:device without a domain
+        parts.insert(0, "0")
+    domain, bus, device = parts
+    return f"{int(domain, 16):08x}:{int(bus, 16):02x}:{int(device, 16):02x}.{function or '0'}"
 
 
 def describe(xid: int) -> str:

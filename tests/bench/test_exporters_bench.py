@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.harness import require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,10 +32,3 @@ def test_gpu_benchmark_reports_latency_and_memory_for_2_and_8_gpus():
     table = run_bench("--exporter", "gpu", "--scrapes", "3")
     assert table.returncode == 0, table.stderr
     assert "p50 ms" in table.stdout and "8 GPUs" in table.stdout and "no GPU here" in table.stdout
-
-
-@pytest.mark.skipif((REPO / "bench" / "exporters_containers.py").exists(), reason="containers module present")
-def test_missing_part_is_skipped_with_a_message():
-    result = run_bench("--exporter", "containers", "--scrapes", "1")
-    assert result.returncode == 0, result.stderr
-    assert "skipped" in result.stdout and "bench.exporters_containers is not present" in result.stdout

@@ -214,7 +214,7 @@ def test_template_mining_can_be_switched_off(start, journal):
     m = exporter.wait_for(lambda m: total_entries(m) >= 2)
     assert series(m, "boxwatch_journal_template_entries_total") == {}
     assert series(m, "boxwatch_journal_new_templates_total") == {}
-    assert value(m, "boxwatch_gpu_xid_errors_total", pci_bus_id="0000:01:00", xid="79") == 1
+    assert value(m, "boxwatch_gpu_xid_errors_total", pci_bus_id="00000000:01:00.0", xid="79") == 1
 
 
 # --------------------------------------------------------------------------- Xid
@@ -233,9 +233,9 @@ def test_gpu_xid_events_are_parsed_from_kernel_lines(start, journal):
     ])
     m = exporter.wait_for(lambda m: total_entries(m) >= 6)
     assert series(m, "boxwatch_gpu_xid_errors_total") == {
-        (("pci_bus_id", "0000:01:00"), ("xid", "79")): 2,
-        (("pci_bus_id", "0000:3b:00"), ("xid", "13")): 1,
-        (("pci_bus_id", "0000:af:00"), ("xid", "48")): 1,
+        (("pci_bus_id", "00000000:01:00.0"), ("xid", "79")): 2,
+        (("pci_bus_id", "00000000:3b:00.0"), ("xid", "13")): 1,
+        (("pci_bus_id", "00000000:af:00.0"), ("xid", "48")): 1,
     }
     assert entries(m, "kernel", "err") == 5
 
@@ -396,3 +396,15 @@ def test_exposition_passes_promtool(start, journal, tmp_path):
                             text=True, timeout=30, env={**os.environ})
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("kernel", "nvml"), [
+    ("0000:01:00", "00000000:01:00.0"),
+    ("0000:3B:00", "00000000:3b:00.0"),
+    ("01:00", "00000000:01:00.0"),
+    ("0000:af:00.1", "00000000:af:00.1"),
+])
+def test_xid_pci_id_takes_nvml_form_to_join_gpu_info(kernel, nvml):
+    from exporters.xid import parse_xid
+
+    assert parse_xid(f"NVRM: Xid (PCI:{kernel}): 79, pid=1, GPU has fallen off the bus.").pci_bus_id == nvml
