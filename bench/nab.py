@@ -25,9 +25,11 @@ The NAB adapter (here, not in the models) turns boxwatch scores into NAB's ``[0,
    models at each row (alert when either model sees a record), before step 3.
 5. ``nab = r / (1 + r)`` for ``r > 0``, else 0: monotone, so NAB's threshold sweep is unaffected.
 
-Per-file results go to ``<results>/<model>/<category>/<file>.csv`` (``timestamp,value,
-anomaly_score``, as NAB's own result files), then the scorer in :mod:`detector.nabscore`
-finds each profile's best corpus-wide threshold and prints the normalised scores.
+Raw model scores go to ``<results>/raw/<model>/<category>/<file>.csv``; the NAB result files
+to ``<results>/<model>/<category>/<file>.csv`` (``timestamp,value,anomaly_score`` as NAB's
+own, plus ``raw_score``), so each model's folder is laid out like NAB's data folder. The
+scorer in :mod:`detector.nabscore` then finds each profile's best corpus-wide threshold and
+the normalised scores are printed. ``--score-only`` re-applies the adapter to saved raw scores.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from detector.nabscore import STANDARD_PROFILES, load_profiles, score_corpus  # 
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NAB = REPO.parent / "shared" / "bench" / "nab"
-DEFAULT_MODELS = ("robust", "seasonal", "iforest", "robust+seasonal")
+DEFAULT_MODELS = ("robust", "seasonal", "iforest", "robust+seasonal", "robust+iforest", "robust+seasonal+iforest")
 # iforest's learn() only remembers the last row, so scoring a day's rows at once gives exactly
 # the scores one-by-one scoring would; the other models learn from each row before the next.
 CYCLE_ROWS = {"iforest": 288}
@@ -259,14 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(files)} files, {sum(len(windows[f]) for f in files)} windows, wall {time.perf_counter() - started:.1f} s"
     )
-    print(f"{'model':<16} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
+    print(f"{'model':<24} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
     for model_name in models:
         results = {f: read_result(args.results / model_name / f) for f in files}
         scored = score_corpus(results, {f: windows[f] for f in files}, profiles)
         seconds = sum(timings[name] for name in model_name.split("+"))
         report[model_name] = {name: vars(r) for name, r in scored.items()} | {"cpu_seconds": seconds}
         cells = " ".join(f"{scored[p.name].normalized:>20.1f}" for p in profiles)
-        print(f"{model_name:<16} {cells} {seconds:>8.1f}")
+        print(f"{model_name:<24} {cells} {seconds:>8.1f}")
     if args.json:
         args.json.write_text(
             json.dumps(
