@@ -54,7 +54,14 @@ from detector.nabscore import STANDARD_PROFILES, load_profiles, score_corpus  # 
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NAB = REPO.parent / "shared" / "bench" / "nab"
-DEFAULT_MODELS = ("robust", "seasonal", "iforest", "robust+seasonal", "robust+iforest", "robust+seasonal+iforest")
+DEFAULT_MODELS = (
+    "robust",
+    "seasonal",
+    "iforest",
+    "robust+seasonal",
+    "robust+iforest",
+    "robust+seasonal+iforest",
+)
 # iforest's learn() only remembers the last row, so scoring a day's rows at once gives exactly
 # the scores one-by-one scoring would; the other models learn from each row before the next.
 CYCLE_ROWS = {"iforest": 288}
@@ -213,10 +220,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--suppress", type=int, default=OnlineConfig.suppress_rows, help="alert-once window in rows (0: off)"
     )
     parser.add_argument(
-        "--record-window", type=int, default=OnlineConfig.record_window, help="rows a record score is measured against"
+        "--record-window",
+        type=int,
+        default=OnlineConfig.record_window,
+        help="rows a record score is measured against",
     )
     parser.add_argument(
-        "--score-only", action="store_true", help="reuse the raw scores under <results>/raw instead of running models"
+        "--score-only",
+        action="store_true",
+        help="reuse the raw scores under <results>/raw instead of running models",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
     return parser.parse_args(argv)

@@ -26,7 +26,9 @@ def write_corpus(root: Path) -> tuple[Path, Path]:
     jump = 20 + rng.normal(0, 1, 1000)
     jump[700:] += 15
     (root / "data" / "synthetic").mkdir(parents=True)
-    pd.DataFrame({"timestamp": stamp, "value": jump}).to_csv(root / "data" / "synthetic" / "jump.csv", index=False)
+    pd.DataFrame({"timestamp": stamp, "value": jump}).to_csv(
+        root / "data" / "synthetic" / "jump.csv", index=False
+    )
     pd.DataFrame({"timestamp": stamp, "value": 20 + rng.normal(0, 1, 1000)}).to_csv(
         root / "data" / "synthetic" / "quiet.csv", index=False
     )
@@ -91,7 +93,10 @@ def test_adapter_keeps_first_crossing_and_normalises_streams():
     # a record over the recent maximum, in log units; ties and lower values are not records
     record = record_score(np.array([1.0, 1.0, 3.0, 2.0]), window=10)
     np.testing.assert_allclose(record, [np.log(2), 0.0, np.log(4) - np.log(2), np.log(3) - np.log(4)])
-    nab = to_nab([np.array([0.0, 9.0, 0.0]), np.array([0.0, 0.0, 99.0])], OnlineConfig(suppress_rows=0, record_window=5))
+    nab = to_nab(
+        [np.array([0.0, 9.0, 0.0]), np.array([0.0, 0.0, 99.0])],
+        OnlineConfig(suppress_rows=0, record_window=5),
+    )
     assert nab[0] == 0 and 0 < nab[1] < nab[2] < 1
 
 

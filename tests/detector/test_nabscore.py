@@ -20,7 +20,9 @@ from detector.nabscore import (
 )
 
 STANDARD, LOW_FP, LOW_FN = STANDARD_PROFILES
-NAB = Path(os.environ.get("BOXWATCH_NAB_DIR", Path(__file__).resolve().parents[3] / "shared" / "bench" / "nab"))
+NAB = Path(
+    os.environ.get("BOXWATCH_NAB_DIR", Path(__file__).resolve().parents[3] / "shared" / "bench" / "nab")
+)
 
 
 def s(y: float) -> float:
