@@ -77,7 +77,7 @@ class OnlineConfig:
     cycle_rows: int = 1
     suppress_rows: int = 50
     record_window: int = 1500
-    params: tuple[tuple[str, object], ...] = ()
+    params: tuple[tuple[str, str, object], ...] = ()  # (model, parameter, value)
 
 
 def run_online(model_name: str, frame: pd.DataFrame, config: OnlineConfig) -> np.ndarray:
@@ -92,7 +92,8 @@ def run_online(model_name: str, frame: pd.DataFrame, config: OnlineConfig) -> np
     while i < n:
         if model is None or times[i] - fitted_at >= refit_every or i >= 2 * fitted_rows:
             start = times.searchsorted(times[i] - train_window, side="left")
-            model = make_model(model_name, dict(config.params)).fit(frame.iloc[start:i])
+            params = {key: value for name, key, value in config.params if name == model_name}
+            model = make_model(model_name, params).fit(frame.iloc[start:i])
             fitted_at, fitted_rows = times[i], i
         end = min(i + CYCLE_ROWS.get(model_name, config.cycle_rows), n)
         batch = frame.iloc[i:end]
@@ -180,6 +181,19 @@ def data_files(data_dir: Path, windows: dict, only: str | None) -> list[str]:
     return files
 
 
+def parse_param(text: str) -> tuple[str, str, object]:
+    """``model.key=value`` -> (model, key, value), the value read as JSON where it parses."""
+    target, sep, raw = text.partition("=")
+    model, dot, key = target.partition(".")
+    if not (sep and dot and model and key):
+        raise SystemExit(f"error: --param {text!r}: expected MODEL.KEY=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return model, key, value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.nab", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -202,6 +216,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names; a+b combines models"
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="MODEL.KEY=VALUE",
+        help="model parameter for every file, VALUE as JSON (e.g. robust.window=1000); repeatable",
+    )
     parser.add_argument(
         "--files",
         default=None,
@@ -253,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         cycle_rows=args.cycle,
         suppress_rows=args.suppress,
         record_window=args.record_window,
+        params=tuple(parse_param(p) for p in args.param),
     )
     components = sorted({name for spec in models for name in spec.split("+")})
     timings: dict[str, float] = dict.fromkeys(components, 0.0)
