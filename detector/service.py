@@ -321,6 +321,9 @@ class Detector:
         start = max(start, align(end - config.reader.catch_up_max, query.step))
         if start > end:
             return 0, 0.0
+        if end - start >= 2 * query.step:
+            log.info("catching up", extra=_fields(query=alias, points=int((end - start) // query.step) + 1,
+                                                  start=start, end=end))
         lead = query.step if query.counter else 0.0
         try:
             raw = reader.query_range(query.expr, start - lead, end, query.step)
