@@ -42,19 +42,21 @@ def incident_prometheus(history_prometheus):
     return prom, detector_port, incident_start
 
 
-def test_scores_above_one_during_the_incident_and_not_before(incident_prometheus, start_detector, tmp_path):
+@pytest.mark.parametrize("model", ["robust", "seasonal"])
+def test_scores_above_one_during_the_incident_and_not_before(incident_prometheus, start_detector, tmp_path, model):
     prom, port, incident_start = incident_prometheus
     config = detector_config(prom.url, tmp_path / "state", {
         "gpu_temperature": {"expr": "boxwatch_gpu_temperature_celsius", "step": "1m", "fit_window": "7d",
-                            "fit_every": "1h", "direction": "above", "min_deviation": 5}},
+                            "fit_every": "1h", "direction": "above", "min_deviation": 5, "model": model}},
         writer={"remote_write": {"url": f"{prom.url}/api/v1/write"}})
     config["reader"]["catch_up_max"] = "3h"
     detector = start_detector(config, port=port)
 
     # Scraped: the latest score of the hot GPU, with the source labels plus query and model.
-    scraped = prom.wait_for('boxwatch_anomaly_score{job="boxwatch-detector", gpu="1"} > 1', timeout=60)
+    scraped = prom.wait_for(f'boxwatch_anomaly_score{{job="boxwatch-detector", gpu="1", model="{model}"}} > 1',
+                            timeout=90)
     assert scraped[0]["metric"]["query"] == "gpu_temperature" and scraped[0]["metric"]["uuid"] == "GPU-1"
-    assert prom.query('boxwatch_anomaly_score{job="boxwatch-detector", gpu="0"} <= 1')
+    prom.wait_for(f'boxwatch_anomaly_score{{job="boxwatch-detector", gpu="0", model="{model}"}} <= 1', timeout=10)
     assert prom.query('boxwatch_detector_models_ready{job="boxwatch-detector"}')
 
     # Remote-written: the start-up scores of the last three hours, on the data's own timestamps.
@@ -71,6 +73,6 @@ def test_scores_above_one_during_the_incident_and_not_before(incident_prometheus
     assert max(float(v) for _, v in calm[0]["values"]) <= 1
 
     # The same conclusion as an alert expression over the scraped series.
-    firing = prom.query('max by (gpu) (boxwatch_anomaly_score{job="boxwatch-detector"}) > 1')
+    firing = prom.query(f'max by (gpu) (boxwatch_anomaly_score{{job="boxwatch-detector", model="{model}"}}) > 1')
     assert [r["metric"]["gpu"] for r in firing] == ["1"]
     assert detector.sample("boxwatch_detector_remote_write_errors_total") == [0.0]
