@@ -38,7 +38,7 @@ from detector.scoring import (
     score_online,
 )
 from detector.store import FitSink, LocalStore, ModelBundle
-from detector.writer import RemoteWriter, ScoredPoint
+from detector.writer import RemoteWriter, ScoredPoint, scored_points
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -333,8 +333,9 @@ class Detector:
             return 0, reader.last_request_seconds
         query_seconds = reader.last_request_seconds
         multivariate = is_multivariate(config, alias)
-        units = {k: f.loc[f.index >= pd.Timestamp(start, unit="s", tz="UTC")]
-                 for k, f in build_units(query, multivariate, raw, self.shard, alias).items()}
+        units = build_units(query, multivariate, raw, self.shard, alias)
+        if lead:  # the extra point before start only served the first rate
+            units = {key: frame.iloc[1:] for key, frame in units.items()}
         try:
             query_seconds += self._add_fallbacks(alias, state, units, multivariate, start)
         except ReaderError as err:
@@ -408,8 +409,7 @@ class Detector:
                 continue
             result = score_online(model, frame, query.direction, query.min_deviation)
             labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
-            unit_points = [self._point(labels, frame, ts, row) for ts, row in result.iterrows()
-                           if not math.isnan(row["score"])]
+            unit_points = list(scored_points(labels, frame, result))
             for point in unit_points:
                 if point.score > threshold:
                     self._record_anomaly(alias, model_name, key, point)
@@ -418,14 +418,6 @@ class Detector:
                 latest.append(unit_points[-1])
                 used[model_name] = used.get(model_name, 0) + 1
         return points, latest, used
-
-    @staticmethod
-    def _point(labels, frame: pd.DataFrame, ts: pd.Timestamp, row: pd.Series) -> ScoredPoint:
-        value = float(frame.at[ts, "value"]) if "value" in frame else math.nan
-        tops = row.get("top_features")
-        return ScoredPoint(labels, ts.timestamp(), value, float(row["expected"]), float(row["lower"]),
-                           float(row["upper"]), float(row["score"]),
-                           tuple(tops) if isinstance(tops, list | tuple) else ())
 
     def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
         with self._lock:
