@@ -9,16 +9,21 @@ on the rows before the current one (at most ``--train-window`` of them), refitte
 between fits it scores the rows as they arrive and ``learn``s from them, one cycle at a time.
 Rows before the first fit, or that a model scores NaN (not enough history), get 0.
 
-The NAB adapter (here, not in the models) turns boxwatch scores into NAB's ``[0, 1]``:
+The NAB adapter (here, not in the models) turns boxwatch scores into NAB's ``[0, 1]``, online:
 
-1. ``s`` is the model's score (0 normal, > 1 outside its band); NaN -> 0.
-2. Alert once per incident (``--suppress`` rows): a row reports ``s`` only when ``s`` is
-   higher than every score of the previous ``--suppress`` rows, otherwise it reports 0. At any
-   threshold this keeps the first crossing of an incident and drops the repeats, the same
-   de-duplication Alertmanager's grouping gives an operator; NAB charges for every repeated
-   detection outside a window and rewards only the first inside one.
-3. ``nab = s / (1 + s)``: monotone, so NAB's threshold sweep is unaffected; score 1 (edge of
-   the band) maps to 0.5.
+1. ``s`` is the model's score (0 normal, > 1 outside its band); NaN (not enough history) -> 0.
+2. Record score ``r = log(1 + s) - max(log(1 + s))`` over the previous ``--record-window``
+   rows: how far the score beats the highest score of the recent past (<= 0: no record). It
+   puts every stream on one scale -- a noisy stream whose scores often reach 5 needs a larger
+   jump than a quiet one -- since NAB uses one threshold for the whole corpus.
+3. Alert once per incident (``--suppress`` rows): a row keeps ``r`` only when it beats every
+   ``r`` of the previous ``--suppress`` rows, otherwise 0. At any threshold this keeps an
+   incident's first crossing and drops the repeats, as Alertmanager's grouping does for an
+   operator; NAB charges for each repeated detection outside a window and rewards only the
+   first inside one.
+4. A combination ``a+b`` (e.g. ``robust+seasonal``) takes the larger record score of its
+   models at each row (alert when either model sees a record), before step 3.
+5. ``nab = r / (1 + r)`` for ``r > 0``, else 0: monotone, so NAB's threshold sweep is unaffected.
 
 Per-file results go to ``<results>/<model>/<category>/<file>.csv`` (``timestamp,value,
 anomaly_score``, as NAB's own result files), then the scorer in :mod:`detector.nabscore`
@@ -47,7 +52,10 @@ from detector.nabscore import STANDARD_PROFILES, load_profiles, score_corpus  # 
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NAB = REPO.parent / "shared" / "bench" / "nab"
-DEFAULT_MODELS = ("robust", "seasonal", "iforest")
+DEFAULT_MODELS = ("robust", "seasonal", "iforest", "robust+seasonal")
+# iforest's learn() only remembers the last row, so scoring a day's rows at once gives exactly
+# the scores one-by-one scoring would; the other models learn from each row before the next.
+CYCLE_ROWS = {"iforest": 288}
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,8 @@ class OnlineConfig:
     train_window: str = "14D"
     first_fit_rows: int = 50
     cycle_rows: int = 1
-    suppress_rows: int = 300
+    suppress_rows: int = 50
+    record_window: int = 1500
     params: tuple[tuple[str, object], ...] = ()
 
 
@@ -76,12 +85,19 @@ def run_online(model_name: str, frame: pd.DataFrame, config: OnlineConfig) -> np
             start = times.searchsorted(times[i] - train_window, side="left")
             model = make_model(model_name, dict(config.params)).fit(frame.iloc[start:i])
             fitted_at, fitted_rows = times[i], i
-        end = min(i + config.cycle_rows, n)
+        end = min(i + CYCLE_ROWS.get(model_name, config.cycle_rows), n)
         batch = frame.iloc[i:end]
         scores[i:end] = model.score(batch)["score"].to_numpy(dtype=float)
         model.learn(batch)
         i = end
     return scores
+
+
+def record_score(scores: np.ndarray, window: int) -> np.ndarray:
+    """``log(1 + s)`` minus its maximum over the previous ``window`` rows (the first row: minus 0)."""
+    logged = pd.Series(np.log1p(np.maximum(np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0), 0.0)))
+    past = logged.shift(1).rolling(window, min_periods=1).max().fillna(0.0)
+    return (logged - past).to_numpy()
 
 
 def alert_once(scores: np.ndarray, suppress_rows: int) -> np.ndarray:
@@ -95,9 +111,10 @@ def alert_once(scores: np.ndarray, suppress_rows: int) -> np.ndarray:
     return np.where(scores > previous_max, scores, 0.0)
 
 
-def to_nab(scores: np.ndarray, suppress_rows: int) -> np.ndarray:
-    """The NAB adapter: alert once per incident, then ``s / (1 + s)`` into ``[0, 1)``."""
-    kept = alert_once(scores, suppress_rows)
+def to_nab(raw_scores: list[np.ndarray], config: OnlineConfig) -> np.ndarray:
+    """The NAB adapter (module docstring): record score, max over models, alert once, into [0, 1)."""
+    record = np.max([record_score(s, config.record_window) for s in raw_scores], axis=0)
+    kept = np.maximum(alert_once(record, config.suppress_rows), 0.0)
     return kept / (1.0 + kept)
 
 
@@ -110,23 +127,35 @@ def read_nab_file(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"value": frame["value"].to_numpy(dtype=float)}, index=index)
 
 
-def score_file(task: tuple[str, Path, str, Path, OnlineConfig]) -> tuple[str, str, float]:
-    """Run one model over one file, write its NAB result CSV; returns (model, file, seconds)."""
-    model_name, data_dir, relative, results_dir, config = task
+def run_file(task: tuple[str, Path, str, Path, OnlineConfig]) -> tuple[str, str, float]:
+    """Run one model over one file; write its raw scores; returns (model, file, seconds)."""
+    model_name, data_dir, relative, raw_dir, config = task
     started = time.perf_counter()
     frame = read_nab_file(data_dir / relative)
     raw = run_online(model_name, frame, config)
-    out = results_dir / model_name / relative
+    out = raw_dir / model_name / relative
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"raw_score": raw}).to_csv(out, index=False)
+    return model_name, relative, time.perf_counter() - started
+
+
+def write_result(spec: str, data_dir: Path, relative: str, results_dir: Path, config: OnlineConfig) -> None:
+    """NAB result file ``<results>/<spec>/<category>/<file>.csv`` of a model or combination."""
+    frame = read_nab_file(data_dir / relative)
+    raws = [
+        pd.read_csv(results_dir / "raw" / name / relative)["raw_score"].to_numpy(dtype=float)
+        for name in spec.split("+")
+    ]
+    out = results_dir / spec / relative
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "timestamp": frame.index.strftime("%Y-%m-%d %H:%M:%S"),
             "value": frame["value"].to_numpy(),
-            "anomaly_score": to_nab(raw, config.suppress_rows),
-            "raw_score": np.nan_to_num(raw, nan=0.0),
+            "anomaly_score": to_nab(raws, config),
+            "raw_score": np.nan_to_num(np.max(raws, axis=0), nan=0.0),
         }
     ).to_csv(out, index=False)
-    return model_name, relative, time.perf_counter() - started
 
 
 def read_result(path: Path) -> tuple[pd.DatetimeIndex, np.ndarray]:
@@ -160,7 +189,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO / "bench" / "results" / "nab",
         help="where <model>/<category>/<file>.csv go",
     )
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names; a+b combines models"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument(
         "--files",
@@ -180,7 +211,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--suppress", type=int, default=OnlineConfig.suppress_rows, help="alert-once window in rows (0: off)"
     )
     parser.add_argument(
-        "--score-only", action="store_true", help="re-score existing result files without running models"
+        "--record-window", type=int, default=OnlineConfig.record_window, help="rows a record score is measured against"
+    )
+    parser.add_argument(
+        "--score-only", action="store_true", help="reuse the raw scores under <results>/raw instead of running models"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
     return parser.parse_args(argv)
@@ -200,30 +234,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no labelled <category>/<file>.csv under {args.data}", file=sys.stderr)
         return 2
     config = OnlineConfig(
-        args.refit_every, args.train_window, cycle_rows=args.cycle, suppress_rows=args.suppress
+        args.refit_every,
+        args.train_window,
+        cycle_rows=args.cycle,
+        suppress_rows=args.suppress,
+        record_window=args.record_window,
     )
-    timings: dict[str, float] = dict.fromkeys(models, 0.0)
+    components = sorted({name for spec in models for name in spec.split("+")})
+    timings: dict[str, float] = dict.fromkeys(components, 0.0)
     started = time.perf_counter()
     if not args.score_only:
-        tasks = [(m, args.data, f, args.results, config) for m in models for f in files]
+        tasks = [(m, args.data, f, args.results / "raw", config) for m in components for f in files]
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                done = list(pool.map(score_file, tasks, chunksize=1))
+                done = list(pool.map(run_file, tasks, chunksize=1))
         else:
-            done = [score_file(t) for t in tasks]
+            done = [run_file(t) for t in tasks]
         for model_name, _, seconds in done:
             timings[model_name] += seconds
+    for spec in models:
+        for f in files:
+            write_result(spec, args.data, f, args.results, config)
     report = {}
     print(
         f"{len(files)} files, {sum(len(windows[f]) for f in files)} windows, wall {time.perf_counter() - started:.1f} s"
     )
-    print(f"{'model':<10} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
+    print(f"{'model':<16} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
     for model_name in models:
         results = {f: read_result(args.results / model_name / f) for f in files}
         scored = score_corpus(results, {f: windows[f] for f in files}, profiles)
-        report[model_name] = {name: vars(r) for name, r in scored.items()} | {"seconds": timings[model_name]}
+        seconds = sum(timings[name] for name in model_name.split("+"))
+        report[model_name] = {name: vars(r) for name, r in scored.items()} | {"cpu_seconds": seconds}
         cells = " ".join(f"{scored[p.name].normalized:>20.1f}" for p in profiles)
-        print(f"{model_name:<10} {cells} {timings[model_name]:>8.1f}")
+        print(f"{model_name:<16} {cells} {seconds:>8.1f}")
     if args.json:
         args.json.write_text(
             json.dumps(

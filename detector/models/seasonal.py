@@ -14,6 +14,7 @@ from detector.models.base import Model, band_score, empty_scores
 MAD_TO_SIGMA = 1.4826
 DAY = 86_400.0
 WEEK = 7 * DAY
+STL_OUTER = 5  # robustness iterations (statsmodels' default is 15; 5 down-weights outliers as well here)
 MAX_CYCLE_POINTS = 168  # resolution cap of the longer periods: a weekly cycle at one point an hour
 NAMED_PERIODS = {"daily": (DAY,), "weekly": (WEEK,), "auto": (DAY, WEEK), "none": ()}
 
@@ -241,7 +242,7 @@ class SeasonalModel(Model):
                 others = sum(c for k, c in enumerate(components) if k != short)
                 result = STL(
                     grid - others, period=n_short, robust=True, trend_jump=jump, low_pass_jump=jump
-                ).fit()
+                ).fit(outer_iter=STL_OUTER)
                 trend, components[short] = np.asarray(result.trend), np.asarray(result.seasonal)
                 for k, (period, factor) in enumerate(zip(periods, factors, strict=True)):
                     if k != short:
@@ -307,15 +308,12 @@ class SeasonalModel(Model):
 
     def score(self, frame: pd.DataFrame) -> pd.DataFrame:
         self._check_fitted()
-        out = empty_scores(frame.index)
         if frame.empty or math.isnan(self.level_):
-            return out
+            return empty_scores(frame.index)
         expected, half = self._expected(_ns(frame.index))
-        out["expected"], out["lower"], out["upper"] = expected, expected - half, expected + half
-        out["score"] = band_score(
-            frame["value"].to_numpy(dtype=float), expected, expected - half, expected + half
-        )
-        return out
+        lower, upper = expected - half, expected + half
+        score = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper)
+        return pd.DataFrame({"expected": expected, "lower": lower, "upper": upper, "score": score}, index=frame.index)
 
     def learn(self, frame: pd.DataFrame) -> None:
         """Move the level toward in-band points (exponential smoothing); out-of-band points are ignored."""
