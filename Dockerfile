@@ -77,7 +77,6 @@ COPY deploy/docker/healthcheck.py /usr/local/bin/boxwatch-healthcheck
 ENV PATH=/opt/boxwatch/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    BOXWATCH_STATE_DIR=/var/lib/boxwatch \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=1
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import subprocess
-from pathlib import Path
+import sys
 from urllib.parse import urlparse
 
 import pytest
@@ -132,11 +132,22 @@ def test_detector_command_parses_with_the_cli(config, prometheus_targets):
     assert prometheus_targets["boxwatch-detector"] == "detector:9875"
 
 
-def test_detector_config_is_mounted_and_exists(config):
-    mounts = [v.split(":") for v in config["services"]["detector"]["volumes"]]
+def test_detector_config_is_mounted_and_valid_with_the_services_environment(config):
+    detector = config["services"]["detector"]
+    mounts = [v.split(":") for v in detector["volumes"]]
     config_mount = next(m for m in mounts if m[1] == "/etc/boxwatch/detector.yml")
-    assert Path(config_mount[0]).is_file(), "a missing file would be bind-mounted as an empty directory"
+    assert config_mount[0] == str(REPO / "detector" / "boxwatch-detector.example.yml")
     assert config_mount[2] == "ro"
+    env = detector["environment"]
+    assert env["BOXWATCH_READER__URL"] == "http://prometheus:9090"
+    assert env["BOXWATCH_STATE_DIR"].startswith("/var/lib/boxwatch/")  # in the detector-state volume
+    _cli("detector.cli")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BOXWATCH_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "detector", "validate-config", "--config", config_mount[0]],
+        env={**environ, **env}, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_prometheus_mounts_its_config_and_the_rule_files_it_loads(config):
@@ -176,8 +187,9 @@ def test_mlflow_is_the_detectors_registry_and_accepts_its_host_name(config):
     mlflow = config["services"]["mlflow"]
     allowed = next(a for a in mlflow["command"] if a.startswith("--allowed-hosts="))
     assert "mlflow:5000" in allowed.split("=", 1)[1].split(",")
-    detector_config = yaml.safe_load((REPO / "deploy" / "compose" / "detector.yml").read_text())
-    assert detector_config["registry"]["tracking_uri"] == "http://mlflow:5000"
+    detector_env = config["services"]["detector"]["environment"]
+    assert detector_env["BOXWATCH_REGISTRY__TRACKING_URI"] == "http://mlflow:5000"
+    assert detector_env["BOXWATCH_REGISTRY__ENABLED"] == "true"
 
 
 def test_grafana_is_provisioned_with_anonymous_viewers(config):

@@ -81,7 +81,7 @@ def test_prometheus_rule_groups_pass_promtool(objects, tmp_path):
 
 def test_detector_configmap_carries_the_config_file(objects):
     configmap = _one(objects, "ConfigMap", "boxwatch-detector-config")
-    assert configmap["data"]["detector.yml"] == (K8S / "detector.yml").read_text()
+    assert configmap["data"]["detector.yml"] == (REPO / "detector" / "boxwatch-detector.example.yml").read_text()
 
 
 def test_kustomization_lists_every_manifest():
@@ -190,6 +190,8 @@ def test_detector_shards_follow_the_replica_count(objects, tmp_path):
     container = _pod_spec(statefulset)["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert int(env["BOXWATCH_SHARD_COUNT"]["value"]) == statefulset["spec"]["replicas"]
+    assert env["BOXWATCH_STATE_DIR"]["value"].startswith(
+        next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "state"))
     assert env["BOXWATCH_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.labels['apps.kubernetes.io/pod-index']"
     assert statefulset["spec"]["serviceName"] == "boxwatch-detector"
@@ -208,6 +210,29 @@ def test_detector_shards_follow_the_replica_count(objects, tmp_path):
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.split()[-2:] == ["--shard", f"{last}/{statefulset['spec']['replicas']}"]
+
+
+def test_detector_config_is_valid_with_the_statefulsets_environment(objects):
+    """The real `validate-config` on the ConfigMap's file, with the pod's overrides."""
+    cli = pytest.importorskip("detector.cli", reason="the detector is not in this checkout")
+    del cli
+    container = _pod_spec(_one(objects, "StatefulSet", "boxwatch-detector"))["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    configmap = _one(objects, "ConfigMap", "boxwatch-detector-config")
+    _validate_detector_config(configmap["data"]["detector.yml"], env)
+
+
+def _validate_detector_config(text: str, env: dict[str, str]) -> None:
+    import os
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+        f.write(text)
+        f.flush()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BOXWATCH_")}
+        result = subprocess.run([sys.executable, "-m", "detector", "validate-config", "--config", f.name],
+                                env={**environ, **env}, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_detector_mounts_the_config_its_args_name(objects):

@@ -88,8 +88,9 @@ def test_retrain_is_scheduled_and_trains_with_the_detector_cli():
     job = retrain["jobs"]["train"]
     assert job["if"] == "vars.BOXWATCH_PROMETHEUS_URL != ''"
     runs = " ".join(step.get("run", "") for step in job["steps"])
-    assert "boxwatch-detector train --config retrain.yml" in runs
-    assert "boxwatch-detector validate-config --config retrain.yml" in runs
+    assert 'boxwatch-detector validate-config --config "$DETECTOR_CONFIG"' in runs
+    assert 'boxwatch-detector train --config "$DETECTOR_CONFIG"' in runs
+    assert job["env"]["BOXWATCH_REGISTRY__ENABLED"] == "true"
 
 
 def test_deploy_is_manual_over_ssh_with_a_pinned_host_key():
@@ -104,5 +105,6 @@ def test_deploy_is_manual_over_ssh_with_a_pinned_host_key():
     assert "--scale gpu-exporter=0" in runs
     # every file the compose stack mounts is copied to the host
     copied = next(line for line in runs.splitlines() if line.strip().startswith("tar -czf -"))
-    for path in ("docker-compose.yml", "prometheus", "alertmanager", "grafana", "deploy/compose"):
+    for path in ("docker-compose.yml", "prometheus", "alertmanager", "grafana",
+                 "detector/boxwatch-detector.example.yml"):
         assert f" {path}" in copied
