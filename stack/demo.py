@@ -421,12 +421,14 @@ class Scenario:
         powers = {gpu: values for name, _, labels, values in self.gpu_series(t)
                   if name == "boxwatch_gpu_power_watts" for gpu in [dict(labels)["gpu"]]}
         observed = {"gpu_temperature": temps, "gpu_power": powers}
+        scores: list = []
         for query, members in watched.items():
             for gpu, expected, half_band in members:
                 labels = (("gpu", gpu.index), ("uuid", gpu.uuid), ("name", gpu.name), ("job", "boxwatch-gpu"),
                           ("query", query), ("model", "robust"))
                 actual = observed[query][gpu.index]
                 score = np.round(np.abs(actual - expected) / half_band, 3)
+                scores.append(("boxwatch_anomaly_score", "gauge", labels, score))
                 yield "boxwatch_anomaly_score", "gauge", labels, score
                 yield "boxwatch_anomaly_expected", "gauge", labels, np.round(expected, 2)
                 yield "boxwatch_anomaly_expected_lower", "gauge", labels, np.round(expected - half_band, 2)
@@ -435,6 +437,9 @@ class Scenario:
             yield "boxwatch_detector_series_scored", "gauge", (("query", query), ("model", "robust")), \
                 np.full_like(t, float(len(watched[query])))
             yield "boxwatch_detector_query_errors_total", "counter", (("query", query),), np.zeros_like(t)
+            outside = sum((values > 1.0).astype(float) for name, _, labels, values in scores
+                          if dict(labels)["query"] == query)
+            yield "boxwatch_detector_anomalies_total", "counter", (("query", query),), np.cumsum(outside)
             yield ("boxwatch_detector_model_fit_duration_seconds", "gauge", (("query", query), ("model", "robust")),
                    np.round(0.2 + 0.1 * self._u(f"fit-{query}", t), 3))
             versions = 1 + np.floor((t - self.start) / DAY)
