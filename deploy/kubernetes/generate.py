@@ -40,7 +40,7 @@ _Dumper.add_representer(str, _str)
 
 
 def _dump(header: str, document: dict) -> str:
-    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120,
+    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096,
                      allow_unicode=True)
     return header + body
 

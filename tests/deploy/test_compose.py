@@ -200,11 +200,15 @@ def test_grafana_is_provisioned_with_anonymous_viewers(config):
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
     volumes = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
     assert volumes["/etc/grafana/provisioning"] == str(REPO / "grafana" / "provisioning")
-    dashboards_dir = "/var/lib/grafana/dashboards"
-    assert volumes[dashboards_dir] == str(REPO / "grafana" / "dashboards")
-    # The dashboard provider must read the directory the dashboards are mounted at.
+    # Every dashboard provider reads a directory that holds the dashboards' JSON.
     providers = sorted((REPO / "grafana" / "provisioning" / "dashboards").glob("*.y*ml"))
     if not providers:
         pytest.skip("grafana/provisioning/dashboards/ has no provider file yet")
-    paths = [p["options"]["path"] for f in providers for p in yaml.safe_load(f.read_text())["providers"]]
-    assert all(path.startswith(dashboards_dir) for path in paths), paths
+    for path in [p["options"]["path"] for f in providers for p in yaml.safe_load(f.read_text())["providers"]]:
+        assert volumes.get(path) == str(REPO / "grafana" / "dashboards"), f"provider path {path} is not mounted"
+    assert list((REPO / "grafana" / "dashboards").glob("*.json"))
+    # ... and every datasource URL is a compose service
+    for f in sorted((REPO / "grafana" / "provisioning" / "datasources").glob("*.y*ml")):
+        for source in yaml.safe_load(f.read_text())["datasources"]:
+            url = urlparse(source["url"])
+            assert url.hostname in config["services"], f"{f.name}: {source['url']} is no compose service"
