@@ -102,7 +102,7 @@ def test_exporter_commands_parse_with_the_cli_and_listen_on_its_default_port(
     assert argv[:2] == ["boxwatch-exporter", source]
     _cli(f"exporters.{source}")
     cli = _cli("exporters.cli")
-    args = cli.build_parser().parse_args(argv[1:])
+    args = cli.build_parser(source).parse_args(argv[1:])
     from exporters.server import parse_listen_address
 
     host, port = parse_listen_address(args.listen_address)

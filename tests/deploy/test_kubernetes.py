@@ -380,3 +380,24 @@ def test_generator_refuses_duplicate_group_names(tmp_path):
     (tmp_path / "b.yml").write_text("groups:\n  - name: same\n    rules: []\n")
     with pytest.raises(ValueError, match="group 'same' is also defined in"):
         generate.rule_groups(Path(tmp_path))
+
+
+@pytest.mark.parametrize(("daemonset", "source"), [
+    ("boxwatch-gpu", "gpu"), ("boxwatch-containers", "containers"), ("boxwatch-journald", "journald")])
+def test_exporter_args_parse_with_the_cli(objects, daemonset, source):
+    pytest.importorskip(f"exporters.{source}", reason=f"exporters/{source}.py is not in this checkout")
+    from exporters import cli
+
+    args = _pod_spec(_one(objects, "DaemonSet", daemonset))["containers"][0]["args"]
+    assert args[:2] == ["exporter", source]
+    parsed = cli.build_parser(source).parse_args(args[1:])
+    assert parsed.listen_address == f":{cli.SOURCES[source][1]}"
+
+
+def test_detector_args_parse_with_the_cli(objects):
+    cli = pytest.importorskip("detector.cli", reason="the detector is not in this checkout")
+    args = _pod_spec(_one(objects, "StatefulSet", "boxwatch-detector"))["containers"][0]["args"]
+    assert args[:2] == ["detector", "serve"]
+    parsed = cli.build_parser().parse_args([*args[1:], "--shard", "1/2"])  # the entrypoint adds --shard
+    assert parsed.listen_address == ":9875"
+    assert parsed.shard == (1, 2)
