@@ -1,0 +1,323 @@
+"""``boxwatch-detector serve|backfill|validate-config``.
+
+Each subcommand is an entry of :data:`COMMANDS` (help, how to add its flags, how to run it);
+another component adds its verbs with :func:`add_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from detector import __version__
+from detector.config import ConfigError, DetectorConfig, load_config
+from exporters.server import kv, parse_listen_address, setup_logging
+
+log = logging.getLogger("boxwatch.detector")
+
+DEFAULT_CONFIG = "boxwatch-detector.yml"
+
+
+@dataclass
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def add_command(name: str, command: Command) -> None:
+    """Register a subcommand (``boxwatch-detector NAME``)."""
+    COMMANDS[name] = command
+
+
+# --------------------------------------------------------------------------- shared flags
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--config, --set, --prometheus.url, --shard and logging flags, shared by every subcommand."""
+    parser.add_argument("--config", default=os.environ.get("BOXWATCH_CONFIG", DEFAULT_CONFIG),
+                        help="YAML configuration file (default: $BOXWATCH_CONFIG or %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a configuration key, e.g. --set reader.timeout=10s (repeatable)")
+    parser.add_argument("--prometheus.url", dest="prometheus_url",
+                        help="Prometheus HTTP API URL (overrides reader.url)")
+    parser.add_argument("--shard", default="0/1", type=parse_shard, metavar="I/N",
+                        help="score only the series whose label hash mod N is I (default: %(default)s)")
+    add_log_flags(parser)
+
+
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=["debug", "info", "warn", "error"],
+                        help="only log messages with this severity or above (default: %(default)s)")
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
+                        help="output format of log messages (default: %(default)s)")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, str]:
+    """Key-path overrides from --set and the dedicated flags (flags win over the file and env)."""
+    overrides: dict[str, str] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set: expected KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    if getattr(args, "prometheus_url", None):
+        overrides["reader.url"] = args.prometheus_url
+    if getattr(args, "listen_address", None):
+        overrides["server.listen_address"] = args.listen_address
+    return overrides
+
+
+def load_or_report(args: argparse.Namespace) -> DetectorConfig | None:
+    """The configuration, or ``None`` after printing every problem to stderr."""
+    try:
+        return load_config(args.config, overrides_from(args))
+    except ConfigError as err:
+        print(f"{args.config}: invalid configuration ({len(err.problems)} problem(s)):", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+# --------------------------------------------------------------------------- validate-config
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", help="configuration file (default: --config)")
+    add_config_flags(parser)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    if args.file:
+        args.config = args.file
+    config = load_or_report(args)
+    if config is None:
+        return 1
+    print(f"{args.config}: valid configuration, {len(config.queries)} queries: {', '.join(config.queries)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
+    parser.add_argument("--web.listen-address", dest="listen_address",
+                        help="HOST:PORT to serve on (overrides server.listen_address, default 127.0.0.1:9875)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import waitress
+
+    from detector.api import create_app
+    from detector.extensions import load_extensions
+    from detector.metrics import build_registry
+    from detector.service import Detector
+    from detector.store import LocalStore
+
+    setup_logging(args.log_level, args.log_format)
+    config = load_or_report(args)
+    if config is None:
+        log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
+        return 1
+    extensions = load_extensions(config)
+    store = LocalStore(config.state_dir)
+    sink = store.save
+    load_bundle = store.load
+    for ext in extensions:
+        if ext.wrap_fit_sink:
+            sink = ext.wrap_fit_sink(sink, store)
+        if ext.load_bundle:
+            load_bundle = ext.load_bundle
+    host, port = parse_listen_address(config.server.listen_address)
+    detector = Detector(config, args.config, overrides_from(args), args.shard, sink, load_bundle)
+    registry = build_registry(detector, [c for ext in extensions for c in ext.collectors])
+    app = create_app(detector, registry)
+    for ext in extensions:
+        for blueprint in ext.blueprints:
+            app.register_blueprint(blueprint)
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=4, ident="boxwatch-detector")
+    except OSError as err:
+        log.error("cannot listen", extra=kv(address=config.server.listen_address, error=err))
+        return 1
+    stop = threading.Event()
+    _install_signals(stop, detector.request_reload)
+    log.info("starting", extra=kv(version=__version__, queries=len(config.queries),
+                                  shard=f"{args.shard[0]}/{args.shard[1]}", ready=detector.ready))
+    detector.start()
+    for ext in extensions:
+        ext.start(detector)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    log.info("listening", extra=kv(address=f"{host}:{server.effective_port}"))
+    stop.wait()
+    server.close()
+    for ext in extensions:
+        ext.stop()
+    detector.stop()
+    return 0
+
+
+def _install_signals(stop: threading.Event, reload: Callable[[], None]) -> None:
+    def _stop(signum, _frame):
+        log.info("shutting down", extra=kv(signal=signal.Signals(signum).name))
+        stop.set()
+
+    def _hup(_signum, _frame):
+        log.info("reloading configuration", extra=kv(signal="SIGHUP"))
+        reload()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _hup)
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+def _backfill_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
+    parser.add_argument("--from", dest="start", required=True, type=parse_when,
+                        help="start of the range: RFC 3339, unix seconds, or now-DURATION (e.g. now-7d)")
+    parser.add_argument("--to", dest="end", default="now", type=parse_when,
+                        help="end of the range (same forms; default: now)")
+    parser.add_argument("--output", help="write OpenMetrics here, for promtool tsdb create-blocks-from openmetrics")
+    parser.add_argument("--remote-write-url", help="push the scores to this remote-write URL (…/api/v1/write)")
+    parser.add_argument("--query", dest="queries", action="append",
+                        help="only this query alias (repeatable; default: every query)")
+
+
+def parse_when(text: str) -> float:
+    """Unix seconds from RFC 3339, a number, ``now`` or ``now-DURATION``."""
+    from detector.config import parse_duration
+
+    text = text.strip()
+    match = re.fullmatch(r"now(?:\s*-\s*(\S+))?", text)
+    try:
+        if match:
+            return time.time() - (parse_duration(match.group(1)) if match.group(1) else 0.0)
+        try:
+            return float(text)
+        except ValueError:
+            from datetime import datetime
+
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                raise ValueError("a time zone is required (Z or +hh:mm)") from None
+            return parsed.timestamp()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected RFC 3339, unix seconds or now-DURATION, got {text!r}: {err}") from None
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from detector.backfill import backfill
+    from detector.reader import PrometheusReader, ReaderError
+    from detector.writer import RemoteWriter, write_openmetrics
+
+    setup_logging(args.log_level, args.log_format)
+    if not args.output and not args.remote_write_url:
+        print("backfill: give --output FILE and/or --remote-write-url URL", file=sys.stderr)
+        return 2
+    if args.end <= args.start:
+        print("backfill: --to must be after --from", file=sys.stderr)
+        return 2
+    config = load_or_report(args)
+    if config is None:
+        return 1
+    unknown = sorted(set(args.queries or []) - set(config.queries))
+    if unknown:
+        print(f"backfill: unknown query alias(es): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    reader = PrometheusReader(config.reader)
+    try:
+        points = list(backfill(config, reader, args.start, args.end, args.queries, args.shard))
+    except ReaderError as err:
+        log.error("backfill failed", extra=kv(error=err))
+        return 1
+    finally:
+        reader.close()
+    if args.output:
+        with open(args.output, "w") as handle:
+            samples = write_openmetrics(points, handle)
+        log.info("wrote OpenMetrics", extra=kv(file=args.output, samples=samples, points=len(points)))
+    if args.remote_write_url:
+        import requests
+
+        writer = RemoteWriter(args.remote_write_url, config.writer.remote_write.timeout)
+        try:
+            samples = writer.write(points)
+        except requests.RequestException as err:
+            log.error("remote write failed", extra=kv(url=args.remote_write_url, error=err))
+            return 1
+        log.info("remote write done", extra=kv(url=args.remote_write_url, samples=samples))
+    return 0
+
+
+add_command("serve", Command(
+    "score the configured queries continuously and serve /metrics and the API",
+    _serve_arguments, _serve,
+    "Fit models on a schedule, score new points as they arrive and serve the scores on /metrics, with a "
+    "JSON API. SIGHUP or POST /-/reload re-reads the configuration.",
+))
+add_command("backfill", Command(
+    "score a past range and write it for Prometheus (OpenMetrics file or remote write)",
+    _backfill_arguments, _backfill,
+    "Score [--from, --to] as the service would have (fit before, refit every fit_every) and write the scores "
+    "as OpenMetrics (load with: promtool tsdb create-blocks-from openmetrics FILE DATA_DIR) and/or push "
+    "them with remote write.",
+))
+add_command("validate-config", Command(
+    "check a configuration file and print every problem",
+    _validate_arguments, _validate,
+    "Parse and validate the configuration; print each problem with file, key and reason. Exit 1 if invalid.",
+))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boxwatch-detector",
+        description="boxwatch anomaly detector: Prometheus range queries in, anomaly scores out.",
+        epilog="Configuration: a YAML file (see detector/boxwatch-detector.example.yml); keys can be overridden "
+               "with --set KEY=VALUE or BOXWATCH_<SECTION>__<KEY> environment variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"boxwatch-detector {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(name, help=command.help, description=command.description or command.help)
+        command.add_arguments(child)
+        child.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    return args._run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

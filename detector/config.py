@@ -1,0 +1,456 @@
+"""The detector's configuration: one YAML file, parsed once into typed objects.
+
+Precedence, lowest first: the YAML file, ``BOXWATCH_*`` environment variables, command-line
+flags. An override names a key path: ``BOXWATCH_READER__URL`` (double underscore between
+levels) or the flag ``--set reader.url=...``; values are read as YAML scalars.
+
+Every problem is reported at once, each with the file (or the variable / flag that set the
+key), the key path and the reason: :class:`ConfigError` carries the list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+ENV_PREFIX = "BOXWATCH_"
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9875"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_:-]*$")
+RESERVED_OUTPUT_LABELS = ("query", "model")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Prometheus duration (``"90s"``, ``"1h30m"``, ``"14d"``) or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30s, 5m, 14d; got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError(f"expected a duration like 30s, 5m, 1h30m, 14d; got {value!r}")
+    else:
+        raise ValueError(f"expected a duration like 30s, 5m, 14d; got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive; got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact Prometheus duration for ``seconds`` (``3600`` -> ``"1h"``)."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(round(seconds * 1000))}ms"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReaderConfig(_Strict):
+    """Where data comes from: a Prometheus-compatible HTTP API."""
+
+    url: str = Field("http://127.0.0.1:9090", description="Base URL of the Prometheus HTTP API.")
+    timeout: float = Field(30.0, description="Timeout of one HTTP request (duration).")
+    retries: int = Field(3, ge=0, le=10, description="Retries of a failed request (connection error, 5xx, 429).")
+    backoff: float = Field(0.5, description="First retry delay (duration); doubles on each retry.")
+    max_points_per_request: int = Field(
+        11000, ge=2, le=11000, description="Points per series per request; longer ranges are chunked."
+    )
+    catch_up_max: float = Field(
+        3600.0, description="After an outage, score at most this much of the missed range (duration)."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. tenant IDs).")
+
+    @field_validator("timeout", "backoff", "catch_up_max", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http:// or https:// URL; got {value!r}")
+        return value.rstrip("/")
+
+
+class ModelPreset(_Strict):
+    """A named model configuration that queries can refer to (``queries.X.model``)."""
+
+    name: str = Field(description="Registered model name: robust, seasonal, iforest.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Model constructor parameters.")
+
+
+class QueryConfig(_Strict):
+    """One PromQL query to watch; each series it returns is modelled on its own."""
+
+    expr: str = Field(min_length=1, description="PromQL expression (prefer rate() over raw counters).")
+    step: float = Field(60.0, description="Resolution of the range queries (duration).")
+    fit_window: float = Field(14 * 86400.0, description="History a model is fitted on (duration).")
+    fit_every: float = Field(86400.0, description="Refit interval (duration).")
+    infer_every: float | None = Field(None, description="Scoring interval (duration); default: step.")
+    model: str = Field("robust", description="A key of `models:` or a registered model name.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Model parameters (override a preset's).")
+    direction: Literal["both", "above", "below"] = Field(
+        "both", description="Which deviations count: above, below or both."
+    )
+    min_deviation: float = Field(0.0, ge=0, description="Absolute deviation below which the score is 0.")
+    group_by: list[str] = Field(
+        default_factory=list,
+        description="Entity labels for multivariate models: series sharing them are one entity's features.",
+    )
+    counter: bool = Field(
+        False, description="The expr returns raw counters: convert to per-second rates, handling resets."
+    )
+
+    @field_validator("step", "fit_window", "fit_every", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("infer_every", mode="before")
+    @classmethod
+    def _optional_duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _windows(self) -> QueryConfig:
+        if self.fit_window < 2 * self.step:
+            raise ValueError("fit_window must span at least two steps")
+        return self
+
+    @property
+    def infer_interval(self) -> float:
+        return self.infer_every or self.step
+
+
+class ServerConfig(_Strict):
+    listen_address: str = Field(DEFAULT_LISTEN_ADDRESS, description="HOST:PORT the HTTP server listens on.")
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT or :PORT; got {value!r}")
+        return value
+
+
+class RemoteWriteConfig(_Strict):
+    url: str | None = Field(None, description="Prometheus remote-write URL (…/api/v1/write); off when empty.")
+    timeout: float = Field(30.0, description="Timeout of one push (duration).")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class WriterConfig(_Strict):
+    """Where scores go besides /metrics: optionally remote write (catch-up ranges included)."""
+
+    remote_write: RemoteWriteConfig = Field(default_factory=RemoteWriteConfig)
+
+
+class AnomaliesConfig(_Strict):
+    max_kept: int = Field(1000, ge=1, le=1_000_000, description="Size of the recent-anomalies buffer.")
+    threshold: float = Field(1.0, gt=0, description="A point with a score above this is an anomaly.")
+
+
+class OpenSection(BaseModel):
+    """A section whose keys another component defines (registry, drift); kept as given."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    enabled: bool = False
+
+
+class RegistryConfig(OpenSection):
+    tracking_uri: str | None = None
+
+
+class DriftConfig(OpenSection):
+    pass
+
+
+class DetectorConfig(_Strict):
+    schema_version: Literal[1] = Field(description="Configuration schema version; this release reads 1.")
+    reader: ReaderConfig = Field(default_factory=ReaderConfig)
+    models: dict[str, ModelPreset] = Field(default_factory=dict)
+    queries: dict[str, QueryConfig] = Field(min_length=1)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    state_dir: str = Field(".boxwatch/detector", description="Where fitted models are persisted.")
+    writer: WriterConfig = Field(default_factory=WriterConfig)
+    anomalies: AnomaliesConfig = Field(default_factory=AnomaliesConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+    def model_for(self, alias: str) -> tuple[str, dict[str, Any]]:
+        """``(model name, params)`` of query ``alias``, with a preset's params under the query's."""
+        query = self.queries[alias]
+        preset = self.models.get(query.model)
+        if preset is None:
+            return query.model, dict(query.params)
+        return preset.name, {**preset.params, **query.params}
+
+    def query_hash(self, alias: str) -> str:
+        """Hash of what a fitted model depends on; a bundle with another hash is stale."""
+        query = self.queries[alias]
+        name, params = self.model_for(alias)
+        material = {
+            "expr": query.expr, "step": query.step, "fit_window": query.fit_window, "model": name,
+            "params": params, "group_by": sorted(query.group_by), "counter": query.counter,
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key or '(top level)'}: {self.reason}"
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, each with source, key path and reason."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | os.PathLike,
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DetectorConfig:
+    """Read, override and validate a config file; raise :class:`ConfigError` listing every problem.
+
+    ``overrides`` maps dotted key paths to values (from ``--set`` and dedicated flags);
+    ``environ`` defaults to ``os.environ`` and contributes ``BOXWATCH_A__B=value`` as ``a.b``.
+    """
+    path = str(path)
+    raw, problems = _read_yaml(path)
+    if problems:
+        raise ConfigError(problems)
+    sources: dict[str, str] = {}
+    flag_overrides = {key: (f"flag --set {key}", value) for key, value in (overrides or {}).items()}
+    for key, (label, value) in [*_env_overrides(os.environ if environ is None else environ).items(),
+                                *flag_overrides.items()]:
+        problem = _apply_override(raw, key, value)
+        sources[key] = label
+        if problem:
+            problems.append(Problem(label, key, problem))
+    if problems:
+        raise ConfigError(problems)
+    return validate(raw, path, sources)
+
+
+def validate(raw: Any, path: str = "<config>", sources: Mapping[str, str] | None = None) -> DetectorConfig:
+    """Validate a parsed document; every schema and cross-reference problem at once."""
+    sources = sources or {}
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem(path, "", f"expected a mapping at the top level, got {type(raw).__name__}")])
+    try:
+        config = DetectorConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = [_problem_from(error, path, sources) for error in err.errors()]
+        problems.extend(_cross_problems_raw(raw, path))
+        raise ConfigError(_dedupe(problems)) from None
+    problems = _semantic_problems(config, path, sources)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_yaml(path: str) -> tuple[Any, list[Problem]]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        return None, [Problem(path, "", f"cannot read file: {err.strerror or err}")]
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        reason = getattr(err, "problem", None) or str(err)
+        return None, [Problem(path, "", f"not valid YAML{where}: {reason}")]
+    if raw is None:
+        return None, [Problem(path, "", "the file is empty")]
+    if not isinstance(raw, dict):
+        return None, [Problem(path, "", f"expected a mapping at the top level, got {type(raw).__name__}")]
+    return raw, []
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    result = {}
+    top = set(DetectorConfig.model_fields)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if parts[0] not in top:
+            continue  # BOXWATCH_* variables of other components
+        result[".".join(parts)] = (f"environment {name}", value)
+    return result
+
+
+def _apply_override(raw: dict, key: str, value: str) -> str | None:
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        return "empty key path"
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"cannot set a key below {part!r}: it is not a mapping"
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+    return None
+
+
+def _problem_from(error: Mapping[str, Any], path: str, sources: Mapping[str, str]) -> Problem:
+    key = ".".join(str(part) for part in error["loc"])
+    reason = error["msg"]
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key"
+    elif error["type"] == "missing":
+        reason = "required key is missing"
+    elif reason.startswith("Value error, "):
+        reason = reason[len("Value error, "):]
+    if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+        shown = repr(error["input"])
+        if len(shown) < 60 and shown not in reason:
+            reason = f"{reason} (got {shown})"
+    return Problem(_source_of(key, path, sources), key, reason)
+
+
+def _source_of(key: str, path: str, sources: Mapping[str, str]) -> str:
+    for candidate, label in sources.items():
+        if key == candidate or key.startswith(candidate + "."):
+            return label
+    return path
+
+
+def _cross_problems_raw(raw: dict, path: str) -> list[Problem]:
+    """Model problems of the parts that did parse, so schema errors elsewhere do not hide them."""
+    problems = []
+    presets = raw.get("models") if isinstance(raw.get("models"), dict) else {}
+    queries = raw.get("queries") if isinstance(raw.get("queries"), dict) else {}
+    for alias, preset in presets.items():
+        if isinstance(preset, dict) and isinstance(preset.get("name"), str):
+            params = preset.get("params") if isinstance(preset.get("params"), dict) else {}
+            reason = _model_problem(preset["name"], params)
+            if reason:
+                key = f"models.{alias}.{'params' if 'parameter' in reason else 'name'}"
+                problems.append(Problem(path, key, reason))
+    for alias, query in queries.items():
+        if not isinstance(query, dict) or not isinstance(query.get("model", "robust"), str):
+            continue
+        model = query.get("model", "robust")
+        params = query.get("params") if isinstance(query.get("params"), dict) else {}
+        preset = presets.get(model)
+        if isinstance(preset, dict):
+            if not isinstance(preset.get("name"), str):
+                continue
+            model, params = preset["name"], {**(preset.get("params") or {}), **params}
+        reason = _model_problem(model, params)
+        if reason:
+            key = f"queries.{alias}.{'params' if 'parameter' in reason else 'model'}"
+            problems.append(Problem(path, key, reason))
+    return problems
+
+
+def _semantic_problems(config: DetectorConfig, path: str, sources: Mapping[str, str]) -> list[Problem]:
+    problems = []
+    for alias, preset in config.models.items():
+        reason = _model_problem(preset.name, preset.params)
+        if reason:
+            key = f"models.{alias}.{'params' if 'parameter' in reason else 'name'}"
+            problems.append(Problem(_source_of(key, path, sources), key, reason))
+    for alias, query in config.queries.items():
+        if not _ALIAS.match(alias):
+            problems.append(Problem(path, f"queries.{alias}", "a query alias must match [A-Za-z_][A-Za-z0-9_:-]*"))
+        name, params = config.model_for(alias)
+        reason = _model_problem(name, params)
+        if reason:
+            key = f"queries.{alias}.{'params' if 'parameter' in reason else 'model'}"
+            problems.append(Problem(_source_of(key, path, sources), key, reason))
+        elif _is_multivariate(name) and not query.group_by:
+            key = f"queries.{alias}.group_by"
+            problems.append(Problem(path, key, f"model {name!r} is multivariate: name the entity labels"))
+        if query.infer_every is not None and query.infer_every > query.fit_every:
+            key = f"queries.{alias}.infer_every"
+            problems.append(Problem(_source_of(key, path, sources), key, "must not be longer than fit_every"))
+    return problems
+
+
+def _model_problem(name: str, params: Mapping[str, Any]) -> str | None:
+    from detector.models import MODELS, model_class
+
+    if name not in MODELS:
+        return f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+    try:
+        cls = model_class(name)
+    except ImportError as err:
+        return f"model {name!r} cannot be loaded: {err}"
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        return f"unknown parameter(s) {', '.join(unknown)} for model {name!r}; accepted: {', '.join(accepted)}"
+    try:
+        cls(**params)
+    except (TypeError, ValueError) as err:
+        return f"invalid parameter for model {name!r}: {err}"
+    return None
+
+
+def _is_multivariate(name: str) -> bool:
+    from detector.models import model_class
+
+    return bool(model_class(name).multivariate)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, result = set(), []
+    for problem in problems:
+        if (problem.key, problem.reason) not in seen:
+            seen.add((problem.key, problem.reason))
+            result.append(problem)
+    return result

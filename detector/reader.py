@@ -1,0 +1,165 @@
+"""Range queries against a Prometheus-compatible HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics).
+
+One query gives many series, each keyed by its label set (a sorted tuple of pairs,
+``__name__`` included when the query keeps it). Values lie on the query's step grid
+(``start + k * step``); a grid point without a sample is NaN, so gaps stay gaps.
+
+Long ranges are split so that no request asks for more than ``max_points_per_request``
+points per series (Prometheus refuses more than 11,000). Connection errors, timeouts, 5xx
+and 429 answers are retried with exponential backoff; a 4xx (a bad query) is not.
+
+Counters: prefer ``rate()`` in PromQL. For a query that returns raw counters, set
+``counter: true`` and :func:`counter_rate` turns the values into per-second rates, reading a
+drop as a reset (the new value is the increase since the reset), as ``rate()`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import requests
+
+from detector.config import ReaderConfig, format_duration
+
+log = logging.getLogger("boxwatch.detector.reader")
+
+SeriesKey = tuple[tuple[str, str], ...]
+
+
+class ReaderError(RuntimeError):
+    """A query failed."""
+
+
+class PrometheusUnavailable(ReaderError):
+    """Prometheus did not answer (connection refused, timeout, 5xx) after every retry."""
+
+
+class QueryError(ReaderError):
+    """Prometheus answered that the query itself is wrong (HTTP 400/422): retrying will not help."""
+
+
+def series_key(labels: Mapping[str, str]) -> SeriesKey:
+    return tuple(sorted(labels.items()))
+
+
+def grid(start: float, end: float, step: float) -> np.ndarray:
+    """Evaluation timestamps of a range query: ``start, start + step, ..., <= end``."""
+    count = int(math.floor((end - start) / step + 1e-9)) + 1
+    return start + step * np.arange(max(count, 0))
+
+
+def align(timestamp: float, step: float) -> float:
+    """The grid point at or before ``timestamp`` on the grid of multiples of ``step``."""
+    return math.floor(timestamp / step) * step
+
+
+def counter_rate(values: pd.Series, step: float) -> pd.Series:
+    """Per-second rate between consecutive grid points of a raw counter, resets handled.
+
+    A drop means the counter restarted from 0: the increase is the new value. The first
+    point and points next to a gap are NaN.
+    """
+    diff = values.diff()
+    increase = diff.where(diff >= 0, values)
+    return increase / step
+
+
+class PrometheusReader:
+    """``query_range`` with chunking, retries, a timeout and NaN-filled gaps.
+
+    Parameters
+    ----------
+    config : ReaderConfig
+        URL, timeout, retries, backoff and the per-request point limit.
+    session : requests.Session, optional
+        Connection pool to use (tests may pass their own).
+    """
+
+    def __init__(self, config: ReaderConfig, session: requests.Session | None = None, sleep=time.sleep):
+        self.config = config
+        self._session = session or requests.Session()
+        self._session.headers.update(config.headers)
+        self._sleep = sleep
+        self.last_request_seconds = 0.0
+
+    def close(self) -> None:
+        self._session.close()
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> dict[SeriesKey, pd.Series]:
+        """Every series of ``expr`` on the grid ``start .. end`` by ``step``, as float Series.
+
+        The index is a UTC ``DatetimeIndex`` of the grid; missing samples are NaN. Series
+        with no sample at all in the range are absent.
+        """
+        if end < start:
+            raise ValueError(f"end {end} is before start {start}")
+        stamps = grid(start, end, step)
+        chunk = self.config.max_points_per_request
+        columns: dict[SeriesKey, np.ndarray] = {}
+        self.last_request_seconds = 0.0
+        for first in range(0, len(stamps), chunk):
+            part = stamps[first:first + chunk]
+            for labels, samples in self._request(expr, float(part[0]), float(part[-1]), step):
+                key = series_key(labels)
+                target = columns.get(key)
+                if target is None:
+                    target = columns[key] = np.full(len(stamps), np.nan)
+                for ts, value in samples:
+                    index = int(round((float(ts) - start) / step))
+                    if 0 <= index < len(stamps):
+                        target[index] = _float(value)
+        index = pd.to_datetime(stamps, unit="s", utc=True)
+        return {key: pd.Series(values, index=index, name="value") for key, values in columns.items()}
+
+    def _request(self, expr: str, start: float, end: float, step: float) -> list[tuple[dict, list]]:
+        params = {"query": expr, "start": _fmt(start), "end": _fmt(end), "step": format_duration(step)}
+        url = f"{self.config.url}/api/v1/query_range"
+        delay = self.config.backoff
+        for attempt in range(self.config.retries + 1):
+            began = time.perf_counter()
+            try:
+                response = self._session.get(url, params=params, timeout=self.config.timeout)
+            except requests.RequestException as err:
+                problem: str = f"{type(err).__name__}: {err}"
+            else:
+                if response.status_code in (400, 422):
+                    raise QueryError(_error_text(response))
+                if response.status_code == 200:
+                    body = response.json()
+                    self.last_request_seconds += time.perf_counter() - began
+                    if body.get("status") != "success":
+                        raise QueryError(body.get("error", "query failed"))
+                    if body["data"]["resultType"] != "matrix":
+                        raise QueryError(f"expected a range vector, got {body['data']['resultType']}")
+                    return [(item["metric"], item["values"]) for item in body["data"]["result"]]
+                problem = f"HTTP {response.status_code}: {_error_text(response)}"
+                if response.status_code < 500 and response.status_code != 429:
+                    raise QueryError(problem)
+            if attempt < self.config.retries:
+                log.debug("retrying query", extra={"fields": {"error": problem, "attempt": attempt + 1}})
+                self._sleep(delay)
+                delay *= 2
+        raise PrometheusUnavailable(f"{self.config.url} unreachable after {self.config.retries + 1} tries: {problem}")
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def _fmt(ts: float) -> str:
+    return f"{ts:.3f}"
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        return response.json().get("error") or response.text[:200]
+    except ValueError:
+        return response.text[:200]

@@ -1,0 +1,225 @@
+"""From raw series to scored points: shared by the service, backfill and the ad-hoc API.
+
+A *unit* is what one model instance sees: one series for a univariate model, one entity
+(series sharing the query's ``group_by`` labels, one column per feature) for a
+multivariate one. Units are keyed by their output labels, sorted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
+from detector.models import make_model, model_class
+from detector.models.base import Model, band_score, empty_scores
+from detector.models.robust import RobustModel
+from detector.reader import SeriesKey, counter_rate
+from detector.store import ModelBundle
+
+log = logging.getLogger("boxwatch.detector.scoring")
+
+FALLBACK_WINDOW = 360  # points of history the robust stand-in model starts from
+
+
+def shard_of(key: SeriesKey, shards: int) -> int:
+    """Which of ``shards`` replicas owns the unit ``key``: a stable hash of its sorted labels."""
+    if shards <= 1:
+        return 0
+    text = "\x00".join(f"{name}\x01{value}" for name, value in sorted(key))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % shards
+
+
+def output_labels(raw: Mapping[str, str]) -> dict[str, str]:
+    """Source labels as exported: ``__name__`` dropped, ``query``/``model`` renamed ``exported_*``."""
+    labels = {}
+    for name, value in raw.items():
+        if name == "__name__":
+            continue
+        labels[f"exported_{name}" if name in RESERVED_OUTPUT_LABELS else name] = value
+    return labels
+
+
+def feature_name(raw: Mapping[str, str], group_by: Iterable[str]) -> str:
+    """A multivariate feature's name: the metric name plus the labels outside ``group_by``."""
+    rest = {k: v for k, v in raw.items() if k not in set(group_by) and k != "__name__"}
+    name = raw.get("__name__", "")
+    if rest:
+        inner = ",".join(f"{k}={v}" for k, v in sorted(rest.items()))
+        name = f"{name}{{{inner}}}" if name else inner
+    return name or "value"
+
+
+def build_units(
+    query: QueryConfig,
+    multivariate: bool,
+    raw: Mapping[SeriesKey, pd.Series],
+    shard: tuple[int, int] = (0, 1),
+    alias: str = "",
+) -> dict[SeriesKey, pd.DataFrame]:
+    """Frames per unit from a range query's series, keeping only this replica's shard."""
+    index, total = shard
+    units: dict[SeriesKey, pd.DataFrame] = {}
+    if not multivariate:
+        for key, series in raw.items():
+            values = counter_rate(series, query.step) if query.counter else series
+            unit = tuple(sorted(output_labels(dict(key)).items()))
+            if unit in units:
+                log.warning("two series with the same labels once __name__ is dropped; keeping the first",
+                            extra={"fields": {"query": alias, "labels": dict(unit)}})
+                continue
+            if shard_of(unit, total) == index:
+                units[unit] = values.to_frame("value")
+        return units
+    columns: dict[SeriesKey, dict[str, pd.Series]] = {}
+    for key, series in raw.items():
+        labels = dict(key)
+        entity = tuple(sorted(output_labels({k: labels.get(k, "") for k in query.group_by}).items()))
+        if shard_of(entity, total) != index:
+            continue
+        values = counter_rate(series, query.step) if query.counter else series
+        columns.setdefault(entity, {})[feature_name(labels, query.group_by)] = values
+    for entity, features in columns.items():
+        units[entity] = pd.DataFrame(dict(sorted(features.items())))
+    return units
+
+
+class FeaturewiseRobust(Model):
+    """Stand-in for a multivariate model: a robust model per feature, the score their maximum.
+
+    Used for an entity that appeared after the last fit, so it is scored at once.
+    """
+
+    name = "robust"
+    multivariate = True
+
+    def __init__(self, window: int = FALLBACK_WINDOW):
+        self.window = window
+
+    def fit(self, history: pd.DataFrame) -> FeaturewiseRobust:
+        self.models_ = {
+            column: RobustModel(window=self.window).fit(history[[column]].rename(columns={column: "value"}))
+            for column in history.columns
+        }
+        return self
+
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self._check_fitted()
+        out = empty_scores(frame.index, ["expected", "lower", "upper", "score", "top_features"])
+        per_feature = {}
+        for column, model in self.models_.items():
+            if column in frame:
+                per_feature[column] = model.score(frame[[column]].rename(columns={column: "value"}))["score"]
+        if not per_feature:
+            return out
+        table = pd.DataFrame(per_feature)
+        out["score"] = table.max(axis=1, skipna=True)
+        out["top_features"] = [
+            [name for name, value in row.sort_values(ascending=False).items() if value == value][:3]
+            for _, row in table.iterrows()
+        ]
+        return out
+
+    def learn(self, frame: pd.DataFrame) -> None:
+        for column, model in self.models_.items():
+            if column in frame:
+                model.learn(frame[[column]].rename(columns={column: "value"}))
+
+
+def fallback_model(multivariate: bool, history: pd.DataFrame) -> Model:
+    """The robust stand-in for a unit that has no fitted model yet, started from ``history``."""
+    if multivariate:
+        return FeaturewiseRobust().fit(history)
+    return RobustModel(window=FALLBACK_WINDOW).fit(history)
+
+
+def is_multivariate(config: DetectorConfig, alias: str) -> bool:
+    return bool(model_class(config.model_for(alias)[0]).multivariate)
+
+
+def fit_bundle(
+    config: DetectorConfig,
+    alias: str,
+    units: Mapping[SeriesKey, pd.DataFrame],
+    training_start: float,
+    training_end: float,
+) -> ModelBundle:
+    """Fit a model per unit; a unit whose fit fails is logged and left to the robust stand-in."""
+    name, params = config.model_for(alias)
+    began = time.perf_counter()
+    models: dict[SeriesKey, Model] = {}
+    for key, frame in units.items():
+        if frame.dropna(how="all").empty:
+            continue
+        try:
+            models[key] = make_model(name, params).fit(frame)
+        except (ValueError, np.linalg.LinAlgError, ArithmeticError) as err:
+            log.warning("fit failed for a series; the robust model scores it",
+                        extra={"fields": {"query": alias, "model": name, "labels": dict(key), "error": err}})
+    return ModelBundle(
+        query=alias, model_name=name, models=models, params=params, config_hash=config.query_hash(alias),
+        training_start=training_start, training_end=training_end, fitted_at=time.time(),
+        fit_seconds=time.perf_counter() - began,
+    )
+
+
+def score_online(
+    model: Model,
+    frame: pd.DataFrame,
+    direction: str = "both",
+    min_deviation: float = 0.0,
+) -> pd.DataFrame:
+    """Score ``frame`` point by point, learning each point after it is scored (never ahead).
+
+    Returns the model's columns with ``score`` recomputed from the band for ``direction``
+    and ``min_deviation`` (see :func:`band_score`) where the model has a band. Rows whose
+    values are all NaN are skipped (NaN score) and not learned.
+    """
+    valid = ~np.isnan(frame.to_numpy(dtype=float)).all(axis=1)
+    if len(frame) == 1:  # the usual serve cycle: one new point
+        if not valid[0]:
+            return empty_scores(frame.index)
+        result = model.score(frame)
+        model.learn(frame)
+        return apply_band(result, frame, direction, min_deviation)
+    rows = []
+    for position in range(len(frame)):
+        point = frame.iloc[position:position + 1]
+        if not valid[position]:
+            rows.append(empty_scores(point.index))
+            continue
+        rows.append(model.score(point))
+        model.learn(point)
+    if not rows:
+        return empty_scores(frame.index)
+    return apply_band(pd.concat(rows), frame, direction, min_deviation)
+
+
+def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float) -> pd.DataFrame:
+    """Recompute ``score`` from the band with the query's direction and minimum deviation.
+
+    With the defaults (``both``, 0) the model's own score already is the band score.
+    """
+    if "value" not in frame.columns or (direction == "both" and min_deviation == 0):
+        return result
+    expected = result["expected"].to_numpy(dtype=float)
+    lower = result["lower"].to_numpy(dtype=float)
+    upper = result["upper"].to_numpy(dtype=float)
+    has_band = ~(np.isnan(expected) | np.isnan(lower) | np.isnan(upper))
+    if not has_band.any():
+        return result
+    banded = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper, direction, min_deviation)
+    result["score"] = np.where(has_band, banded, result["score"].to_numpy(dtype=float))
+    return result
+
+
+def top_features(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return []

@@ -1,0 +1,530 @@
+"""The detector service: fit on a schedule, score on a schedule, publish a snapshot.
+
+Two threads do the work. The *scoring* thread wakes every second and, for each query whose
+``infer_every`` has come, range-queries the points since the last scored one (bounded by
+``reader.catch_up_max``), scores them online, keeps anomalies in a bounded buffer and
+replaces the query's snapshot. The *fitting* thread refits each query every ``fit_every``
+on its ``fit_window`` and hands the result to the :data:`~detector.store.FitSink`.
+
+A unit (series or entity) without a fitted model — a container restarted after the last fit,
+or every unit before the first fit — is scored at once by a robust stand-in started from its
+recent history, until its own model exists. ``/metrics`` reads only the snapshot: a scrape
+never computes and never waits on Prometheus.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from detector.config import ConfigError, DetectorConfig, load_config
+from detector.models.base import Model
+from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
+from detector.scoring import (
+    FALLBACK_WINDOW,
+    build_units,
+    fallback_model,
+    fit_bundle,
+    is_multivariate,
+    score_online,
+)
+from detector.store import FitSink, LocalStore, ModelBundle
+from detector.writer import RemoteWriter, ScoredPoint, scored_points
+
+log = logging.getLogger("boxwatch.detector")
+
+CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+FIT_RETRY_SECONDS = 60.0
+
+
+def _fields(**values: Any) -> dict:
+    return {"fields": values}
+
+
+@dataclass
+class QueryState:
+    """What the service knows about one query between cycles."""
+
+    alias: str
+    config_hash: str
+    bundle: ModelBundle | None = None
+    fallback: dict[SeriesKey, Model] = field(default_factory=dict)
+    last_scored: float | None = None
+    next_fit: float = 0.0
+    next_infer: float = 0.0
+    snapshot: list[ScoredPoint] = field(default_factory=list)
+    models_in_snapshot: dict[str, int] = field(default_factory=dict)
+    fit_error: str | None = None
+
+
+@dataclass
+class Stats:
+    """Self-metric state, updated by the threads and read by the collector under a lock."""
+
+    prometheus_up: bool = False
+    query_errors: dict[str, int] = field(default_factory=dict)
+    last_success: float = 0.0
+    cycle_buckets: list[int] = field(default_factory=lambda: [0] * len(CYCLE_BUCKETS))
+    cycle_count: int = 0
+    cycle_sum: float = 0.0
+    last_cycle_seconds: float = 0.0
+    last_cycle_query_seconds: float = 0.0
+    fit_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    reload_success: bool = True
+    reload_timestamp: float = 0.0
+    remote_write_errors: int = 0
+    anomalies_total: dict[str, int] = field(default_factory=dict)
+
+
+class Detector:
+    """The scoring service. Build it, :meth:`start` it, read it from the HTTP layer, :meth:`stop` it.
+
+    Parameters
+    ----------
+    config : DetectorConfig
+        The validated configuration.
+    config_path : str, optional
+        Where :meth:`reload` reads the configuration again.
+    overrides : mapping, optional
+        Key-path overrides (flags) re-applied on every reload.
+    shard : (index, total)
+        This replica's share of the units.
+    fit_sink : FitSink, optional
+        Where fit results go; the bundle it returns is served. Default: ``LocalStore.save``.
+    load_bundle : callable, optional
+        ``alias -> ModelBundle | None`` used at start and on reload. Default: ``LocalStore.load``.
+    """
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        config_path: str | None = None,
+        overrides: Mapping[str, str] | None = None,
+        shard: tuple[int, int] = (0, 1),
+        fit_sink: FitSink | None = None,
+        load_bundle: Callable[[str], ModelBundle | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.shard = shard
+        self.store = LocalStore(config.state_dir)
+        self.fit_sink: FitSink = fit_sink or self.store.save
+        self.load_bundle = load_bundle or self.store.load
+        self.clock = clock
+        self.stats = Stats()
+        self.started_at = clock()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._fit_wakeup = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._first_cycle_done = threading.Event()
+        self._reader = PrometheusReader(config.reader)
+        self._writer = self._make_writer(config)
+        self._anomalies: deque[dict[str, Any]] = deque(maxlen=config.anomalies.max_kept)
+        self._states: dict[str, QueryState] = {}
+        self._sync_states(config)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Detector:
+        for name, target in (("scoring", self._scoring_loop), ("fitting", self._fitting_loop)):
+            thread = threading.Thread(target=target, name=f"detector-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._fit_wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._reader.close()
+
+    # ------------------------------------------------------------------ read side (HTTP layer)
+
+    @property
+    def ready(self) -> bool:
+        """Every query has fitted (or loaded) models."""
+        with self._lock:
+            return all(state.bundle is not None for state in self._states.values())
+
+    def snapshot(self) -> dict[str, list[ScoredPoint]]:
+        with self._lock:
+            return {alias: list(state.snapshot) for alias, state in self._states.items()}
+
+    def bundles(self) -> list[dict[str, Any]]:
+        """Summaries of the served bundles, plus how many units the stand-in scores."""
+        with self._lock:
+            result = []
+            for alias, state in self._states.items():
+                entry: dict[str, Any] = {"query": alias, "ready": state.bundle is not None,
+                                         "fallback_series": len(state.fallback), "fit_error": state.fit_error}
+                if state.bundle is not None:
+                    entry.update(state.bundle.summary())
+                else:
+                    name, params = self.config.model_for(alias)
+                    entry.update({"model": name, "params": params, "version": None, "series": 0})
+                result.append(entry)
+            return result
+
+    def anomalies(self, since: float = 0.0) -> list[dict[str, Any]]:
+        with self._lock:
+            return [a for a in self._anomalies if a["timestamp"] >= since]
+
+    def stats_copy(self) -> tuple[Stats, dict[str, dict[str, int]]]:
+        """A consistent copy of the self-metric state and, per query, units scored per model."""
+        with self._lock:
+            return copy.deepcopy(self.stats), {a: dict(s.models_in_snapshot) for a, s in self._states.items()}
+
+    def model_info(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return [(alias, s.bundle.model_name, s.bundle.version or "local")
+                    for alias, s in self._states.items() if s.bundle is not None]
+
+    # ------------------------------------------------------------------ hooks for a registry
+
+    def install_bundle(self, bundle: ModelBundle) -> bool:
+        """Serve ``bundle`` for its query from the next cycle on; ``False`` if it is stale or unknown."""
+        with self._lock:
+            state = self._states.get(bundle.query)
+            if state is None or bundle.config_hash != state.config_hash:
+                log.warning("ignoring models fitted for another configuration",
+                            extra=_fields(query=bundle.query, config_hash=bundle.config_hash))
+                return False
+            state.bundle = bundle
+            state.fallback.clear()  # units the bundle lacks get a fresh stand-in at the next cycle
+            state.next_fit = bundle.fitted_at + self.config.queries[bundle.query].fit_every
+            state.fit_error = None
+            self.stats.fit_seconds[(bundle.query, bundle.model_name)] = bundle.fit_seconds
+        return True
+
+    def request_fit(self, alias: str | None = None) -> None:
+        """Refit ``alias`` (or every query) as soon as the fitting thread is free."""
+        with self._lock:
+            for name, state in self._states.items():
+                if alias is None or name == alias:
+                    state.next_fit = 0.0
+        self._fit_wakeup.set()
+
+    # ------------------------------------------------------------------ reload
+
+    def request_reload(self) -> None:
+        """Reload from the scoring thread at its next wake-up (safe from a signal handler)."""
+        self._reload_requested.set()
+
+    def reload(self) -> tuple[bool, list[str]]:
+        """Read the configuration file again; keep the current one when the new one is bad."""
+        if self.config_path is None:
+            return False, ["no configuration file to reload from"]
+        try:
+            new = load_config(self.config_path, self.overrides)
+        except ConfigError as err:
+            problems = [str(p) for p in err.problems]
+            with self._lock:
+                self.stats.reload_success = False
+            log.error("configuration reload failed; keeping the last good configuration",
+                      extra=_fields(file=self.config_path, problems="; ".join(problems)))
+            return False, problems
+        with self._lock:
+            if new.server != self.config.server or new.state_dir != self.config.state_dir:
+                log.warning("server and state_dir changes take effect at the next restart")
+            if new.reader != self.config.reader:
+                self._reader.close()
+                self._reader = PrometheusReader(new.reader)
+            if new.writer != self.config.writer:
+                self._writer = self._make_writer(new)
+            if new.anomalies.max_kept != self.config.anomalies.max_kept:
+                self._anomalies = deque(self._anomalies, maxlen=new.anomalies.max_kept)
+            self.config = new
+            self._sync_states(new)
+            self.stats.reload_success = True
+            self.stats.reload_timestamp = self.clock()
+        log.info("configuration reloaded", extra=_fields(file=self.config_path, queries=len(new.queries)))
+        self._fit_wakeup.set()
+        return True, []
+
+    def _sync_states(self, config: DetectorConfig) -> None:
+        """Match query states to ``config``: new queries start (from the store), changed ones restart."""
+        for alias in list(self._states):
+            if alias not in config.queries or self._states[alias].config_hash != config.query_hash(alias):
+                del self._states[alias]
+        for alias in config.queries:
+            if alias in self._states:
+                continue
+            state = self._states[alias] = QueryState(alias, config.query_hash(alias))
+            bundle = self.load_bundle(alias)
+            if bundle is not None and bundle.config_hash == state.config_hash:
+                state.bundle = bundle
+                state.next_fit = bundle.fitted_at + config.queries[alias].fit_every
+                self.stats.fit_seconds[(alias, bundle.model_name)] = bundle.fit_seconds
+                log.info("loaded persisted models", extra=_fields(query=alias, series=len(bundle.models),
+                                                                  version=bundle.version or "local"))
+
+    @staticmethod
+    def _make_writer(config: DetectorConfig) -> RemoteWriter | None:
+        remote = config.writer.remote_write
+        return RemoteWriter(remote.url, remote.timeout) if remote.url else None
+
+    # ------------------------------------------------------------------ scoring
+
+    def _scoring_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+            self.run_cycle()
+            self._first_cycle_done.set()
+            self._stop.wait(self._seconds_to_next_infer())
+
+    def _seconds_to_next_infer(self) -> float:
+        with self._lock:
+            due = min((s.next_infer for s in self._states.values()), default=self.clock() + 1)
+        return min(max(due - self.clock(), 0.05), 1.0)
+
+    def run_cycle(self, now: float | None = None) -> int:
+        """Score every query that is due; return how many units were scored."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            due = [alias for alias, s in self._states.items() if s.next_infer <= now]
+        if not due:
+            return 0
+        began = time.perf_counter()
+        query_seconds, scored = 0.0, 0
+        for alias in due:
+            count, seconds = self._infer(alias, now)
+            scored += count
+            query_seconds += seconds
+        self._observe_cycle(time.perf_counter() - began, query_seconds)
+        return scored
+
+    def _infer(self, alias: str, now: float) -> tuple[int, float]:
+        with self._lock:
+            config = self.config
+            state = self._states.get(alias)
+            if state is None:
+                return 0, 0.0
+            query = config.queries[alias]
+            state.next_infer = now + query.infer_interval
+            reader = self._reader
+        end = align(now, query.step)
+        start = self._infer_start(state, query, end, config.reader.catch_up_max)
+        if start > end:
+            return 0, 0.0
+        if end - start >= 2 * query.step:
+            log.info("catching up", extra=_fields(query=alias, points=int((end - start) // query.step) + 1,
+                                                  start=start, end=end))
+        lead = query.step if query.counter else 0.0
+        try:
+            raw = reader.query_range(query.expr, start - lead, end, query.step)
+        except ReaderError as err:
+            self._query_failed(alias, err)
+            return 0, reader.last_request_seconds
+        query_seconds = reader.last_request_seconds
+        multivariate = is_multivariate(config, alias)
+        units = build_units(query, multivariate, raw, self.shard, alias)
+        if lead:  # the extra point before start only served the first rate
+            units = {key: frame.iloc[1:] for key, frame in units.items()}
+        try:
+            query_seconds += self._add_fallbacks(alias, state, units, multivariate, start)
+        except ReaderError as err:
+            self._query_failed(alias, err)
+            return 0, query_seconds + reader.last_request_seconds
+        points, latest, used = self._score_units(alias, state, units, query, config.anomalies.threshold, end)
+        with self._lock:
+            if self._states.get(alias) is state:
+                state.snapshot = latest
+                state.models_in_snapshot = used
+                state.last_scored = end
+            self._query_succeeded()
+        if self._writer is not None and points:
+            self._remote_write(alias, points)
+        return len(latest), query_seconds
+
+    def _infer_start(self, state: QueryState, query, end: float, catch_up_max: float) -> float:
+        """First grid point to score: after the last scored one, at most ``catch_up_max`` back.
+
+        At start-up (nothing scored yet) the recent ``catch_up_max`` is scored too, after the end
+        of the served bundle's training window, so a restart fills what it missed (remote write,
+        anomalies) without scoring points a model was trained on.
+        """
+        earliest = align(end - catch_up_max, query.step)
+        if state.last_scored is not None:
+            return max(state.last_scored + query.step, earliest)
+        with self._lock:
+            trained_until = state.bundle.training_end if state.bundle else None
+        if trained_until is not None:
+            return max(trained_until + query.step, earliest) if trained_until < end else end
+        return earliest
+
+    def _add_fallbacks(self, alias: str, state: QueryState, units: dict[SeriesKey, pd.DataFrame],
+                       multivariate: bool, start: float) -> float:
+        """Start a robust stand-in for every unit without a model, from its recent history."""
+        with self._lock:
+            known = set(state.bundle.models) if state.bundle else set()
+            missing = [key for key in units if key not in known and key not in state.fallback]
+            query = self.config.queries[alias]
+            reader = self._reader
+        if not missing:
+            return 0.0
+        history_start = start - FALLBACK_WINDOW * query.step
+        lead = query.step if query.counter else 0.0
+        raw = reader.query_range(query.expr, history_start - lead, start - query.step, query.step)
+        history = build_units(query, multivariate, raw, self.shard, alias)
+        created = {}
+        for key in missing:
+            frame = history.get(key)
+            if frame is None:
+                frame = units[key].iloc[:0]
+            created[key] = fallback_model(multivariate, frame)
+        with self._lock:
+            state.fallback.update(created)
+        log.info("scoring new series with the robust model until their own is fitted",
+                 extra=_fields(query=alias, series=len(created)))
+        return reader.last_request_seconds
+
+    def _score_units(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
+                     query, threshold: float, end: float) -> tuple[list, list, dict]:
+        """Score each unit's new points; return all points, the points at ``end``, units per model."""
+        points: list[ScoredPoint] = []
+        latest: list[ScoredPoint] = []
+        used: dict[str, int] = {}
+        for key, frame in units.items():
+            with self._lock:
+                own = state.bundle.models.get(key) if state.bundle else None
+                model = own or state.fallback.get(key)
+                model_name = state.bundle.model_name if own is not None else "robust"
+            if model is None or frame.empty:
+                continue
+            result = score_online(model, frame, query.direction, query.min_deviation)
+            labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+            unit_points = list(scored_points(labels, frame, result))
+            for point in unit_points:
+                if point.score > threshold:
+                    self._record_anomaly(alias, model_name, key, point)
+            points.extend(unit_points)
+            if unit_points and unit_points[-1].timestamp == end:
+                latest.append(unit_points[-1])
+                used[model_name] = used.get(model_name, 0) + 1
+        return points, latest, used
+
+    def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
+        with self._lock:
+            self._anomalies.append({
+                "timestamp": point.timestamp, "query": alias, "model": model_name, "labels": dict(key),
+                "value": _json_float(point.value), "expected": _json_float(point.expected),
+                "lower": _json_float(point.lower), "upper": _json_float(point.upper),
+                "score": _json_float(point.score), "top_features": list(point.top_features),
+            })
+            self.stats.anomalies_total[alias] = self.stats.anomalies_total.get(alias, 0) + 1
+
+    def _remote_write(self, alias: str, points: list[ScoredPoint]) -> None:
+        try:
+            self._writer.write(points)
+        except Exception as err:  # the push is best effort: /metrics still serves the scores
+            with self._lock:
+                self.stats.remote_write_errors += 1
+            log.warning("remote write failed", extra=_fields(query=alias, error=err))
+
+    def _query_failed(self, alias: str, err: ReaderError) -> None:
+        with self._lock:
+            self.stats.query_errors[alias] = self.stats.query_errors.get(alias, 0) + 1
+            if isinstance(err, PrometheusUnavailable):
+                if self.stats.prometheus_up:
+                    log.error("prometheus is unreachable; scoring resumes when it is back",
+                              extra=_fields(url=self.config.reader.url, error=err))
+                self.stats.prometheus_up = False
+            else:
+                self.stats.prometheus_up = True
+                log.error("query failed", extra=_fields(query=alias, error=err))
+
+    def _query_succeeded(self) -> None:
+        if not self.stats.prometheus_up:
+            log.info("prometheus is reachable", extra=_fields(url=self.config.reader.url))
+        self.stats.prometheus_up = True
+        self.stats.last_success = self.clock()
+
+    def _observe_cycle(self, seconds: float, query_seconds: float) -> None:
+        with self._lock:
+            stats = self.stats
+            for i, bound in enumerate(CYCLE_BUCKETS):
+                if seconds <= bound:
+                    stats.cycle_buckets[i] += 1
+            stats.cycle_count += 1
+            stats.cycle_sum += seconds
+            stats.last_cycle_seconds = seconds
+            stats.last_cycle_query_seconds = query_seconds
+
+    # ------------------------------------------------------------------ fitting
+
+    def _fitting_loop(self) -> None:
+        # Score first (stand-ins start from recent history in seconds), then fit.
+        self._first_cycle_done.wait(60.0)
+        while not self._stop.is_set():
+            now = self.clock()
+            with self._lock:
+                due = [alias for alias, s in self._states.items() if s.next_fit <= now]
+            for alias in due:
+                if self._stop.is_set():
+                    return
+                self.fit_query(alias, now)
+            with self._lock:
+                next_fit = min((s.next_fit for s in self._states.values()), default=now + 60)
+            self._fit_wakeup.wait(min(max(next_fit - self.clock(), 0.05), 30.0))
+            self._fit_wakeup.clear()
+
+    def fit_query(self, alias: str, now: float | None = None) -> ModelBundle | None:
+        """Fit every unit of ``alias`` on its window ending at ``now``; hand the bundle to the sink."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            config = self.config
+            state = self._states.get(alias)
+            reader = self._reader
+        if state is None:
+            return None
+        query = config.queries[alias]
+        end = align(now, query.step)
+        start = end - query.fit_window
+        try:
+            raw = reader.query_range(query.expr, start, end, query.step)
+        except ReaderError as err:
+            self._query_failed(alias, err)
+            self._fit_failed(state, f"query failed: {err}")
+            return None
+        units = build_units(query, is_multivariate(config, alias), raw, self.shard, alias)
+        bundle = fit_bundle(config, alias, units, start, end)
+        if not bundle.models and units:
+            self._fit_failed(state, "no series could be fitted")
+            return None
+        try:
+            served = self.fit_sink(bundle)
+        except Exception as err:  # a failing sink (disk full, registry down) must not stop scoring
+            log.exception("saving fitted models failed; serving them anyway", extra=_fields(query=alias))
+            state.fit_error = f"fit sink failed: {err}"
+            served = bundle
+        self.install_bundle(served)
+        log.info("fitted models", extra=_fields(query=alias, model=bundle.model_name, series=len(bundle.models),
+                                                seconds=round(bundle.fit_seconds, 3)))
+        return served
+
+    def _fit_failed(self, state: QueryState, reason: str) -> None:
+        with self._lock:
+            state.fit_error = reason
+            query = self.config.queries.get(state.alias)
+            state.next_fit = self.clock() + min(FIT_RETRY_SECONDS, query.fit_every if query else FIT_RETRY_SECONDS)
+        log.warning("fit failed; retrying later", extra=_fields(query=state.alias, reason=reason))
+
+
+def _json_float(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)

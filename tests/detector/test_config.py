@@ -1,0 +1,133 @@
+"""Configuration: the shipped example is valid, every problem is reported with file, key and reason."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detector.config import ConfigError, load_config, parse_duration
+from tests.harness import REPO, python_module
+
+EXAMPLE = REPO / "detector" / "boxwatch-detector.example.yml"
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(python_module("detector", *args), capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def write(tmp_path: Path, document: dict | str) -> Path:
+    path = tmp_path / "detector.yml"
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return path
+
+
+def test_example_config_is_valid_and_watches_the_contract_metrics():
+    config = load_config(EXAMPLE, environ={})
+    exprs = " ".join(q.expr for q in config.queries.values())
+    for metric in ("boxwatch_gpu_temperature_celsius", "boxwatch_container_cpu_seconds_total",
+                   "boxwatch_journal_entries_total"):
+        assert metric in exprs
+    assert config.server.listen_address == "127.0.0.1:9875"
+    result = run_cli("validate-config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "valid configuration" in result.stdout
+
+
+def test_every_problem_is_listed_with_file_key_and_reason(tmp_path):
+    path = write(tmp_path, {
+        "schema_version": 2,
+        "reader": {"url": "ftp://prometheus", "timeout": "5 minutes", "surprise": 1},
+        "queries": {
+            "a": {"expr": "", "step": "0s", "model": "nosuch"},
+            "b": {"expr": "up", "params": {"windw": 3}, "direction": "sideways"},
+        },
+    })
+    result = run_cli("validate-config", str(path))
+    assert result.returncode == 1
+    lines = [line.strip() for line in result.stderr.splitlines()[1:]]
+    expected = {
+        "schema_version": "Input should be 1",
+        "reader.url": "http:// or https://",
+        "reader.timeout": "expected a duration",
+        "reader.surprise": "unknown key",
+        "queries.a.expr": "at least 1 character",
+        "queries.a.step": "duration must be positive",
+        "queries.a.model": "unknown model 'nosuch'",
+        "queries.b.params": "unknown parameter(s) windw",
+        "queries.b.direction": "'both', 'above' or 'below'",
+    }
+    for key, reason in expected.items():
+        matching = [line for line in lines if line.startswith(f"{path}: {key}: ")]
+        assert matching, f"no problem reported for {key}:\n{result.stderr}"
+        assert reason in matching[0]
+    assert len(lines) == len(expected), result.stderr
+
+
+def test_overrides_from_environment_and_flags_are_named_when_wrong(tmp_path):
+    path = write(tmp_path, {"schema_version": 1, "queries": {"up": {"expr": "up"}}})
+    config = load_config(path, overrides={"reader.url": "http://flag:9090"},
+                         environ={"BOXWATCH_READER__URL": "http://env:9090", "BOXWATCH_STATE_DIR": "/tmp/x"})
+    assert config.reader.url == "http://flag:9090"  # flags beat the environment
+    assert config.state_dir == "/tmp/x"
+    result = run_cli("validate-config", str(path), "--set", "server.listen_address=nowhere",
+                     env={"BOXWATCH_READER__RETRIES": "99"})
+    assert result.returncode == 1
+    assert "environment BOXWATCH_READER__RETRIES: reader.retries:" in result.stderr
+    assert "flag --set server.listen_address: server.listen_address: expected HOST:PORT" in result.stderr
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("queries: [unclosed", "not valid YAML (line 1"),
+    ("", "the file is empty"),
+    ("- a list", "expected a mapping at the top level"),
+])
+def test_unreadable_documents(tmp_path, text, reason):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    assert reason in str(err.value)
+
+
+def test_missing_file_and_missing_queries(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "absent.yml", environ={})
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {"schema_version": 1}), environ={})
+    assert [p.key for p in err.value.problems] == ["queries"]
+
+
+def test_serve_refuses_a_bad_config(tmp_path):
+    path = write(tmp_path, {"schema_version": 1, "queries": {"x": {"expr": "up", "fit_window": "1m"}}})
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 1
+    assert "queries.x: fit_window must span at least two steps" in result.stderr
+    assert "refusing to start" in result.stderr
+
+
+def test_presets_and_query_params_merge(tmp_path):
+    path = write(tmp_path, {
+        "schema_version": 1,
+        "models": {"short": {"name": "robust", "params": {"window": 30, "k": 3}}},
+        "queries": {"q": {"expr": "up", "model": "short", "params": {"k": 4}}},
+    })
+    config = load_config(path, environ={})
+    assert config.model_for("q") == ("robust", {"window": 30, "k": 4})
+    changed = load_config(path, overrides={"queries.q.params.k": "5"}, environ={})
+    assert config.query_hash("q") != changed.query_hash("q")
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("1h30m", 5400), ("14d", 14 * 86400), ("500ms", 0.5),
+                                           (120, 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "1x", "-5m", True])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)

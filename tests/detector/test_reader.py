@@ -1,0 +1,122 @@
+"""The reader against a real Prometheus holding history written by promtool."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from detector.config import ReaderConfig
+from detector.reader import PrometheusReader, PrometheusUnavailable, QueryError, counter_rate
+from tests.detector.conftest import STEP
+from tests.harness import free_port
+
+END = (int(time.time()) // 3600 - 2) * 3600  # an aligned hour, safely in the past
+DAYS = 9  # 12961 one-minute points: more than one request may carry
+
+
+class CountingSession(requests.Session):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def get(self, url, params=None, **kwargs):
+        self.calls.append(dict(params or {}))
+        return super().get(url, params=params, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """Prometheus with 9 days of 1-minute history of three series, one with a 2-hour gap and a counter."""
+    from tests.harness import Prometheus, backfill, openmetrics
+
+    start = END - DAYS * 86400
+    stamps = np.arange(start, END + 1, STEP)
+    gap = (stamps >= END - 5 * 3600) & (stamps < END - 3 * 3600)
+    counter = np.cumsum(np.full(len(stamps), 6.0))  # 0.1/s
+    counter[stamps >= END - 86400] -= counter[stamps >= END - 86400][0] - 3.0  # a restart one day ago
+    series = {
+        ("reader_test_value", (("gpu", "0"),)): [(t, float(t % 1000)) for t in stamps],
+        ("reader_test_value", (("gpu", "1"),)): [(t, float(t % 777)) for t, g in zip(stamps, gap, strict=True)
+                                                  if not g],
+        ("reader_test_bytes_total", (("gpu", "0"),)): list(zip(stamps.tolist(), counter.tolist(), strict=True)),
+    }
+    workdir = tmp_path_factory.mktemp("reader")
+    backfill(workdir / "data", openmetrics(series, {"reader_test_bytes_total": "counter"}))
+    prom = Prometheus(workdir, data_dir=workdir / "data")
+    yield prom
+    prom.stop()
+
+
+def test_long_range_is_chunked_and_lands_on_the_step_grid(loaded):
+    session = CountingSession()
+    reader = PrometheusReader(ReaderConfig(url=loaded.url), session=session)
+    start = END - DAYS * 86400
+    result = reader.query_range("reader_test_value", start, END, STEP)
+    assert len(session.calls) == 2  # 12961 points, at most 11000 per request
+    assert set(result) == {(("__name__", "reader_test_value"), ("gpu", "0")),
+                           (("__name__", "reader_test_value"), ("gpu", "1"))}
+    first = result[(("__name__", "reader_test_value"), ("gpu", "0"))]
+    assert len(first) == DAYS * 1440 + 1
+    assert first.index[0].timestamp() == start and first.index[-1].timestamp() == END
+    expected = (np.arange(start, END + 1, STEP) % 1000).astype(float)
+    np.testing.assert_array_equal(first.to_numpy(), expected)
+
+
+def test_smaller_chunks_give_the_same_answer(loaded):
+    small = CountingSession()
+    reader = PrometheusReader(ReaderConfig(url=loaded.url, max_points_per_request=500), session=small)
+    start = END - 86400
+    chunked = reader.query_range("reader_test_value", start, END, STEP)
+    whole = PrometheusReader(ReaderConfig(url=loaded.url)).query_range("reader_test_value", start, END, STEP)
+    assert len(small.calls) == 3  # 1441 points by 500
+    for key, series in whole.items():
+        np.testing.assert_array_equal(chunked[key].to_numpy(), series.to_numpy())
+
+
+def test_gaps_stay_nan(loaded):
+    reader = PrometheusReader(ReaderConfig(url=loaded.url))
+    series = reader.query_range('reader_test_value{gpu="1"}', END - 8 * 3600, END, STEP)
+    values = next(iter(series.values()))
+    stamps = values.index.map(lambda t: t.timestamp())
+    missing = values.isna().to_numpy()
+    # Prometheus' 5-minute lookback fills the first minutes of the gap; the rest is NaN.
+    inside = (stamps >= END - 5 * 3600 + 300) & (stamps < END - 3 * 3600)
+    assert missing[inside].all()
+    assert not missing[stamps < END - 5 * 3600].any()
+    assert not missing[stamps >= END - 3 * 3600].any()
+
+
+def test_raw_counter_resets_become_rates(loaded):
+    reader = PrometheusReader(ReaderConfig(url=loaded.url))
+    raw = next(iter(reader.query_range("reader_test_bytes_total", END - 2 * 86400, END, STEP).values()))
+    rates = counter_rate(raw, STEP).dropna()
+    assert rates.min() >= 0  # the restart is not a huge negative rate
+    np.testing.assert_allclose(rates[rates.index != rates.index[0]].median(), 0.1)
+    reset = raw.index.get_loc(raw.diff().idxmin())
+    assert rates.loc[raw.index[reset]] == pytest.approx(3.0 / STEP)
+
+
+def test_bad_query_is_not_retried(loaded):
+    session = CountingSession()
+    reader = PrometheusReader(ReaderConfig(url=loaded.url, retries=3), session=session, sleep=lambda s: None)
+    with pytest.raises(QueryError, match="parse error"):
+        reader.query_range("rate(", END - 3600, END, STEP)
+    assert len(session.calls) == 1
+
+
+def test_instant_vector_only_queries_are_refused(loaded):
+    reader = PrometheusReader(ReaderConfig(url=loaded.url))
+    with pytest.raises(QueryError):
+        reader.query_range("reader_test_value[5m]", END - 3600, END, STEP)
+
+
+def test_unreachable_prometheus_is_retried_with_backoff():
+    delays: list[float] = []
+    reader = PrometheusReader(ReaderConfig(url=f"http://127.0.0.1:{free_port()}", retries=3, backoff=0.2,
+                                           timeout=1), sleep=delays.append)
+    with pytest.raises(PrometheusUnavailable, match="after 4 tries"):
+        reader.query_range("up", END - 600, END, STEP)
+    assert delays == [0.2, 0.4, 0.8]

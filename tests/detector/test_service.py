@@ -1,0 +1,233 @@
+"""The running service against a real Prometheus: scores, new and vanished series, outages, restarts,
+reloads and shards. Every check goes through the detector's HTTP endpoints or its logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import requests
+import yaml
+
+from detector.scoring import shard_of
+from tests.detector.conftest import detector_config, wave
+from tests.harness import Process, wait_http
+
+STEP = 5  # seconds: a fast grid so the service moves on within a test
+
+
+def live_history(labels: list[tuple[tuple[str, str], ...]], metric: str = "svc_test_value", hours: float = 2,
+                 end: float | None = None) -> dict:
+    end = end or time.time()
+    start = end - hours * 3600
+    return {(metric, lab): wave(start, end, STEP, seed=i) for i, lab in enumerate(labels)}
+
+
+def query(expr: str = "svc_test_value", **extra) -> dict:
+    return {"expr": expr, "step": f"{STEP}s", "fit_window": "1h", "fit_every": "1h", "infer_every": "1s",
+            **extra}
+
+
+def scored_labels(detector, query_alias: str | None = None) -> set[tuple]:
+    result = set()
+    for sample in detector.samples("boxwatch_anomaly_score"):
+        if query_alias is None or sample.labels.get("query") == query_alias:
+            result.add(tuple(sorted(sample.labels.items())))
+    return result
+
+
+def gpus(detector) -> set[str]:
+    return {s.labels["gpu"] for s in detector.samples("boxwatch_anomaly_score")}
+
+
+def test_every_series_is_scored_with_its_labels_and_vanished_series_disappear(
+        history_prometheus, start_detector, tmp_path):
+    prom = history_prometheus(live_history([(("gpu", "0"),), (("gpu", "1"),), (("gpu", "2"),)]))
+    detector = start_detector(detector_config(prom.url, tmp_path / "state", {"temp": query()}))
+    detector.wait_for(lambda: gpus(detector) == {"0", "1", "2"}, what="three scored series")
+    sample = detector.samples("boxwatch_anomaly_score")[0]
+    assert set(sample.labels) == {"gpu", "query", "model"}
+    assert sample.labels["query"] == "temp" and sample.labels["model"] == "robust"
+    for name in ("boxwatch_anomaly_expected", "boxwatch_anomaly_expected_lower",
+                 "boxwatch_anomaly_expected_upper"):
+        assert {s.labels["gpu"] for s in detector.samples(name)} == {"0", "1", "2"}
+    lower = detector.sample("boxwatch_anomaly_expected_lower", gpu="0")[0]
+    upper = detector.sample("boxwatch_anomaly_expected_upper", gpu="0")[0]
+    assert lower < 50 < upper  # the band sits around the series' level
+    detector.wait_for(lambda: requests.get(f"{detector.url}/readyz", timeout=5).status_code == 200,
+                      what="ready")
+    assert detector.sample("boxwatch_detector_models_ready") == [1.0]
+    assert detector.sample("boxwatch_detector_series_scored", query="temp", model="robust") == [3.0]
+    assert detector.sample("boxwatch_detector_prometheus_up") == [1.0]
+    assert detector.sample("boxwatch_detector_model_fit_duration_seconds", query="temp", model="robust")[0] > 0
+
+    requests.post(f"{prom.url}/api/v1/admin/tsdb/delete_series",
+                  params={"match[]": 'svc_test_value{gpu="1"}'}, timeout=10).raise_for_status()
+    detector.wait_for(lambda: gpus(detector) == {"0", "2"}, what="the deleted series to disappear")
+    assert detector.sample("boxwatch_detector_series_scored", query="temp", model="robust") == [2.0]
+
+
+def test_prometheus_outage_shows_in_metrics_and_logs_and_the_service_recovers(
+        history_prometheus, start_detector, tmp_path):
+    prom = history_prometheus(live_history([(("gpu", "0"),)]))
+    detector = start_detector(detector_config(prom.url, tmp_path / "state", {"temp": query()}))
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_prometheus_up") == [1.0], what="prometheus up")
+    argv, log_path = prom.argv, prom.log_path
+    prom.stop()
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_prometheus_up") == [0.0], what="prometheus down")
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_query_errors_total", query="temp")[0] >= 3,
+                      what="errors counted")
+    assert requests.get(f"{detector.url}/healthz", timeout=5).status_code == 200
+    assert detector.output().count("prometheus is unreachable") == 1  # one line per state change
+    outage_began = time.time()
+    time.sleep(2 * STEP)
+
+    restarted = Process(argv, log_path)
+    try:
+        wait_http(f"{prom.url}/-/ready", 30, restarted.proc)
+        detector.wait_for(lambda: detector.sample("boxwatch_detector_prometheus_up") == [1.0],
+                          what="prometheus back up")
+        detector.wait_for(lambda: detector.sample("boxwatch_detector_last_success_timestamp_seconds")[0]
+                          > outage_began, what="a successful cycle after the outage")
+        assert "prometheus is reachable" in detector.output()
+        caught_up = [json.loads(line.split("points=")[1].split()[0]) for line in detector.output().splitlines()
+                     if "catching up" in line]
+        assert caught_up and max(caught_up) >= 2  # the missed grid points were scored, not skipped
+        assert gpus(detector) == {"0"}
+    finally:
+        restarted.stop()
+
+
+def push(prom_url: str, series: dict) -> None:
+    """Remote-write source samples into Prometheus: ``{labels: [(ts, value), ...]}``."""
+    import cramjam
+
+    from detector.writer import encode_write_request
+
+    body = bytes(cramjam.snappy.compress_raw(encode_write_request(series.items())))
+    response = requests.post(f"{prom_url}/api/v1/write", data=body, timeout=10, headers={
+        "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+        "X-Prometheus-Remote-Write-Version": "0.1.0"})
+    assert response.status_code < 300, response.text
+
+
+def test_series_that_appears_after_the_fit_is_scored_at_once_by_the_robust_model(
+        history_prometheus, start_detector, tmp_path):
+    prom = history_prometheus(live_history([(("gpu", "0"),)]), extra_args=["--web.enable-remote-write-receiver"],
+                              config={"global": {"scrape_interval": "15s"},
+                                      "storage": {"tsdb": {"out_of_order_time_window": "1h"}}})
+    detector = start_detector(detector_config(prom.url, tmp_path / "state", {"temp": query()}))
+    detector.wait_for(lambda: requests.get(f"{detector.url}/readyz", timeout=5).status_code == 200, what="ready")
+    before = requests.get(f"{detector.url}/api/v1/models", timeout=5).json()["data"][0]
+    assert before["series"] == 1 and before["fallback_series"] == 0
+
+    now = time.time()
+    push(prom.url, {(("__name__", "svc_test_value"), ("gpu", "7")): wave(now - 900, now, STEP, seed=3)})
+    detector.wait_for(lambda: "7" in gpus(detector), timeout=15, what="the new series scored")
+    after = requests.get(f"{detector.url}/api/v1/models", timeout=5).json()["data"][0]
+    assert after["fitted_at"] == before["fitted_at"]  # scored without waiting for a refit
+    assert after["fallback_series"] == 1
+    score = detector.sample("boxwatch_anomaly_score", gpu="7", model="robust")
+    assert len(score) == 1 and score[0] < 1  # the robust model started from the series' own history
+
+
+def test_restart_loads_persisted_models_and_scores_within_seconds(history_prometheus, start_detector, tmp_path):
+    prom = history_prometheus(live_history([(("gpu", "0"),), (("gpu", "1"),)]))
+    config = detector_config(prom.url, tmp_path / "state", {"temp": query()})
+    first = start_detector(config, name="first")
+    first.wait_for(lambda: requests.get(f"{first.url}/readyz", timeout=5).status_code == 200, what="ready")
+    fitted = requests.get(f"{first.url}/api/v1/models", timeout=5).json()["data"][0]
+    first.stop()
+    index = json.loads((tmp_path / "state" / "models" / "index.json").read_text())
+    assert index["temp"]["series"] == 2 and index["temp"]["fitted_at"] == fitted["fitted_at"]
+
+    began = time.monotonic()
+    second = start_detector(config, name="second")
+    assert requests.get(f"{second.url}/readyz", timeout=5).status_code == 200  # ready as soon as it listens
+    second.wait_for(lambda: gpus(second) == {"0", "1"}, timeout=10, what="scores after restart")
+    assert time.monotonic() - began < 10
+    assert "loaded persisted models" in second.output()
+    assert "fitted models" not in second.output()  # nothing was refitted
+    models = requests.get(f"{second.url}/api/v1/models", timeout=5).json()["data"][0]
+    assert models["fitted_at"] == fitted["fitted_at"]
+
+    # A changed model configuration makes the persisted bundle stale: it is refitted, not served.
+    config["queries"]["temp"]["params"] = {"k": 7}
+    second.stop()
+    third = start_detector(config, name="third")
+    third.wait_for(lambda: "fitted models" in third.output(), what="a refit for the new parameters")
+    assert "loaded persisted models" not in third.output()
+
+
+def test_two_shards_cover_every_series_exactly_once(history_prometheus, start_detector, tmp_path):
+    labels = [(("gpu", str(i)),) for i in range(8)]
+    prom = history_prometheus(live_history(labels, hours=1.5))
+    config = detector_config(prom.url, tmp_path / "state", {"temp": query()})
+    shards = [start_detector({**config, "state_dir": str(tmp_path / f"state-{i}")}, "--shard", f"{i}/2",
+                             name=f"shard-{i}") for i in range(2)]
+    expected = [{lab[0][1] for lab in labels if shard_of(lab, 2) == i} for i in range(2)]
+    assert expected[0] and expected[1]  # the hash does split these eight series
+    for shard, want in zip(shards, expected, strict=True):
+        shard.wait_for(lambda s=shard, w=want: gpus(s) == w, what=f"shard scoring {want}")
+        assert shard.sample("boxwatch_detector_shard", total="2") == [float(shards.index(shard))]
+    assert gpus(shards[0]) | gpus(shards[1]) == {str(i) for i in range(8)}
+    assert not gpus(shards[0]) & gpus(shards[1])
+
+
+def test_reload_keeps_the_last_good_config_and_applies_a_good_one(history_prometheus, start_detector, tmp_path):
+    prom = history_prometheus(live_history([(("gpu", "0"),)]))
+    config = detector_config(prom.url, tmp_path / "state", {"temp": query()})
+    detector = start_detector(config)
+    detector.wait_for(lambda: gpus(detector) == {"0"}, what="scores")
+
+    detector.config_path.write_text("schema_version: 1\nqueries:\n  temp: {expr: up, step: never}\n")
+    detector.signal(signal.SIGHUP)
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_config_last_reload_successful") == [0.0],
+                      what="failed reload reported")
+    assert "configuration reload failed; keeping the last good configuration" in detector.output()
+    assert "queries.temp.step" in detector.output()
+    response = requests.post(f"{detector.url}/-/reload", timeout=10)
+    assert response.status_code == 400
+    assert any("queries.temp.step" in p for p in response.json()["problems"])
+    served = {s.labels["query"] for s in detector.samples("boxwatch_anomaly_score")}
+    assert served == {"temp"}  # still scoring with the last good configuration
+    errors = detector.sample("boxwatch_detector_query_errors_total", query="temp")
+
+    config["queries"]["temp_copy"] = query("svc_test_value * 2")
+    detector.config_path.write_text(yaml.safe_dump(config))
+    response = requests.post(f"{detector.url}/-/reload", timeout=10)
+    assert response.status_code == 200, response.text
+    assert detector.sample("boxwatch_detector_config_last_reload_successful") == [1.0]
+    detector.wait_for(lambda: {s.labels["query"] for s in detector.samples("boxwatch_anomaly_score")}
+                      == {"temp", "temp_copy"}, what="the added query scored")
+    assert detector.sample("boxwatch_detector_query_errors_total", query="temp") == errors
+
+
+def test_multivariate_query_scores_each_entity_and_names_the_features(history_prometheus, start_detector,
+                                                                      tmp_path):
+    now = time.time()
+    series = {}
+    for gpu in ("0", "1"):
+        temp = wave(now - 7200, now, STEP, base=60, seed=int(gpu))
+        if gpu == "1":
+            temp = [(t, v + (30.0 if t > now - 60 else 0.0)) for t, v in temp]
+        series[("mv_temp", (("gpu", gpu),))] = temp
+        series[("mv_power", (("gpu", gpu),))] = wave(now - 7200, now, STEP, base=200, amplitude=20, noise=5,
+                                                     seed=10 + int(gpu))
+    prom = history_prometheus(series)
+    config = detector_config(prom.url, tmp_path / "state", {"gpu": query(
+        '{__name__=~"mv_temp|mv_power"}', model="iforest", group_by=["gpu"])})
+    detector = start_detector(config)
+    detector.wait_for(lambda: {(s.labels["gpu"], s.labels["model"]) for s in
+                               detector.samples("boxwatch_anomaly_score")} == {("0", "iforest"), ("1", "iforest")},
+                      timeout=60, what="both GPUs scored by the fitted forest")
+    sample = detector.samples("boxwatch_anomaly_score")[0]
+    assert set(sample.labels) == {"gpu", "query", "model"}  # the entity's labels, not each feature's
+    assert detector.samples("boxwatch_anomaly_expected") == []  # a forest has no per-series band
+    assert detector.sample("boxwatch_anomaly_score", gpu="1")[0] > 1 > detector.sample(
+        "boxwatch_anomaly_score", gpu="0")[0]
+    anomalies = requests.get(f"{detector.url}/api/v1/anomalies", timeout=5).json()["data"]
+    forest = [a for a in anomalies if a["model"] == "iforest"]
+    assert forest and {a["labels"]["gpu"] for a in forest} == {"1"}
+    assert forest[-1]["top_features"][0] == "mv_temp"
