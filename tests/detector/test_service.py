@@ -232,6 +232,16 @@ def test_multivariate_query_scores_each_entity_and_names_the_features(history_pr
     assert forest and {a["labels"]["gpu"] for a in forest} == {"1"}
     assert forest[-1]["top_features"][0] == "mv_temp"
 
+    # A feature series of GPU 1 vanishes: its forest cannot score it any more. That is counted and
+    # logged, and GPU 0 goes on being scored.
+    requests.post(f"{prom.url}/api/v1/admin/tsdb/delete_series", params={"match[]": 'mv_power{gpu="1"}'},
+                  timeout=10).raise_for_status()
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_scoring_errors_total", query="gpu")[0] >= 2,
+                      what="scoring errors counted")
+    assert gpus(detector) == {"0"}
+    assert "scoring failed for a series" in detector.output()
+    assert detector.proc.poll() is None
+
 
 def test_raw_counter_query_is_scored_as_a_rate_across_a_reset(history_prometheus, start_detector, tmp_path):
     now = time.time()
