@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--without", action="append", default=[], metavar="NAME", choices=COMPONENTS,
                     help="do not start this component (repeatable)")
     up.add_argument("--detector-config", type=Path, default=None,
-                    help="detector config file (default: detector/boxwatch-detector.example.yml, "
-                    "pointed at this stack's Prometheus)")
+                    help="detector config file (default: detector/boxwatch-detector.example.yml); "
+                    "the stack points it at its own Prometheus, listen address and state directory")
 
     sub.add_parser("status", help="show the running stack's children, health and URLs")
     down = sub.add_parser("down", help="stop a stack started with `up` from another shell")
@@ -98,8 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         ports = _ports(args.port)
         enabled = _components(args.only, args.without)
-        detector_config = prepare_detector(layout, ports, args.detector_config) if "detector" in enabled else None
-        children = build_children(layout, ports, enabled, detector_config)
+        children = build_children(layout, ports, enabled, args.detector_config)
     except (StackError, argparse.ArgumentTypeError) as err:
         log.error(str(err))
         return 2
@@ -115,13 +114,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor.run()
     log.info("stack stopped")
     return 0
-
-
-def prepare_detector(layout: Layout, ports: dict[str, int], config: Path | None) -> Path:
-    """The detector config the stack runs: the given one, or the example aimed at this stack."""
-    from stack.detector_config import render_detector_config
-
-    return render_detector_config(layout, ports, config)
 
 
 def _announce(supervisor: Supervisor) -> None:

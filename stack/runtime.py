@@ -168,7 +168,13 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             argv.append(f"--state.directory={state / 'journald'}")
         add(source, argv, "/healthz")
     if "detector" in enabled:
-        if detector_config is None:
-            raise StackError("the detector is enabled but no detector config was given")
-        add("detector", [*python, "detector", "serve", f"--config={detector_config}"], "/healthz")
+        config = detector_config or layout.config_dir / "detector" / "boxwatch-detector.example.yml"
+        if not config.is_file():
+            raise StackError(f"detector config {config} not found (give one with --detector-config)")
+        add("detector", [
+            *python, "detector", "serve", f"--config={config}",
+            f"--prometheus.url={layout.url('prometheus', ports)}",
+            f"--web.listen-address={host}:{ports['detector']}",
+            f"--set=state_dir={state / 'detector'}",
+        ], "/healthz")
     return children
