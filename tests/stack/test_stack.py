@@ -78,8 +78,16 @@ def core_stack(tmp_path):
     stack.stop()
 
 
-def test_up_status_targets_and_ctrl_c_leaves_nothing_behind(core_stack):
-    state = core_stack.wait_healthy()
+@pytest.fixture
+def full_stack(tmp_path):
+    stack = Stack(tmp_path, ["prometheus", "alertmanager", "webhook", "gpu", "containers", "journald", "detector"])
+    yield stack
+    stack.stop()
+
+
+def test_up_status_targets_and_ctrl_c_leaves_nothing_behind(full_stack):
+    core_stack = full_stack
+    state = core_stack.wait_healthy(timeout=120)
     pids = [c["pid"] for c in state["children"].values()]
     assert all(pids)
 
@@ -95,8 +103,10 @@ def test_up_status_targets_and_ctrl_c_leaves_nothing_behind(core_stack):
     def targets_up():
         active = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         return {t["labels"]["job"]: t["health"] for t in active}
-    jobs = _wait(lambda: (t := targets_up()) and all(h == "up" for h in t.values()) and t, 60, "targets up")
-    assert set(jobs) == {"prometheus", "alertmanager"}
+    jobs = _wait(lambda: (t := targets_up()) and len(t) == 6 and all(h == "up" for h in t.values()) and t,
+                 90, "every target up")
+    assert set(jobs) == {"prometheus", "alertmanager", "boxwatch-gpu", "boxwatch-containers",
+                         "boxwatch-journald", "boxwatch-detector"}
     assert f"http://127.0.0.1:{core_stack.ports['prometheus']}" in core_stack.output()
 
     # Alertmanager was pointed at the stack's own webhook sink.
