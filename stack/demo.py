@@ -519,7 +519,7 @@ class Scenario:
         for name, kind, labels, values in self.series(t):
             if np.isnan(values[-1]):
                 continue
-            family = _family(name, kind)
+            family = name if kind == "counter" else _family(name, kind)  # text format 0.0.4 keeps _total
             if family not in seen:
                 seen.add(family)
                 lines.append(f"# HELP {family} DEMO DATA (boxwatch demo scenario).")

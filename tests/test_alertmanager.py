@@ -49,16 +49,28 @@ def test_every_receiver_defaults_to_the_webhook_sink():
 # ----------------------------------------------------------------------------- end to end
 
 
-def _rules_without_for(tmp_path):
-    """The shipped rule files with `for:` removed. promtool tests cover `for:`; this test covers the
-    path Prometheus -> Alertmanager -> webhook and inhibition, without waiting minutes of `for:`."""
+# Inhibition sources fire first, then the other criticals, then the warnings, as their real `for:`
+# durations order them on a real incident (a GPU is lost before its temperature alert's 5 minutes
+# are up). Alertmanager inhibits what arrives after its source; this order makes the test say that,
+# not which rule group Prometheus happened to evaluate first.
+INHIBITION_SOURCES = {"GpuLost", "GpuNvmlUnavailable", "BoxwatchDetectorDown", "BoxwatchDetectorPrometheusUnreachable"}
+
+
+def _rules_with_short_for(tmp_path):
+    """The shipped rule files with `for:` shortened to seconds (sources 0 s, other criticals 6 s,
+    warnings 12 s). promtool tests cover the real `for:`; this test covers Prometheus -> Alertmanager ->
+    webhook and inhibition without waiting minutes."""
     out = []
     for path in sorted((REPO / "prometheus" / "rules").glob("*.yml")):
         doc = yaml.safe_load(path.read_text())
         for group in doc["groups"]:
             group["interval"] = "1s"
             for rule in group["rules"]:
+                if "alert" not in rule:
+                    continue
                 rule.pop("for", None)
+                if rule["alert"] not in INHIBITION_SOURCES:
+                    rule["for"] = "6s" if rule["labels"]["severity"] == "critical" else "12s"
         target = tmp_path / "rules" / path.name
         target.parent.mkdir(exist_ok=True)
         target.write_text(yaml.safe_dump(doc))
@@ -115,15 +127,23 @@ def test_alerts_reach_the_webhook_with_inhibitions(tmp_path, start_prometheus, s
     backfill(data_dir, history.read_text(), max_block_duration="2h")
     backfill(data_dir, _extra_history(now) + "# EOF\n", max_block_duration="2h")  # overlapping blocks merge
 
-    # Prometheus first, alerting nowhere, until every alert of the scenario fires; then Alertmanager
-    # receives them all in one resend (1 s), so what is inhibited does not depend on which rule
-    # group Prometheus happened to evaluate first.
+    alertmanager = start_alertmanager(_alertmanager_config(webhook.url))
     prometheus = start_prometheus(
-        config={"global": {"scrape_interval": "15s", "evaluation_interval": "1s"}},
-        rule_files=_rules_without_for(tmp_path),
+        config={
+            "global": {"scrape_interval": "15s", "evaluation_interval": "1s"},
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager.port}"]}]}]},
+        },
         data_dir=data_dir,
         extra_args=["--rules.alert.resend-delay=1s"],
     )
+    # Prometheus drops what fires before its notifier has discovered Alertmanager (up to ~5 s after
+    # start) and resends only after the resend delay: load the rules once it has.
+    prometheus.wait_for("vector(1)", lambda _: bool(prometheus.api("alertmanagers")["activeAlertmanagers"]),
+                        timeout=30)
+    config = yaml.safe_load(prometheus.config_path.read_text())
+    config["rule_files"] = [str(path) for path in _rules_with_short_for(tmp_path)]
+    prometheus.config_path.write_text(yaml.safe_dump(config))
+    prometheus.reload()
     expected_firing = {("GpuTemperatureHigh", "demo-box", "warning"), ("GpuTemperatureHigh", "demo-box", "critical"),
                        ("GpuTemperatureHigh", "lost-box", "critical"), ("GpuLost", "lost-box", "critical"),
                        ("AnomalyScoreHigh", "scored-box", "warning"), ("BoxwatchDetectorDown", "detector:9875", "critical"),
@@ -132,12 +152,8 @@ def test_alerts_reach_the_webhook_with_inhibitions(tmp_path, start_prometheus, s
     def firing_set(result):
         return {(r["metric"]["alertname"], r["metric"].get("instance"), r["metric"]["severity"]) for r in result}
 
-    prometheus.wait_for('ALERTS{alertstate="firing"}', lambda r: expected_firing <= firing_set(r), timeout=30)
-    alertmanager = start_alertmanager(_alertmanager_config(webhook.url))
-    config = yaml.safe_load(prometheus.config_path.read_text())
-    config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager.port}"]}]}]}
-    prometheus.config_path.write_text(yaml.safe_dump(config))
-    prometheus.reload()
+    # Prometheus fires every one of them, the inhibited ones included
+    prometheus.wait_for('ALERTS{alertstate="firing"}', lambda r: expected_firing <= firing_set(r), timeout=60)
 
     def arrived(alerts):
         return all(_labels_of(alerts, **m) for m in (
@@ -148,7 +164,7 @@ def test_alerts_reach_the_webhook_with_inhibitions(tmp_path, start_prometheus, s
         ))
 
     assert webhook.wait_for(arrived, timeout=60), [a["labels"] for a in webhook.alerts()]
-    time.sleep(6)  # longer than the warning group wait: what is inhibited stays away
+    time.sleep(6)  # longer than the warning group wait (4 s): what is inhibited stays away
     alerts = webhook.alerts()
 
     xid = _labels_of(alerts, alertname="GpuXidErrors", xid="79")[0]
