@@ -67,11 +67,9 @@ class RobustModel(Model):
         self._check_fitted()
         if frame.empty:
             return empty_scores(frame.index)
-        expected, lower, upper = self._band()
-        out = empty_scores(frame.index)
-        out["expected"], out["lower"], out["upper"] = expected, lower, upper
-        out["score"] = band_score(frame["value"].to_numpy(dtype=float), out.expected, out.lower, out.upper)
-        return out
+        expected, lower, upper = (np.full(len(frame), v) for v in self._band())
+        score = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper)
+        return pd.DataFrame({"expected": expected, "lower": lower, "upper": upper, "score": score}, index=frame.index)
 
     def learn(self, frame: pd.DataFrame) -> None:
         """Append the points that score inside the band (or that come before any band exists)."""

@@ -1,0 +1,250 @@
+"""Multivariate Isolation Forest over the series of one entity (e.g. one GPU's metrics)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from detector.models.base import Model, empty_scores
+
+MAD_TO_SIGMA = 1.4826
+RESULT_COLUMNS = ["expected", "lower", "upper", "score", "top_features"]
+
+
+class IsolationForestModel(Model):
+    """scikit-learn ``IsolationForest`` on robustly standardised, decorrelated values and changes.
+
+    Features: every input column; the columns rotated onto their principal axes and scaled to
+    unit variance (``whiten``: temperature rising while power stays flat is far out on a minor
+    axis even though each metric alone is in range, and axis-parallel trees see that only on
+    such an axis); and each column minus its previous value (``deltas``). Each feature is
+    centred by its training median and scaled by its robust sigma (1.4826 MAD), so a 300 W
+    power and a 0.7 utilisation ratio weigh alike and incidents in the training window do not
+    set the scale.
+
+    Score: the forest's anomaly measure ``a = -score_samples(x)`` (higher = more abnormal; the
+    opposite of scikit-learn's sign) mapped so that the training median is 0 and the
+    ``threshold_quantile`` of the training measures, times ``margin``, is 1. The forest alone
+    cannot tell a point 40 sigmas out from one just past the training range (a test point out
+    of range follows the extreme training points down every tree, so its path length
+    saturates), so a guard adds ``max |z| / z_limit`` over the standardised features: the
+    score is the larger of the two, and > 1 means anomalous for either reason.
+
+    ``top_features`` lists the input columns that drove each score, most important first, by
+    leave-one-column-out on the score itself: the column is set to the value the other columns
+    predict for it (the conditional mean under the training covariance; the median when there
+    is one column), unchanged since the previous row, and the drop of the score is its
+    contribution. This asks
+    the model, not a proxy: a column that is normal alone but abnormal together with the others
+    is credited, which per-feature z-scores would miss. It costs one extra forest pass per
+    column, only for rows scoring above ``explain_above``. Columns that do not lower the score
+    when neutralised are not listed.
+
+    ``expected``/``lower``/``upper`` are NaN: a multivariate model has no band per series.
+
+    Parameters
+    ----------
+    n_estimators, max_samples, random_state :
+        Passed to ``IsolationForest``.
+    threshold_quantile : float
+        Quantile of the training anomaly measure that maps to score 1 (before ``margin``).
+    margin : float
+        Multiplier of the distance from the median to that quantile.
+    deltas : bool
+        Add first differences of every column as features.
+    whiten : bool
+        Add the values rotated onto their principal axes, each scaled to unit variance, so a
+        broken relationship between metrics stands out even when each metric is in range.
+    min_points : int
+        Fewer complete training rows than this and the model scores NaN.
+    z_limit : float
+        Robust z-score of a single feature that scores 1 by itself (``inf`` turns the guard off).
+    explain_above : float
+        Rows with a score above this get ``top_features``; others get an empty list.
+    max_top_features : int
+        Longest ``top_features`` list.
+
+    Attributes
+    ----------
+    columns_ : list of str
+        Input columns the model was fitted on.
+    value_center_, value_scale_ : numpy.ndarray
+        Robust standardisation of each input column (median, 1.4826 MAD).
+    rotation_ : numpy.ndarray
+        Whitening rotation of the standardised columns (identity when ``whiten`` is off).
+    precision_ : numpy.ndarray
+        Inverse covariance of the standardised columns (for ``top_features``).
+    center_, scale_ : numpy.ndarray
+        Robust standardisation of each feature the forest sees.
+    forest_ : sklearn.ensemble.IsolationForest or None
+        The fitted forest (None before enough history).
+    baseline_, threshold_ : float
+        Training median and calibrated threshold of the anomaly measure.
+    last_row_ : numpy.ndarray
+        Last input row seen, for the first delta of the next frame.
+
+    Examples
+    --------
+    >>> idx = pd.date_range("2026-01-01", periods=500, freq="min", tz="UTC")
+    >>> rng = np.random.default_rng(0)
+    >>> frame = pd.DataFrame({"temp": 60 + rng.normal(0, 1, 500), "power": 200 + rng.normal(0, 5, 500)}, index=idx)
+    >>> model = IsolationForestModel().fit(frame)
+    >>> hot = pd.DataFrame({"temp": [95.0], "power": [201.0]}, index=idx[-1:] + pd.Timedelta("1min"))
+    >>> out = model.score(hot)
+    >>> bool(out.score.iloc[0] > 1), out.top_features.iloc[0][0]
+    (True, 'temp')
+    """
+
+    name = "iforest"
+    multivariate = True
+
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_samples: int | str = 256,
+        threshold_quantile: float = 0.995,
+        margin: float = 1.2,
+        deltas: bool = True,
+        whiten: bool = True,
+        min_points: int = 50,
+        z_limit: float = 8.0,
+        explain_above: float = 0.5,
+        max_top_features: int = 3,
+        random_state: int | None = 0,
+    ):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.threshold_quantile = threshold_quantile
+        self.margin = margin
+        self.deltas = deltas
+        self.whiten = whiten
+        self.min_points = min_points
+        self.z_limit = z_limit
+        self.explain_above = explain_above
+        self.max_top_features = max_top_features
+        self.random_state = random_state
+
+    def _feature_rows(self, values: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """Values, their decorrelated combinations (``whiten``) and changes since ``previous``
+        (each row's predecessor; a NaN predecessor means no change)."""
+        parts = [values]
+        if self.whiten and values.shape[1] > 1:
+            parts.append(((values - self.value_center_) / self.value_scale_) @ self.rotation_)
+        if self.deltas:
+            parts.append(values - np.where(np.isnan(previous), values, previous))
+        return np.hstack(parts)
+
+    @staticmethod
+    def _robust_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        center = np.median(features, axis=0)
+        spread = MAD_TO_SIGMA * np.median(np.abs(features - center), axis=0)
+        fallback = np.std(features, axis=0)
+        return center, np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+
+    def fit(self, history: pd.DataFrame) -> IsolationForestModel:
+        from sklearn.ensemble import IsolationForest
+
+        self.columns_ = [str(c) for c in history.columns]
+        values = history.to_numpy(dtype=float)
+        complete = ~np.isnan(values).any(axis=1)
+        if self.deltas:
+            complete[0] = False  # its delta is 0 by construction
+        self.last_row_ = values[-1] if len(values) else np.full(len(self.columns_), np.nan)
+        self.forest_ = None
+        self.baseline_ = self.threshold_ = math.nan
+        if complete.sum() < self.min_points:
+            return self
+        train_values = values[complete]
+        n_columns = len(self.columns_)
+        # 1. robust scale of the raw values, 2. a rotation that decorrelates them (principal axes of
+        # the central rows, each scaled to unit variance): a broken relationship between two
+        # metrics -- temperature up while power is flat -- is far out on a minor axis even when
+        # each metric alone is in range; 3. robust scale of every feature for the forest.
+        self.value_center_, self.value_scale_ = self._robust_stats(train_values)
+        self.rotation_ = np.eye(n_columns)
+        covariance = np.eye(n_columns)
+        if self.whiten and n_columns > 1:
+            z = (train_values - self.value_center_) / self.value_scale_
+            central = z[(np.abs(z) < 4).all(axis=1)]
+            central = central if len(central) > n_columns + 1 else z
+            covariance = np.cov(central, rowvar=False)
+            eigval, eigvec = np.linalg.eigh(covariance)
+            self.rotation_ = eigvec / np.sqrt(np.maximum(eigval, 1e-6 * max(eigval.max(), 1e-12)))
+        self.precision_ = np.linalg.pinv(covariance)
+        previous = np.vstack([values[:1], values[:-1]])
+        raw = self._feature_rows(values, previous)[complete]
+        self.center_, self.scale_ = self._robust_stats(raw)
+        standard = (raw - self.center_) / self.scale_
+        self.forest_ = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=min(self.max_samples, len(standard))
+            if isinstance(self.max_samples, int)
+            else self.max_samples,
+            random_state=self.random_state,
+        ).fit(standard)
+        measure = -self.forest_.score_samples(standard)
+        self.baseline_ = float(np.median(measure))
+        quantile = float(np.quantile(measure, self.threshold_quantile))
+        self.threshold_ = self.baseline_ + self.margin * max(quantile - self.baseline_, 1e-6)
+        return self
+
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self._check_fitted()
+        out = empty_scores(frame.index, RESULT_COLUMNS)
+        out["top_features"] = [[] for _ in range(len(frame))]
+        if frame.empty or self.forest_ is None:
+            return out
+        missing = [c for c in self.columns_ if c not in frame.columns]
+        if missing:
+            raise KeyError(f"iforest: frame lacks the fitted feature columns {missing}")
+        values = frame[self.columns_].to_numpy(dtype=float)
+        ok = ~np.isnan(values).any(axis=1)
+        if not ok.any():
+            return out
+        previous = np.vstack([self.last_row_, values[:-1]])[ok]
+        scores = self._total_score(values[ok], previous)
+        out.loc[ok, "score"] = scores
+        explain = scores > self.explain_above
+        if explain.any():
+            tops = self._top_features(values[ok][explain], previous[explain], scores[explain])
+            for row, top in zip(np.flatnonzero(ok)[explain], tops, strict=True):
+                out.iat[row, out.columns.get_loc("top_features")] = top
+        return out
+
+    def _total_score(self, values: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """max(forest score, largest |z| / z_limit) per row; ``previous`` is each row's predecessor."""
+        standard = self._standard_rows(values, previous)
+        measure = -self.forest_.score_samples(standard)
+        forest = np.maximum(0.0, (measure - self.baseline_) / (self.threshold_ - self.baseline_))
+        return np.maximum(forest, np.abs(standard).max(axis=1) / self.z_limit)
+
+    def _standard_rows(self, values: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        return (self._feature_rows(values, previous) - self.center_) / self.scale_
+
+    def _top_features(self, values: np.ndarray, previous: np.ndarray, scores: np.ndarray) -> list[list[str]]:
+        """Leave-one-column-out: the drop of the score when one column is set to the value the
+        other columns predict for it (unchanged since the previous row)."""
+        n_columns = len(self.columns_)
+        contributions = np.zeros((len(values), n_columns))
+        z = (values - self.value_center_) / self.value_scale_
+        for c in range(n_columns):
+            others = [j for j in range(n_columns) if j != c]
+            # conditional mean of a Gaussian with this precision: z_c = -sum_j P_cj z_j / P_cc
+            predicted = -(z[:, others] @ self.precision_[c, others]) / self.precision_[c, c]
+            neutral, neutral_prev = values.copy(), previous.copy()
+            neutral[:, c] = self.value_center_[c] + self.value_scale_[c] * predicted
+            neutral_prev[:, c] = neutral[:, c]
+            contributions[:, c] = scores - self._total_score(neutral, neutral_prev)
+        tops = []
+        for row in contributions:
+            order = [c for c in np.argsort(-row) if row[c] > 0][: self.max_top_features]
+            tops.append([self.columns_[c] for c in order])
+        return tops
+
+    def learn(self, frame: pd.DataFrame) -> None:
+        """Remember the last row, so the next frame's first delta is taken against it."""
+        self._check_fitted()
+        if not frame.empty and set(self.columns_) <= set(frame.columns):
+            self.last_row_ = frame[self.columns_].to_numpy(dtype=float)[-1]

@@ -1,0 +1,215 @@
+"""Behaviour of the seasonal and Isolation Forest models on synthetic series with injected incidents."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.models import MODELS, make_model, model_class
+from detector.models.base import NotFittedError
+
+STEP = "5min"
+PER_DAY = 288
+
+
+def daily_series(days: int, seed: int = 0, start: str = "2026-01-05") -> pd.DataFrame:
+    """Five-minute data with a strong daily cycle (busy afternoons), a weekend dip and noise."""
+    idx = pd.date_range(start, periods=days * PER_DAY, freq=STEP, tz="UTC")
+    hours = idx.hour + idx.minute / 60
+    rng = np.random.default_rng(seed)
+    daily = 20 * np.exp(-(((hours - 15) / 3) ** 2))
+    weekend = np.where(idx.dayofweek >= 5, -5.0, 0.0)
+    return pd.DataFrame({"value": 50 + daily + weekend + rng.normal(0, 1.0, len(idx))}, index=idx)
+
+
+def split(frame: pd.DataFrame, test_days: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cut = len(frame) - test_days * PER_DAY
+    return frame.iloc[:cut], frame.iloc[cut:].copy()
+
+
+@pytest.fixture(scope="module")
+def fitted_seasonal():
+    history, future = split(daily_series(15))
+    return make_model("seasonal").fit(history), future
+
+
+def flagged(scores: pd.DataFrame) -> np.ndarray:
+    return scores["score"].to_numpy() > 1
+
+
+# --------------------------------------------------------------------------- seasonal
+
+
+def test_seasonal_uses_daily_and_weekly_periods_and_stays_quiet_on_normal_days(fitted_seasonal):
+    model, future = fitted_seasonal
+    assert model.periods_ == [7 * 86400.0, 86400.0]
+    out = model.score(future)
+    assert list(out.columns) == ["expected", "lower", "upper", "score"]
+    assert flagged(out).sum() == 0
+    # the expected value follows the daily cycle: afternoon peak ~20 above the night
+    afternoon = out.expected[future.index.hour == 15].mean()
+    night = out.expected[future.index.hour == 3].mean()
+    assert afternoon - night == pytest.approx(20, abs=2)
+
+
+def test_seasonal_flags_a_spike_and_a_level_shift(fitted_seasonal):
+    model, future = fitted_seasonal
+    spiked = future.copy()
+    spiked.iloc[100, 0] += 15
+    assert flagged(model.score(spiked)).tolist() == [i == 100 for i in range(len(spiked))]
+    shifted = future.copy()
+    shifted.iloc[150:, 0] += 12
+    hits = flagged(model.score(shifted))
+    assert hits[150:].mean() > 0.95 and not hits[:150].any()
+
+
+def test_seasonal_flags_a_missing_daily_peak_that_a_rolling_model_accepts(fitted_seasonal):
+    model, future = fitted_seasonal
+    broken = future.copy()
+    afternoon = (future.index.hour >= 13) & (future.index.hour < 17)
+    broken.loc[afternoon, "value"] = 52.0  # the afternoon peak does not come: a level seen every night
+    hits = flagged(model.score(broken))
+    assert hits[afternoon].mean() > 0.5 and not hits[~afternoon].any()
+    robust = make_model("robust", {"window": 4 * PER_DAY}).fit(split(daily_series(15))[0])
+    assert flagged(robust.score(broken))[afternoon].mean() < 0.1
+
+
+def test_seasonal_band_is_sane_when_training_contains_incidents(fitted_seasonal):
+    clean_model, future = fitted_seasonal
+    history, _ = split(daily_series(15))
+    dirty = history.copy()
+    rng = np.random.default_rng(1)
+    dirty.iloc[rng.choice(len(dirty), 40, replace=False), 0] += 80  # spikes
+    dirty.iloc[2000:2100, 0] += 40  # an eight-hour incident
+    dirty_model = make_model("seasonal").fit(dirty)
+    clean, polluted = clean_model.score(future), dirty_model.score(future)
+    width = (polluted.upper - polluted.lower).mean() / (clean.upper - clean.lower).mean()
+    assert 0.8 < width < 1.3
+    assert np.abs(polluted.expected - clean.expected).max() < 3
+    assert flagged(polluted).sum() == 0
+
+
+def test_seasonal_short_history_falls_back_and_too_short_is_nan():
+    one_day, future = split(daily_series(2))
+    model = make_model("seasonal").fit(one_day)
+    assert model.periods_ == []
+    out = model.score(future)
+    assert out.score.notna().all()
+    tiny = make_model("seasonal").fit(one_day.iloc[:10])
+    assert tiny.score(future.iloc[:5]).score.isna().all()
+
+
+def test_seasonal_learn_follows_normal_drift_but_not_an_incident(fitted_seasonal):
+    model, future = fitted_seasonal
+    before = model.level_
+    incident = future.iloc[:12].copy()
+    incident["value"] += 100
+    model.learn(incident)
+    assert model.level_ == before
+    drift = future.iloc[:50].copy()
+    drift["value"] += 2
+    model.learn(drift)
+    assert before + 0.5 < model.level_ < before + 2.5
+    model.level_ = before  # the fixture is shared
+
+
+def test_seasonal_handles_gaps_and_one_minute_data_quickly():
+    idx = pd.date_range("2026-01-05", periods=14 * 1440, freq="min", tz="UTC")
+    rng = np.random.default_rng(2)
+    values = 10 + 5 * np.sin(2 * np.pi * np.arange(len(idx)) / 1440) + rng.normal(0, 0.5, len(idx))
+    frame = pd.DataFrame({"value": values}, index=idx).drop(idx[5000:7000])  # a gap of 33 hours
+    model = make_model("seasonal").fit(frame.iloc[:-60])
+    out = model.score(frame.iloc[-60:])
+    assert not flagged(out).any()
+    assert 86400.0 in model.periods_
+
+
+# --------------------------------------------------------------------------- iforest
+
+
+def gpu_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    """Correlated GPU metrics: utilisation drives power, power drives temperature, clocks steady."""
+    idx = pd.date_range("2026-01-05", periods=n, freq="min", tz="UTC")
+    rng = np.random.default_rng(seed)
+    util = np.clip(0.5 + 0.4 * np.sin(np.arange(n) / 90) + rng.normal(0, 0.05, n), 0, 1)
+    power = 80 + 220 * util + rng.normal(0, 6, n)
+    temp = 35 + 0.12 * power + rng.normal(0, 1, n)
+    clock = 1800 + rng.normal(0, 15, n)
+    return pd.DataFrame(
+        {"utilization": util, "power": power, "temperature": temp, "sm_clock": clock}, index=idx
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted_iforest():
+    frame = gpu_frame(3000)
+    return make_model("iforest").fit(frame.iloc[:2500]), frame.iloc[2500:].copy()
+
+
+def test_iforest_quiet_on_normal_data(fitted_iforest):
+    model, future = fitted_iforest
+    out = model.score(future)
+    assert list(out.columns) == ["expected", "lower", "upper", "score", "top_features"]
+    assert out[["expected", "lower", "upper"]].isna().all().all()
+    assert out.score.notna().all() and (out.score >= 0).all()
+    assert flagged(out).mean() < 0.01
+
+
+@pytest.mark.parametrize("column, change", [("temperature", +25.0), ("sm_clock", -600.0), ("power", +180.0)])
+def test_iforest_flags_and_names_the_perturbed_feature(fitted_iforest, column, change):
+    model, future = fitted_iforest
+    broken = future.copy()
+    broken.iloc[200:230, broken.columns.get_loc(column)] += change
+    out = model.score(broken)
+    assert flagged(out)[200:230].mean() > 0.9
+    assert all(top[0] == column for top in out.top_features.iloc[200:230])
+    assert not flagged(out)[:199].any()
+
+
+def test_iforest_nan_before_enough_history():
+    frame = gpu_frame(100)
+    model = make_model("iforest", {"min_points": 50}).fit(frame.iloc[:30])
+    out = model.score(frame.iloc[30:40])
+    assert out.score.isna().all()
+    assert all(top == [] for top in out.top_features)
+
+
+def test_iforest_threshold_survives_incidents_in_training():
+    frame = gpu_frame(3000, seed=3)
+    dirty = frame.iloc[:2500].copy()
+    dirty.iloc[1000:1020, dirty.columns.get_loc("temperature")] += 30
+    model = make_model("iforest").fit(dirty)
+    assert flagged(model.score(frame.iloc[2500:])).mean() < 0.01
+    hot = frame.iloc[2500:2510].copy()
+    hot["temperature"] += 30
+    assert flagged(model.score(hot)).all()
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_estimator_contract(name):
+    cls = model_class(name)
+    params = {p: v.default for p, v in inspect.signature(cls.__init__).parameters.items() if p != "self"}
+    model = make_model(name)
+    assert model.get_params() == params
+    assert type(model)(**model.get_params()).get_params() == params
+    assert not model.is_fitted
+    frame = gpu_frame(300) if cls.multivariate else daily_series(2)
+    with pytest.raises(NotFittedError):
+        model.score(frame)
+    assert model.fit(frame) is model
+    learned = [k for k in vars(model) if k.endswith("_") and not k.startswith("_")]
+    assert learned, "fit sets learned attributes ending in _"
+    assert model.get_params() == params  # fit does not touch the parameters
+    out = model.score(frame.iloc[-5:])
+    assert out.index.equals(frame.index[-5:])
+
+
+def test_unknown_seasonality_is_a_clear_error():
+    with pytest.raises(ValueError, match="seasonality"):
+        make_model("seasonal", {"seasonality": "hourly"}).fit(daily_series(2))
