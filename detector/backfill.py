@@ -16,7 +16,7 @@ import pandas as pd
 from detector.config import DetectorConfig
 from detector.reader import PrometheusReader, align
 from detector.scoring import build_units, fallback_model, fit_bundle, is_multivariate, score_online
-from detector.writer import ScoredPoint
+from detector.writer import ScoredPoint, scored_points
 
 log = logging.getLogger("boxwatch.detector.backfill")
 
@@ -54,7 +54,7 @@ def backfill_query(
                 model, name = fallback_model(multivariate, frame.iloc[:0]), "robust"
             result = score_online(model, frame, query.direction, query.min_deviation)
             labels = tuple(sorted({**dict(key), "query": alias, "model": name}.items()))
-            yield from _points(labels, frame, result)
+            yield from scored_points(labels, frame, result)
         cut = segment_end + query.step
 
 
@@ -62,17 +62,6 @@ def backfill(config: DetectorConfig, reader: PrometheusReader, start: float, end
              queries: Iterable[str] | None = None, shard: tuple[int, int] = (0, 1)) -> Iterator[ScoredPoint]:
     for alias in queries or config.queries:
         yield from backfill_query(config, alias, reader, start, end, shard)
-
-
-def _points(labels, frame: pd.DataFrame, result: pd.DataFrame) -> Iterator[ScoredPoint]:
-    values = frame.get("value")
-    for ts, row in result.iterrows():
-        if row["score"] != row["score"]:
-            continue
-        tops = row.get("top_features")
-        yield ScoredPoint(labels, ts.timestamp(), float(values[ts]) if values is not None else float("nan"),
-                          float(row["expected"]), float(row["lower"]), float(row["upper"]), float(row["score"]),
-                          tuple(tops) if isinstance(tops, list | tuple) else ())
 
 
 def _iso(ts: float) -> str:

@@ -174,7 +174,6 @@ def score_online(
     frame: pd.DataFrame,
     direction: str = "both",
     min_deviation: float = 0.0,
-    threshold: float = 1.0,
 ) -> pd.DataFrame:
     """Score ``frame`` point by point, learning each point after it is scored (never ahead).
 
@@ -182,30 +181,38 @@ def score_online(
     and ``min_deviation`` (see :func:`band_score`) where the model has a band. Rows whose
     values are all NaN are skipped (NaN score) and not learned.
     """
+    valid = ~np.isnan(frame.to_numpy(dtype=float)).all(axis=1)
+    if len(frame) == 1:  # the usual serve cycle: one new point
+        if not valid[0]:
+            return empty_scores(frame.index)
+        result = model.score(frame)
+        model.learn(frame)
+        return apply_band(result, frame, direction, min_deviation)
     rows = []
-    valid = ~frame.isna().all(axis=1)
     for position in range(len(frame)):
         point = frame.iloc[position:position + 1]
-        if not valid.iloc[position]:
+        if not valid[position]:
             rows.append(empty_scores(point.index))
             continue
         rows.append(model.score(point))
         model.learn(point)
     if not rows:
         return empty_scores(frame.index)
-    result = pd.concat(rows)
-    return apply_band(result, frame, direction, min_deviation)
+    return apply_band(pd.concat(rows), frame, direction, min_deviation)
 
 
 def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float) -> pd.DataFrame:
     """Recompute ``score`` from the band with the query's direction and minimum deviation."""
-    if "value" not in frame or result[["expected", "lower", "upper"]].isna().all().all():
+    if "value" not in frame.columns:
         return result
-    has_band = result[["expected", "lower", "upper"]].notna().all(axis=1)
-    banded = band_score(frame["value"].to_numpy(float), result["expected"], result["lower"], result["upper"],
-                        direction, min_deviation)
-    result = result.copy()
-    result["score"] = np.where(has_band, banded, result["score"])
+    expected = result["expected"].to_numpy(dtype=float)
+    lower = result["lower"].to_numpy(dtype=float)
+    upper = result["upper"].to_numpy(dtype=float)
+    has_band = ~(np.isnan(expected) | np.isnan(lower) | np.isnan(upper))
+    if not has_band.any():
+        return result
+    banded = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper, direction, min_deviation)
+    result["score"] = np.where(has_band, banded, result["score"].to_numpy(dtype=float))
     return result
 
 

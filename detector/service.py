@@ -38,7 +38,7 @@ from detector.scoring import (
     score_online,
 )
 from detector.store import FitSink, LocalStore, ModelBundle
-from detector.writer import RemoteWriter, ScoredPoint
+from detector.writer import RemoteWriter, ScoredPoint, scored_points
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -129,6 +129,7 @@ class Detector:
         self._reload_requested = threading.Event()
         self._fit_wakeup = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._first_cycle_done = threading.Event()
         self._reader = PrometheusReader(config.reader)
         self._writer = self._make_writer(config)
         self._anomalies: deque[dict[str, Any]] = deque(maxlen=config.anomalies.max_kept)
@@ -284,6 +285,7 @@ class Detector:
                 self._reload_requested.clear()
                 self.reload()
             self.run_cycle()
+            self._first_cycle_done.set()
             self._stop.wait(self._seconds_to_next_infer())
 
     def _seconds_to_next_infer(self) -> float:
@@ -317,8 +319,7 @@ class Detector:
             state.next_infer = now + query.infer_interval
             reader = self._reader
         end = align(now, query.step)
-        start = end if state.last_scored is None else state.last_scored + query.step
-        start = max(start, align(end - config.reader.catch_up_max, query.step))
+        start = self._infer_start(state, query, end, config.reader.catch_up_max)
         if start > end:
             return 0, 0.0
         if end - start >= 2 * query.step:
@@ -332,8 +333,9 @@ class Detector:
             return 0, reader.last_request_seconds
         query_seconds = reader.last_request_seconds
         multivariate = is_multivariate(config, alias)
-        units = {k: f.loc[f.index >= pd.Timestamp(start, unit="s", tz="UTC")]
-                 for k, f in build_units(query, multivariate, raw, self.shard, alias).items()}
+        units = build_units(query, multivariate, raw, self.shard, alias)
+        if lead:  # the extra point before start only served the first rate
+            units = {key: frame.iloc[1:] for key, frame in units.items()}
         try:
             query_seconds += self._add_fallbacks(alias, state, units, multivariate, start)
         except ReaderError as err:
@@ -349,6 +351,22 @@ class Detector:
         if self._writer is not None and points:
             self._remote_write(alias, points)
         return len(latest), query_seconds
+
+    def _infer_start(self, state: QueryState, query, end: float, catch_up_max: float) -> float:
+        """First grid point to score: after the last scored one, at most ``catch_up_max`` back.
+
+        At start-up (nothing scored yet) the recent ``catch_up_max`` is scored too, after the end
+        of the served bundle's training window, so a restart fills what it missed (remote write,
+        anomalies) without scoring points a model was trained on.
+        """
+        earliest = align(end - catch_up_max, query.step)
+        if state.last_scored is not None:
+            return max(state.last_scored + query.step, earliest)
+        with self._lock:
+            trained_until = state.bundle.training_end if state.bundle else None
+        if trained_until is not None:
+            return max(trained_until + query.step, earliest) if trained_until < end else end
+        return earliest
 
     def _add_fallbacks(self, alias: str, state: QueryState, units: dict[SeriesKey, pd.DataFrame],
                        multivariate: bool, start: float) -> float:
@@ -391,8 +409,7 @@ class Detector:
                 continue
             result = score_online(model, frame, query.direction, query.min_deviation)
             labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
-            unit_points = [self._point(labels, frame, ts, row) for ts, row in result.iterrows()
-                           if not math.isnan(row["score"])]
+            unit_points = list(scored_points(labels, frame, result))
             for point in unit_points:
                 if point.score > threshold:
                     self._record_anomaly(alias, model_name, key, point)
@@ -401,14 +418,6 @@ class Detector:
                 latest.append(unit_points[-1])
                 used[model_name] = used.get(model_name, 0) + 1
         return points, latest, used
-
-    @staticmethod
-    def _point(labels, frame: pd.DataFrame, ts: pd.Timestamp, row: pd.Series) -> ScoredPoint:
-        value = float(frame.at[ts, "value"]) if "value" in frame else math.nan
-        tops = row.get("top_features")
-        return ScoredPoint(labels, ts.timestamp(), value, float(row["expected"]), float(row["lower"]),
-                           float(row["upper"]), float(row["score"]),
-                           tuple(tops) if isinstance(tops, list | tuple) else ())
 
     def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
         with self._lock:
@@ -460,6 +469,8 @@ class Detector:
     # ------------------------------------------------------------------ fitting
 
     def _fitting_loop(self) -> None:
+        # Score first (stand-ins start from recent history in seconds), then fit.
+        self._first_cycle_done.wait(60.0)
         while not self._stop.is_set():
             now = self.clock()
             with self._lock:

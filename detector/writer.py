@@ -41,6 +41,24 @@ class ScoredPoint:
         return getattr(self, name)
 
 
+def scored_points(labels: tuple[tuple[str, str], ...], frame, result) -> Iterator[ScoredPoint]:
+    """:class:`ScoredPoint` per row of a model's ``result`` with a score (NaN scores are skipped)."""
+    import numpy as np
+
+    scores = result["score"].to_numpy(dtype=float)
+    keep = np.flatnonzero(~np.isnan(scores))
+    if not len(keep):
+        return
+    stamps = result.index.asi8 / 1e9 if hasattr(result.index, "asi8") else result.index
+    values = frame["value"].to_numpy(dtype=float) if "value" in frame.columns else np.full(len(frame), np.nan)
+    expected, lower, upper = (result[c].to_numpy(dtype=float) for c in ("expected", "lower", "upper"))
+    tops = result["top_features"].to_numpy() if "top_features" in result.columns else None
+    for i in keep:
+        top = tops[i] if tops is not None else None
+        yield ScoredPoint(labels, float(stamps[i]), float(values[i]), float(expected[i]), float(lower[i]),
+                          float(upper[i]), float(scores[i]), tuple(top) if isinstance(top, list | tuple) else ())
+
+
 def present(value: float) -> bool:
     return value is not None and not math.isnan(value)
 

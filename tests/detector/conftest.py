@@ -116,7 +116,7 @@ def detector_config(prometheus_url: str, state_dir: Path, queries: dict, **extra
     return {
         "schema_version": 1,
         "reader": {"url": prometheus_url, "timeout": "5s", "retries": 1, "backoff": "100ms",
-                   "catch_up_max": "1h"},
+                   "catch_up_max": "2m"},
         "queries": queries,
         "state_dir": str(state_dir),
         **extra,

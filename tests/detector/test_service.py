@@ -202,3 +202,32 @@ def test_reload_keeps_the_last_good_config_and_applies_a_good_one(history_promet
     detector.wait_for(lambda: {s.labels["query"] for s in detector.samples("boxwatch_anomaly_score")}
                       == {"temp", "temp_copy"}, what="the added query scored")
     assert detector.sample("boxwatch_detector_query_errors_total", query="temp") == errors
+
+
+def test_multivariate_query_scores_each_entity_and_names_the_features(history_prometheus, start_detector,
+                                                                      tmp_path):
+    now = time.time()
+    series = {}
+    for gpu in ("0", "1"):
+        temp = wave(now - 7200, now, STEP, base=60, seed=int(gpu))
+        if gpu == "1":
+            temp = [(t, v + (30.0 if t > now - 60 else 0.0)) for t, v in temp]
+        series[("mv_temp", (("gpu", gpu),))] = temp
+        series[("mv_power", (("gpu", gpu),))] = wave(now - 7200, now, STEP, base=200, amplitude=20, noise=5,
+                                                     seed=10 + int(gpu))
+    prom = history_prometheus(series)
+    config = detector_config(prom.url, tmp_path / "state", {"gpu": query(
+        '{__name__=~"mv_temp|mv_power"}', model="iforest", group_by=["gpu"])})
+    detector = start_detector(config)
+    detector.wait_for(lambda: {(s.labels["gpu"], s.labels["model"]) for s in
+                               detector.samples("boxwatch_anomaly_score")} == {("0", "iforest"), ("1", "iforest")},
+                      timeout=60, what="both GPUs scored by the fitted forest")
+    sample = detector.samples("boxwatch_anomaly_score")[0]
+    assert set(sample.labels) == {"gpu", "query", "model"}  # the entity's labels, not each feature's
+    assert detector.samples("boxwatch_anomaly_expected") == []  # a forest has no per-series band
+    assert detector.sample("boxwatch_anomaly_score", gpu="1")[0] > 1 > detector.sample(
+        "boxwatch_anomaly_score", gpu="0")[0]
+    anomalies = requests.get(f"{detector.url}/api/v1/anomalies", timeout=5).json()["data"]
+    forest = [a for a in anomalies if a["model"] == "iforest"]
+    assert forest and {a["labels"]["gpu"] for a in forest} == {"1"}
+    assert forest[-1]["top_features"][0] == "mv_temp"

@@ -1,0 +1,207 @@
+"""Benchmark the detector service against a real Prometheus holding generated history.
+
+    python -m bench.detector [--series 200] [--days 14] [--cycles 20] [--models robust,seasonal,iforest]
+                             [--fit-series 3] [--json FILE]
+
+Measures, per model:
+
+* fit time per series on ``--days`` of 1-minute data (the fit query included separately);
+* a serve cycle: series scored per second, the cycle's wall time, the time Prometheus took
+  to answer the cycle's queries, and the ratio of the detector's own time to Prometheus' time;
+* the process' resident memory (RSS) after each stage.
+
+History is written with promtool before Prometheus starts; the serve cycles then run the
+service's own code path (``Detector.run_cycle``) once per 1-minute grid point over the
+last ``--cycles`` minutes of it, so every cycle scores one new point of every series.
+
+Where another component adds its own figures (a model registry: import time and RSS with
+MLflow loaded), it appends a function to :data:`EXTRA_BENCHES`; each returns a dict of
+figures printed and saved with the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+STEP = 60
+EXTRA_BENCHES: list[Callable[[argparse.Namespace], dict]] = []
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generate(series: int, days: float, end: float, seed: int = 0) -> str:
+    """OpenMetrics text: ``series`` GPUs with temperature and power, daily cycle plus noise."""
+    from tests.harness import openmetrics
+
+    rng = np.random.default_rng(seed)
+    stamps = np.arange(end - days * 86400, end + 1, STEP)
+    daily = np.sin(2 * math.pi * stamps / 86400)
+    weekly = np.sin(2 * math.pi * stamps / (7 * 86400))
+    data = {}
+    for i in range(series):
+        labels = (("gpu", str(i)), ("uuid", f"GPU-{i:04d}"))
+        temp = 55 + 8 * daily + 2 * weekly + rng.normal(0, 1, len(stamps))
+        power = 150 + 60 * daily + rng.normal(0, 8, len(stamps))
+        data[("bench_gpu_temperature_celsius", labels)] = list(zip(stamps.tolist(), np.round(temp, 2).tolist(),
+                                                                  strict=True))
+        data[("bench_gpu_power_watts", labels)] = list(zip(stamps.tolist(), np.round(power, 1).tolist(),
+                                                          strict=True))
+    return openmetrics(data)
+
+
+def start_prometheus(workdir: Path, text: str):
+    from tests.harness import Prometheus, backfill
+
+    began = time.perf_counter()
+    backfill(workdir / "data", text)
+    loaded = time.perf_counter() - began
+    return Prometheus(workdir / "prometheus", data_dir=workdir / "data"), loaded
+
+
+def make_config(url: str, state_dir: Path, model: str, days: float):
+    from detector.config import validate
+
+    query = {"step": "1m", "fit_window": f"{int(days * 1440)}m", "fit_every": "30d", "model": model}
+    if model == "iforest":
+        query.update(expr='{__name__=~"bench_gpu_temperature_celsius|bench_gpu_power_watts"}',
+                     group_by=["gpu", "uuid"])
+    else:
+        query.update(expr="bench_gpu_temperature_celsius")
+    return validate({"schema_version": 1, "reader": {"url": url, "timeout": "120s"}, "queries": {model: query},
+                     "state_dir": str(state_dir)})
+
+
+def bench_fit(url: str, workdir: Path, model: str, days: float, fit_series: int, end: float) -> dict:
+    """Fit time per series (or entity) on ``days`` of 1-minute history."""
+    from detector.service import Detector
+
+    config = make_config(url, workdir / f"fit-{model}", model, days)
+    if model == "iforest":
+        expr = '{__name__=~"bench_gpu_temperature_celsius|bench_gpu_power_watts", gpu=~"%s"}'
+    else:
+        expr = 'bench_gpu_temperature_celsius{gpu=~"%s"}'
+    alias = model
+    queries = {alias: config.queries[alias].model_copy(
+        update={"expr": expr % "|".join(str(i) for i in range(fit_series))})}
+    config = config.model_copy(update={"queries": queries})
+    detector = Detector(config)
+    began = time.perf_counter()
+    bundle = detector.fit_query(alias, end)
+    total = time.perf_counter() - began
+    assert bundle is not None and len(bundle.models) == fit_series, "the fit did not cover every series"
+    return {"fit_series": fit_series, "fit_seconds_per_series": bundle.fit_seconds / fit_series,
+            "fit_query_seconds": total - bundle.fit_seconds, "fit_points_per_series": int(days * 1440) + 1}
+
+
+def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, end: float) -> dict:
+    """Serve cycles over the last ``cycles`` minutes: throughput and detector vs Prometheus time."""
+    from detector.service import Detector
+
+    config = make_config(url, workdir / f"serve-{model}", model, days)
+    detector = Detector(config)
+    first = end - cycles * STEP
+    began = time.perf_counter()
+    bundle = detector.fit_query(model, first)
+    fit_all = time.perf_counter() - began
+    detector.run_cycle(first)  # the first cycle starts any stand-ins; measured cycles follow
+    durations, query_seconds, scored = [], [], []
+    for k in range(1, cycles + 1):
+        began = time.perf_counter()
+        scored.append(detector.run_cycle(first + k * STEP))
+        durations.append(time.perf_counter() - began)
+        stats, _ = detector.stats_copy()
+        query_seconds.append(stats.last_cycle_query_seconds)
+    units = len(bundle.models)
+    assert min(scored) == units, f"a cycle scored {min(scored)} of {units} units"
+    cycle = float(np.median(durations))
+    prom = float(np.median(query_seconds))
+    return {
+        "units": units,
+        "fit_all_seconds": fit_all,
+        "cycle_seconds_median": cycle,
+        "cycle_seconds_max": float(max(durations)),
+        "prometheus_seconds_median": prom,
+        "series_scored_per_second": units / cycle,
+        "detector_to_prometheus_ratio": (cycle - prom) / prom if prom > 0 else float("inf"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.detector", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--series", type=int, default=200, help="series per metric for the serve cycles")
+    parser.add_argument("--days", type=float, default=14, help="days of 1-minute history (fit window)")
+    parser.add_argument("--cycles", type=int, default=20, help="serve cycles to time")
+    parser.add_argument("--serve-fit-days", type=float, default=2,
+                        help="fit window of the models behind the serve cycles (keeps the set-up short)")
+    parser.add_argument("--models", default="robust,seasonal,iforest")
+    parser.add_argument("--fit-series", type=int, default=3, help="series fitted for the fit-time figure")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results: dict = {"args": vars(args), "models": {}}
+    with tempfile.TemporaryDirectory(prefix="boxwatch-bench-") as tmp:
+        workdir = Path(tmp)
+        end = (int(time.time()) // STEP - 1) * STEP
+        began = time.perf_counter()
+        text = generate(args.series, args.days, end)
+        results["generate_seconds"] = time.perf_counter() - began
+        prom, results["promtool_seconds"] = start_prometheus(workdir, text)
+        del text
+        try:
+            results["rss_start_bytes"] = rss_bytes()
+            for model in models:
+                print(f"# {model}", file=sys.stderr)
+                figures = bench_fit(prom.url, workdir, model, args.days, args.fit_series, end)
+                figures.update(bench_cycles(prom.url, workdir, model, min(args.serve_fit_days, args.days),
+                                            args.cycles, end))
+                figures["rss_bytes"] = rss_bytes()
+                results["models"][model] = figures
+            results["peak_rss_bytes"] = peak_rss_bytes()
+            for extra in EXTRA_BENCHES:
+                results.update(extra(args))
+        finally:
+            prom.stop()
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(results: dict) -> None:
+    args = results["args"]
+    print(f"history: {args['series']} series x 2 metrics, {args['days']:g} days at 1m "
+          f"(generated {results['generate_seconds']:.1f}s, promtool {results['promtool_seconds']:.1f}s)")
+    header = (f"{'model':<10}{'units':>7}{'fit s/series':>14}{'cycle ms':>10}{'prom ms':>9}"
+              f"{'series/s':>10}{'own/prom':>10}{'RSS MiB':>9}")
+    print(header)
+    for model, f in results["models"].items():
+        print(f"{model:<10}{f['units']:>7}{f['fit_seconds_per_series']:>14.3f}{f['cycle_seconds_median'] * 1000:>10.1f}"
+              f"{f['prometheus_seconds_median'] * 1000:>9.1f}{f['series_scored_per_second']:>10.0f}"
+              f"{f['detector_to_prometheus_ratio']:>10.1f}{f['rss_bytes'] / 2**20:>9.0f}")
+    print(f"peak RSS {results['peak_rss_bytes'] / 2**20:.0f} MiB")
+    for key, value in results.items():
+        if key not in ("args", "models", "generate_seconds", "promtool_seconds", "rss_start_bytes",
+                       "peak_rss_bytes"):
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
