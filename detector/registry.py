@@ -174,33 +174,26 @@ def fit_for_validation(bundle: ModelBundle, units: dict[SeriesKey, pd.DataFrame]
 
 
 def nab_score(scores: list[pd.Series], incidents: list[tuple[float, float]]) -> float | None:
-    """NAB standard-profile score of anomaly scores (``min(score / 2, 1)``) against incident windows.
+    """NAB standard-profile score of the validation scores against the labelled incident windows.
 
-    Uses the NAB scorer in :mod:`detector.nabscore`; ``None`` when it is not available or no
-    incident falls inside the validation window.
+    boxwatch scores (0 normal, > 1 outside the band) map to NAB's ``[0, 1]`` as ``s / (1 + s)``,
+    which keeps their order (NAB sweeps the threshold). Uses :mod:`detector.nabscore`;
+    ``None`` when no incident overlaps the validation window.
     """
-    try:
-        from detector import nabscore
-    except ImportError:
-        log.warning("registry.incidents is set but the NAB scorer is not available; skipping nab_score")
-        return None
-    return nabscore.score_windows(scores, incidents) if hasattr(nabscore, "score_windows") else _nab_fallback(
-        nabscore, scores, incidents)
+    from detector import nabscore
 
-
-def _nab_fallback(nabscore, scores: list[pd.Series], incidents: list[tuple[float, float]]) -> float | None:
-    files = []
-    for series in scores:
-        index = series.index
-        windows = [(pd.Timestamp(s, unit="s", tz="UTC").isoformat(), pd.Timestamp(e, unit="s", tz="UTC").isoformat())
-                   for s, e in incidents if e >= index[0].timestamp() and s <= index[-1].timestamp()]
-        if not windows:
+    results, windows = {}, {}
+    for i, series in enumerate(scores):
+        if series.empty:
             continue
-        values = np.clip(series.fillna(0.0).to_numpy(float) / 2.0, 0.0, 1.0)
-        files.append(nabscore.prepare_file(index.tz_convert(None), values, windows, probation_fraction=0.0))
-    if not files:
+        first, last = series.index[0].timestamp(), series.index[-1].timestamp()
+        overlapping = [[_iso(s), _iso(e)] for s, e in incidents if e >= first and s <= last]
+        values = series.fillna(0.0).clip(lower=0.0).to_numpy(float)
+        results[f"series{i}"] = (series.index, values / (1.0 + values))
+        windows[f"series{i}"] = overlapping
+    if not any(windows.values()):
         return None
-    return float(nabscore.sweep(files, nabscore.STANDARD_PROFILES[0]).normalized)
+    return float(nabscore.score_corpus(results, windows, nabscore.STANDARD_PROFILES[:1])["standard"].normalized)
 
 
 # --------------------------------------------------------------------------- decisions

@@ -24,6 +24,8 @@ import pytest
 import requests
 import yaml
 
+from detector.config import RegistryConfig
+from detector.registry import Validation, gate, nab_score
 from tests.detector.conftest import DetectorProcess, detector_config
 from tests.harness import Prometheus, backfill, free_port, openmetrics
 
@@ -52,11 +54,16 @@ def store(tmp_path_factory):
     config = detector_config(prometheus.url, root / "state", {
         "load": {"expr": "bw_load", "step": "60s", "fit_window": "12h", "fit_every": "1d",
                  "params": {"window": 120, "k": 5.0}},
-    }, registry={"enabled": True, "validation_fraction": 0.2, "promotion": {"tolerance": 0.02}})
+    }, registry={"enabled": True, "validation_fraction": 0.2, "promotion": {"tolerance": 0.02},
+                 "incidents": {"load": [[_iso(end - 1800), _iso(end - 1200)]]}})
     path = root / "detector.yml"
     path.write_text(yaml.safe_dump(config))
     yield {"root": root, "config": config, "path": path, "prometheus": prometheus}
     prometheus.stop()
+
+
+def _iso(ts: float) -> str:
+    return pd.Timestamp(ts, unit="s", tz="UTC").isoformat()
 
 
 def cli(store, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -89,6 +96,7 @@ def client(store):
     return mlflow, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@pytest.mark.slow
 def test_train_logs_a_run_and_registers_the_first_version_as_champion(store):
     result = cli(store, "train", "--json")
     decision = json.loads(result.stdout)["decisions"][0]
@@ -107,6 +115,7 @@ def test_train_logs_a_run_and_registers_the_first_version_as_champion(store):
     assert run.data.metrics["fit_seconds"] > 0 and run.data.metrics["validation_points"] > 100
     assert 0 <= run.data.metrics["validation_anomaly_rate"] <= 1
     assert run.data.tags["boxwatch.decision"] == "champion"
+    assert -100 <= run.data.metrics["validation_nab_score"] <= 100  # an incident is labelled in the window
 
     # The logged model is a pyfunc: load it by alias and score a frame.
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
@@ -115,6 +124,7 @@ def test_train_logs_a_run_and_registers_the_first_version_as_champion(store):
     assert scored["score"].iloc[0] < 1 < scored["score"].iloc[1]
 
 
+@pytest.mark.slow
 def test_a_worse_version_stays_challenger_with_the_reason_tagged(store):
     decision = json.loads(cli(store, "train", "--json").stdout)["decisions"][0]
     assert decision["version"] == "2" and not decision["promoted"], decision
@@ -131,6 +141,7 @@ def test_a_worse_version_stays_challenger_with_the_reason_tagged(store):
     assert "challenger" in table and "champion" in table and NAME in table
 
 
+@pytest.mark.slow
 def test_manual_promote_and_rollback(store):
     out = cli(store, "promote", NAME, "2").stdout
     assert "champion is now v2 (was v1)" in out
@@ -147,6 +158,7 @@ def test_manual_promote_and_rollback(store):
     assert failed.returncode == 2 and "no previous champion" in failed.stderr
 
 
+@pytest.mark.slow
 def test_a_hand_picked_champion_is_not_replaced_by_a_refit(store):
     decision = json.loads(cli(store, "train", "--json").stdout)["decisions"][0]
     assert not decision["promoted"] and "chosen by hand" in decision["reason"]
@@ -198,3 +210,32 @@ def test_unreachable_registry_keeps_serving_and_reports_it(store):
         assert detector.output().count("model registry is unreachable") == 1  # logged once per state change
     finally:
         detector.stop()
+
+
+def _scores(values, start="2026-01-01") -> pd.Series:
+    return pd.Series(values, index=pd.date_range(start, periods=len(values), freq="min", tz="UTC"), dtype=float)
+
+
+def test_nab_score_rewards_an_early_detection_and_ignores_unlabelled_windows():
+    values = np.zeros(200)
+    values[150] = 5.0  # a clear detection at the start of the labelled window
+    start = pd.Timestamp("2026-01-01T00:00:00Z").timestamp()
+    window = [(start + 150 * 60, start + 170 * 60)]
+    assert nab_score([_scores(values)], window) == pytest.approx(100.0, abs=1.0)
+    assert nab_score([_scores(np.zeros(200))], window) == pytest.approx(0.0)
+    assert nab_score([_scores(values)], [(start - 7200, start - 3600)]) is None
+
+
+def test_gate_rules():
+    settings = RegistryConfig(promotion={"tolerance": 0.01})
+    good, bad = Validation(points=100, anomalies=1), Validation(points=100, anomalies=5)
+    assert gate(good, None, settings, None, False, False)[0]
+    assert gate(good, bad, settings, "1", False, False)[0]
+    promoted, reason = gate(bad, good, settings, "1", False, False)
+    assert not promoted and "higher than champion v1's 0.0100" in reason
+    assert not gate(good, bad, settings, "1", True, False)[0]  # a hand-picked champion stays
+    assert gate(bad, good, settings, "1", False, True)[0]  # a champion of another configuration cannot serve
+    nab = RegistryConfig(promotion={"metric": "nab_score", "tolerance": 1.0})
+    low, high = Validation(points=100, nab_score=40.0), Validation(points=100, nab_score=60.0)
+    assert gate(high, low, nab, "1", False, False)[0]
+    assert not gate(low, high, nab, "1", False, False)[0]
