@@ -18,12 +18,14 @@ at start-up of ``serve`` or on the scoring path.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import pickle
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -368,6 +370,12 @@ class Registry:
 
     def log_fit(self, bundle: ModelBundle, metrics: dict[str, float], tags: dict[str, str]) -> tuple[str, str]:
         """One MLflow run for ``bundle`` and a new version of its registered model: ``(run_id, version)``."""
+        # MLflow writes "View run ... at <url>" to stdout when a run against a server ends; stdout is the
+        # CLI's output (``train --json``), so its chatter goes to stderr with the logs.
+        with contextlib.redirect_stdout(sys.stderr):
+            return self._log_fit(bundle, metrics, tags)
+
+    def _log_fit(self, bundle: ModelBundle, metrics: dict[str, float], tags: dict[str, str]) -> tuple[str, str]:
         mlflow = self.mlflow
         client = self.client()
         name = registered_name(bundle.query, bundle.model_name)
@@ -391,8 +399,8 @@ class Registry:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "bundle.pkl"
                 path.write_bytes(pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL))
-                model_uri = self._log_pyfunc(mlflow, run_id, path)
-            version = client.create_model_version(name, model_uri, run_id=run_id, tags={
+                model_uri, model_id = self._log_pyfunc(mlflow, run_id, path)
+            version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id, tags={
                 TAG_QUERY: bundle.query, TAG_MODEL: bundle.model_name, TAG_CONFIG_HASH: bundle.config_hash, **tags})
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
@@ -400,7 +408,7 @@ class Registry:
         client.set_terminated(run_id, status="FINISHED")
         return run_id, str(version.version)
 
-    def _log_pyfunc(self, mlflow, run_id: str, bundle_path: Path) -> str:
+    def _log_pyfunc(self, mlflow, run_id: str, bundle_path: Path) -> tuple[str, str | None]:
         from detector.mlflow_model import BundlePythonModel, pip_requirements
 
         self._ensure_registered_model_dir()
@@ -408,7 +416,7 @@ class Registry:
             info = mlflow.pyfunc.log_model(name="model", python_model=BundlePythonModel(),
                                            artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
                                            pip_requirements=pip_requirements())
-        return info.model_uri
+        return info.model_uri, getattr(info, "model_id", None)
 
     def _ensure_registered_model_dir(self) -> None:
         if self.embedded:

@@ -27,7 +27,7 @@ import yaml
 from detector.config import RegistryConfig
 from detector.registry import Validation, gate, nab_score
 from tests.detector.conftest import DetectorProcess, detector_config
-from tests.harness import Prometheus, backfill, free_port, openmetrics
+from tests.harness import Process, Prometheus, backfill, free_port, openmetrics, wait_http
 
 STEP = 60
 NAME = "boxwatch.load.robust"
@@ -239,3 +239,32 @@ def test_gate_rules():
     low, high = Validation(points=100, nab_score=40.0), Validation(points=100, nab_score=60.0)
     assert gate(high, low, nab, "1", False, False)[0]
     assert not gate(low, high, nab, "1", False, False)[0]
+
+
+@pytest.mark.slow
+def test_train_against_a_real_mlflow_server(store, tmp_path):
+    """``registry.tracking_uri`` pointing at ``mlflow server``: runs, versions and artifacts live on the server."""
+    port = free_port()
+    artifacts = tmp_path / "server-artifacts"
+    server = Process([sys.executable, "-m", "mlflow", "server",
+                      "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                      "--artifacts-destination", str(artifacts),
+                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                     tmp_path / "mlflow-server.log",
+                     env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 90, server.proc)
+        config = json.loads(json.dumps(store["config"]))
+        config["state_dir"] = str(tmp_path / "state")
+        config["registry"]["tracking_uri"] = f"http://127.0.0.1:{port}"
+        path = tmp_path / "detector.yml"
+        path.write_text(yaml.safe_dump(config))
+        remote = {**store, "path": path}
+        decision = json.loads(cli(remote, "train", "--json").stdout)["decisions"][0]
+        assert decision["promoted"] and decision["version"] == "1"
+        rows = json.loads(cli(remote, "models", "--json").stdout)
+        assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [(NAME, "1", ["champion"])]
+        assert list(artifacts.rglob("bundle.pkl")), "the bundle is stored by the server"
+        assert not (tmp_path / "state" / "mlflow").exists()  # nothing in the embedded store
+    finally:
+        server.stop()
