@@ -497,6 +497,33 @@ def _semantic_problems(config: DetectorConfig, path: str, sources: Mapping[str, 
         if query.infer_every is not None and query.infer_every > query.fit_every:
             key = f"queries.{alias}.infer_every"
             problems.append(Problem(_source_of(key, path, sources), key, "must not be longer than fit_every"))
+    problems.extend(_registry_problems(config, path, sources))
+    return problems
+
+
+def _registry_problems(config: DetectorConfig, path: str, sources: Mapping[str, str]) -> list[Problem]:
+    """Incident windows must name a watched query and parse as times, start before end."""
+    from datetime import datetime
+
+    problems = []
+    for alias, windows in config.registry.incidents.items():
+        key = f"registry.incidents.{alias}"
+        if alias not in config.queries:
+            problems.append(Problem(_source_of(key, path, sources), key, "not a query alias of queries:"))
+            continue
+        for i, (start, end) in enumerate(windows):
+            try:
+                begin, finish = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (start, end))
+                if begin.tzinfo is None or finish.tzinfo is None:
+                    raise ValueError("a time zone is required (Z or +hh:mm)")
+                if finish <= begin:
+                    raise ValueError("the end must be after the start")
+            except (ValueError, TypeError) as err:
+                problems.append(Problem(_source_of(key, path, sources), f"{key}.{i}", f"bad window: {err}"))
+    if config.registry.promotion.metric == "nab_score" and not config.registry.incidents:
+        key = "registry.promotion.metric"
+        problems.append(Problem(_source_of(key, path, sources), key,
+                                "nab_score needs labelled incidents in registry.incidents"))
     return problems
 
 

@@ -328,5 +328,19 @@ def extension(config: DetectorConfig):
             return jsonify({"status": "error", "error": "not started"}), 503
         return jsonify({"status": "success", "results": [r.as_dict() for r in monitor.check_all()]})
 
+    from detector.api import OPENAPI
+
+    OPENAPI["paths"].setdefault("/reports/drift/{query}/{model}", {"get": {
+        "summary": "The last Evidently drift report of a query and model (HTML).",
+        "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                       for n in ("query", "model")],
+        "responses": {"200": {"description": "HTML report.", "content": {"text/html": {}}},
+                      "404": {"description": "No report yet (JSON error)."}}}})
+    OPENAPI["paths"].setdefault("/api/v1/drift", {"get": {
+        "summary": "Results of the last drift check per query: scores per feature, verdicts, report link.",
+        "responses": {"200": {"description": "Drift results."}}}})
+    OPENAPI["paths"].setdefault("/api/v1/drift/check", {"post": {
+        "summary": "Run the drift checks now (as the schedule would) and return their results.",
+        "responses": {"200": {"description": "Drift results."}, "503": {"description": "Not started."}}}})
     return Extension(name="drift", wrap_fit_sink=monitor.wrap_sink, collectors=[DriftCollector(monitor)],
                      blueprints=[blueprint], start=monitor.start, stop=monitor.stop)

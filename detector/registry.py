@@ -722,5 +722,12 @@ def extension(config: DetectorConfig):
     def wrap(sink: FitSink, local: LocalStore) -> FitSink:
         return RegistrySink(registry, sink, local, health)
 
+    from detector.api import OPENAPI
+
+    OPENAPI["paths"].setdefault("/api/v1/models/reload", {"post": {
+        "summary": "Check the registry now and serve each query's champion if the alias moved.",
+        "responses": {"200": {"description": "The versions installed ({query, version}) and any errors."},
+                      "503": {"description": "The model registry is unreachable; the served models are kept."}}}})
+
     return Extension(name="registry", wrap_fit_sink=wrap, collectors=[RegistryCollector(health)],
                      blueprints=[blueprint], start=watcher.start, stop=watcher.stop)

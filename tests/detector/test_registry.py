@@ -268,3 +268,20 @@ def test_train_against_a_real_mlflow_server(store, tmp_path):
         assert not (tmp_path / "state" / "mlflow").exists()  # nothing in the embedded store
     finally:
         server.stop()
+
+
+def test_config_checks_incident_windows_and_the_nab_rule():
+    from detector.config import ConfigError, validate
+
+    base = {"schema_version": 1, "queries": {"load": {"expr": "up"}}}
+    with pytest.raises(ConfigError) as err:
+        validate({**base, "registry": {"incidents": {"nope": [["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"]],
+                                                     "load": [["2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"]]},
+                                       "promotion": {"metric": "nab_score"}}})
+    problems = {(p.key, p.reason) for p in err.value.problems}
+    assert ("registry.incidents.nope", "not a query alias of queries:") in problems
+    assert ("registry.incidents.load.0", "bad window: the end must be after the start") in problems
+    with pytest.raises(ConfigError, match="nab_score needs labelled incidents"):
+        validate({**base, "registry": {"promotion": {"metric": "nab_score"}}})
+    with pytest.raises(ConfigError, match="unknown drift method 'nope'"):
+        validate({**base, "drift": {"method": "nope"}})
