@@ -4,8 +4,9 @@ Per query and model, the *features* are the model's inputs pooled over the query
 for a univariate model ``value`` and ``delta`` (the step-to-step change, which catches a
 series that became noisier or smoother at the same level); for a multivariate model each
 feature column. The reference is a sample of the training window, saved when a fit is
-served (``<state_dir>/drift/<query>/reference.pkl``) or, failing that, read back from
-Prometheus for the serving models' training window.
+served (``<state_dir>/drift/<query>/reference.pkl``) or, when the serving models are another
+version (a champion installed from the registry), read back from Prometheus for their
+training window.
 
 Each check runs an Evidently ``Report`` of one ``ValueDrift`` per feature, saves its HTML as
 ``<state_dir>/drift/<query>/<model>.html`` (served at ``/reports/drift/<query>/<model>``),
@@ -173,7 +174,7 @@ class DriftMonitor:
         path = reference_path(self.config.state_dir, alias)
         if path.exists():
             payload = pd.read_pickle(path)
-            if payload.get("config_hash") == bundle.get("config_hash"):
+            if (payload.get("config_hash"), payload.get("version")) == (bundle.get("config_hash"), bundle.get("version")):
                 return payload["frame"]
         start, end = bundle.get("training_start"), bundle.get("training_end")
         if start is None or end is None:
