@@ -12,7 +12,9 @@ champion — whose robust window covers the noisy part — flags little: it stay
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +29,7 @@ import yaml
 from detector.config import RegistryConfig
 from detector.registry import Validation, gate, nab_score
 from tests.detector.conftest import DetectorProcess, detector_config
-from tests.harness import Process, Prometheus, backfill, free_port, openmetrics, wait_http
+from tests.harness import Prometheus, backfill, free_port, openmetrics, wait_http
 
 STEP = 60
 NAME = "boxwatch.load.robust"
@@ -246,14 +248,16 @@ def test_train_against_a_real_mlflow_server(store, tmp_path):
     """``registry.tracking_uri`` pointing at ``mlflow server``: runs, versions and artifacts live on the server."""
     port = free_port()
     artifacts = tmp_path / "server-artifacts"
-    server = Process([sys.executable, "-m", "mlflow", "server",
-                      "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                      "--artifacts-destination", str(artifacts),
-                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                     tmp_path / "mlflow-server.log",
-                     env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
+    log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 - closed below
+    # Its own session, so teardown stops the server's workers too (uvicorn, job runners).
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", 90, server.proc)
+        wait_http(f"http://127.0.0.1:{port}/health", 90, server)
         config = json.loads(json.dumps(store["config"]))
         config["state_dir"] = str(tmp_path / "state")
         config["registry"]["tracking_uri"] = f"http://127.0.0.1:{port}"
@@ -267,7 +271,13 @@ def test_train_against_a_real_mlflow_server(store, tmp_path):
         assert list(artifacts.rglob("bundle.pkl")), "the bundle is stored by the server"
         assert not (tmp_path / "state" / "mlflow").exists()  # nothing in the embedded store
     finally:
-        server.stop()
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
 
 
 def test_config_checks_incident_windows_and_the_nab_rule():
