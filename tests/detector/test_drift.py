@@ -104,3 +104,17 @@ def test_the_report_is_served_as_html(drift_service):
     assert "<html" in response.text.lower() and "value" in response.text
     missing = requests.get(f"{detector.url}/reports/drift/nosuch/robust", timeout=10)
     assert missing.status_code == 404 and "no drift report" in missing.json()["error"]
+
+
+@pytest.mark.slow
+def test_exposition_with_drift_metrics_passes_promtool(drift_service):
+    import subprocess
+
+    from tests.harness import require_binary
+
+    if not drift_service.samples("boxwatch_drift_detected"):
+        requests.post(f"{drift_service.url}/api/v1/drift/check", timeout=120).raise_for_status()
+    promtool = require_binary("promtool", "/usr/bin/promtool")
+    result = subprocess.run([promtool, "check", "metrics"], input=drift_service.metrics(), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
