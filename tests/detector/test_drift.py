@@ -61,7 +61,8 @@ def drift_service(tmp_path_factory):
         "stable": {"expr": "bw_stable", **query},
         "shifted": {"expr": "bw_shifted", **query},
     }, drift={"enabled": True, "interval": "1h", "window": "1h", "method": "ks", "threshold": 0.01,
-              "retrain_on_drift": True})
+              "retrain_on_drift": True},
+       registry={"enabled": True})
     detector = DetectorProcess(root / "detector", config)
     try:
         detector.wait_for(lambda: requests.get(f"{detector.url}/readyz", timeout=5).status_code == 200, 60,
@@ -85,9 +86,28 @@ def test_drift_detected_on_the_shifted_series_only(drift_service):
     assert detector.sample("boxwatch_drift_score", query="shifted", model="robust", feature="value")[0] < 0.01
     assert detector.sample("boxwatch_drift_score", query="stable", model="robust", feature="value")[0] > 0.01
     assert {s.labels["feature"] for s in detector.samples("boxwatch_drift_score")} == {"value", "delta"}
-    # retrain_on_drift: the drifted query is refitted, the other is not.
-    detector.wait_for(lambda: _fitted_at(detector)["shifted"] > before["shifted"], 60, "refit after drift")
+    # retrain_on_drift: the drifted query is refitted through the registry's gate; the other is not.
+    detector.wait_for(lambda: "2" in _versions(detector, "boxwatch.shifted.robust"), 90, "refit after drift")
+    refit = _versions(detector, "boxwatch.shifted.robust")["2"]
+    assert refit["decision"] in ("champion", "challenger") and refit["reason"]
+    assert list(_versions(detector, "boxwatch.stable.robust")) == ["1"]
     assert _fitted_at(detector)["stable"] == before["stable"]
+
+
+def _versions(detector: DetectorProcess, name: str) -> dict[str, dict]:
+    from detector.config import load_config
+    from detector.registry import Registry
+
+    return {r["version"]: r for r in Registry(load_config(detector.config_path)).versions([name])}
+
+
+@pytest.mark.slow
+def test_serve_registers_its_own_fits(drift_service):
+    """The fits ``serve`` makes at start are MLflow runs and versions, and what serves says so."""
+    info = {s.labels["query"]: s.labels["version"] for s in drift_service.samples("boxwatch_model_info")}
+    assert info == {"stable": "1", "shifted": info["shifted"]} and info["shifted"] in ("1", "2")
+    assert drift_service.sample("boxwatch_detector_registry_up") == [1.0]
+    assert _versions(drift_service, "boxwatch.stable.robust")["1"]["aliases"] == ["champion"]
 
 
 def _fitted_at(detector: DetectorProcess) -> dict[str, float]:
