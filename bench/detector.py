@@ -8,7 +8,8 @@ Measures, per model:
 * fit time per series on ``--days`` of 1-minute data (the fit query included separately);
 * a serve cycle: series scored per second, the cycle's wall time, the time Prometheus took
   to answer the cycle's queries, and the ratio of the detector's own time to Prometheus' time;
-* the process' resident memory (RSS) after each stage.
+* the benchmark process' resident memory (RSS) after each stage, and the RSS of a real
+  ``serve`` process with every benchmarked query fitted (from its ``process_resident_memory_bytes``).
 
 History is written with promtool before Prometheus starts; the serve cycles then run the
 service's own code path (``Detector.run_cycle``) once per 1-minute grid point over the
@@ -144,6 +145,37 @@ def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, 
     }
 
 
+def bench_serve_process(url: str, workdir: Path, models: list[str], days: float) -> dict:
+    """RSS of a real ``serve`` process with every benchmarked query fitted, read from its /metrics."""
+    import requests
+    import yaml
+
+    from tests.harness import Process, free_port, python_module, wait_http
+
+    queries = {}
+    for model in models:
+        queries.update(make_config(url, workdir, model, days).model_dump(mode="json")["queries"])
+    config = {"schema_version": 1, "reader": {"url": url, "timeout": "120s"}, "queries": queries,
+              "state_dir": str(workdir / "serve-process")}
+    path = workdir / "serve.yml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    began = time.perf_counter()
+    process = Process(python_module("detector", "serve", "--config", str(path),
+                                    "--web.listen-address", f"127.0.0.1:{port}"), workdir / "serve.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, process.proc)
+        listening = time.perf_counter() - began
+        wait_http(f"http://127.0.0.1:{port}/readyz", 1200, process.proc)
+        ready = time.perf_counter() - began
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    finally:
+        process.stop()
+    rss = next(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("process_resident_memory_bytes"))
+    return {"serve_rss_bytes": rss, "serve_listening_seconds": listening, "serve_ready_seconds": ready}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.detector", description=__doc__.split("\n\n")[0])
     parser.add_argument("--series", type=int, default=200, help="series per metric for the serve cycles")
@@ -175,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures["rss_bytes"] = rss_bytes()
                 results["models"][model] = figures
             results["peak_rss_bytes"] = peak_rss_bytes()
+            results.update(bench_serve_process(prom.url, workdir, models, min(args.serve_fit_days, args.days)))
             for extra in EXTRA_BENCHES:
                 results.update(extra(args))
         finally:
@@ -196,10 +229,12 @@ def report(results: dict) -> None:
         print(f"{model:<10}{f['units']:>7}{f['fit_seconds_per_series']:>14.3f}{f['cycle_seconds_median'] * 1000:>10.1f}"
               f"{f['prometheus_seconds_median'] * 1000:>9.1f}{f['series_scored_per_second']:>10.0f}"
               f"{f['detector_to_prometheus_ratio']:>10.1f}{f['rss_bytes'] / 2**20:>9.0f}")
-    print(f"peak RSS {results['peak_rss_bytes'] / 2**20:.0f} MiB")
+    print(f"peak RSS of this process (history generation included) {results['peak_rss_bytes'] / 2**20:.0f} MiB")
+    print(f"serve process with every query above fitted: RSS {results['serve_rss_bytes'] / 2**20:.0f} MiB, "
+          f"listening after {results['serve_listening_seconds']:.1f}s, ready after {results['serve_ready_seconds']:.1f}s")
     for key, value in results.items():
         if key not in ("args", "models", "generate_seconds", "promtool_seconds", "rss_start_bytes",
-                       "peak_rss_bytes"):
+                       "peak_rss_bytes", "serve_rss_bytes", "serve_listening_seconds", "serve_ready_seconds"):
             print(f"{key}: {value}")
 
 

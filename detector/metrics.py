@@ -76,6 +76,11 @@ class DetectorCollector:
         for alias, value in errors.items():
             failures.add_metric([alias], value)
         yield failures
+        scoring = CounterMetricFamily("boxwatch_detector_scoring_errors",
+                                      "Series whose model raised while scoring, by query.", labels=["query"])
+        for alias in queries:
+            scoring.add_metric([alias], stats.scoring_errors.get(alias, 0))
+        yield scoring
         yield _gauge("boxwatch_detector_last_success_timestamp_seconds",
                      "Unix time of the last successful scoring query.", last_success)
         cumulative = [(str(bound), buckets[i]) for i, bound in enumerate(CYCLE_BUCKETS)] + [("+Inf", count)]

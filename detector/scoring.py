@@ -202,8 +202,11 @@ def score_online(
 
 
 def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float) -> pd.DataFrame:
-    """Recompute ``score`` from the band with the query's direction and minimum deviation."""
-    if "value" not in frame.columns:
+    """Recompute ``score`` from the band with the query's direction and minimum deviation.
+
+    With the defaults (``both``, 0) the model's own score already is the band score.
+    """
+    if "value" not in frame.columns or (direction == "both" and min_deviation == 0):
         return result
     expected = result["expected"].to_numpy(dtype=float)
     lower = result["lower"].to_numpy(dtype=float)

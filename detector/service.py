@@ -72,6 +72,7 @@ class Stats:
 
     prometheus_up: bool = False
     query_errors: dict[str, int] = field(default_factory=dict)
+    scoring_errors: dict[str, int] = field(default_factory=dict)
     last_success: float = 0.0
     cycle_buckets: list[int] = field(default_factory=lambda: [0] * len(CYCLE_BUCKETS))
     cycle_count: int = 0
@@ -284,7 +285,10 @@ class Detector:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            self.run_cycle()
+            try:
+                self.run_cycle()
+            except Exception:  # a bug in one cycle must not stop scoring for good: log it, go on
+                log.exception("scoring cycle failed")
             self._first_cycle_done.set()
             self._stop.wait(self._seconds_to_next_infer())
 
@@ -407,7 +411,13 @@ class Detector:
                 model_name = state.bundle.model_name if own is not None else "robust"
             if model is None or frame.empty:
                 continue
-            result = score_online(model, frame, query.direction, query.min_deviation)
+            try:
+                result = score_online(model, frame, query.direction, query.min_deviation)
+            except Exception as err:  # one unit's model failing leaves the other units scored
+                with self._lock:
+                    self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
+                log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
+                continue
             labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
             unit_points = list(scored_points(labels, frame, result))
             for point in unit_points:
@@ -478,7 +488,14 @@ class Detector:
             for alias in due:
                 if self._stop.is_set():
                     return
-                self.fit_query(alias, now)
+                try:
+                    self.fit_query(alias, now)
+                except Exception as err:  # a model that cannot fit must not stop the other queries' fits
+                    log.exception("fit failed", extra=_fields(query=alias))
+                    with self._lock:
+                        state = self._states.get(alias)
+                    if state is not None:
+                        self._fit_failed(state, f"{type(err).__name__}: {err}")
             with self._lock:
                 next_fit = min((s.next_fit for s in self._states.values()), default=now + 60)
             self._fit_wakeup.wait(min(max(next_fit - self.clock(), 0.05), 30.0))

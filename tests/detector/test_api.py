@@ -163,3 +163,15 @@ def test_metrics_pass_promtool_check_metrics(running):
     for name in ("boxwatch_anomaly_score", "boxwatch_detector_cycle_duration_seconds_bucket",
                  "boxwatch_detector_build_info", "boxwatch_model_info", "process_resident_memory_bytes"):
         assert name in text
+
+
+def test_min_deviation_silences_small_departures_from_a_tight_band(running):
+    flat = {"timestamps": list(range(0, 6000, 60)), "values": [10.0 + 0.01 * (i % 3) for i in range(100)]}
+    points = {"timestamps": [6000, 6060], "values": [10.8, 13.0]}
+    plain = requests.post(f"{running.url}/api/v1/score", json={"history": flat, "points": points},
+                          timeout=10).json()["data"]["scores"]
+    assert plain[0]["score"] > 1 and plain[1]["score"] > 1  # both outside the very tight band
+    tolerant = requests.post(f"{running.url}/api/v1/score",
+                             json={"history": flat, "points": points, "min_deviation": 1.0},
+                             timeout=10).json()["data"]["scores"]
+    assert tolerant[0]["score"] == 0 and tolerant[1]["score"] == plain[1]["score"]

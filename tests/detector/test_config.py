@@ -131,3 +131,14 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_help_lists_every_command_and_the_shard_flag_is_checked():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("serve", "backfill", "validate-config"):
+        assert command in result.stdout
+    serve = run_cli("serve", "--help")
+    assert "--shard I/N" in serve.stdout and "--web.listen-address" in serve.stdout
+    bad = run_cli("serve", "--shard", "2/2")
+    assert bad.returncode == 2 and "expected I/N with 0 <= I < N" in bad.stderr

@@ -76,3 +76,46 @@ def test_scores_above_one_during_the_incident_and_not_before(incident_prometheus
     firing = prom.query(f'max by (gpu) (boxwatch_anomaly_score{{job="boxwatch-detector", model="{model}"}}) > 1')
     assert [r["metric"]["gpu"] for r in firing] == ["1"]
     assert detector.sample("boxwatch_detector_remote_write_errors_total") == [0.0]
+
+
+def test_the_shipped_example_config_scores_exporter_metrics(history_prometheus, start_detector, tmp_path):
+    """The example configuration, as boxwatch-stack runs it, against exporter-shaped history."""
+    from tests.harness import REPO
+
+    now = int(time.time()) // STEP * STEP
+    start = now - 86400
+    gpu = (("gpu", "0"), ("name", "Test GPU"), ("uuid", "GPU-0"))
+    container = (("compose_service", "web"), ("image", "web:1"), ("name", "web-1"))
+    counter = [(t, 1000.0 + 0.5 * (t - start) + v) for t, v in wave(start, now, STEP, base=0, amplitude=1,
+                                                                       noise=0.1, seed=5)]
+    series = {
+        ("boxwatch_gpu_temperature_celsius", gpu): wave(start, now, STEP, base=60, seed=1),
+        ("boxwatch_gpu_power_watts", gpu): wave(start, now, STEP, base=200, amplitude=40, noise=5, seed=2),
+        ("boxwatch_gpu_utilization_ratio", gpu): [(t, min(1.0, max(0.0, v))) for t, v in
+                                                  wave(start, now, STEP, base=0.5, amplitude=0.3, noise=0.05,
+                                                       seed=3)],
+        ("boxwatch_gpu_sm_clock_hertz", gpu): wave(start, now, STEP, base=1.5e9, amplitude=2e8, noise=1e7, seed=4),
+        ("boxwatch_gpu_memory_used_bytes", gpu): wave(start, now, STEP, base=8e9, amplitude=1e9, noise=1e8, seed=6),
+        ("boxwatch_container_cpu_seconds_total", container): counter,
+        ("boxwatch_container_memory_usage_bytes", container): wave(start, now, STEP, base=3e8, amplitude=5e7,
+                                                                   noise=1e6, seed=7),
+        ("boxwatch_journal_entries_total", (("priority", "err"), ("unit", "docker.service"))):
+            [(t, 10.0 + 0.01 * (t - start)) for t, _ in counter],
+    }
+    prom = history_prometheus(series, types={"boxwatch_container_cpu_seconds_total": "counter",
+                                             "boxwatch_journal_entries_total": "counter"})
+    example = (REPO / "detector" / "boxwatch-detector.example.yml").read_text()
+    config = __import__("yaml").safe_load(example)
+    config["reader"]["url"] = prom.url
+    config["state_dir"] = str(tmp_path / "state")
+    detector = start_detector(config)
+    expected = {"gpu_temperature", "gpu_health", "gpu_power", "gpu_memory_used", "container_cpu",
+                "container_memory", "journal_errors"}
+    detector.wait_for(lambda: expected <= {s.labels["query"] for s in detector.samples("boxwatch_anomaly_score")},
+                      timeout=60, what="scores for every query with data")
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_models_ready") == [1.0], timeout=120,
+                      what="every query fitted")
+    models = {s.labels["query"]: s.labels["model"] for s in detector.samples("boxwatch_model_info")}
+    assert models["gpu_temperature"] == "seasonal" and models["gpu_health"] == "iforest"
+    health = [s for s in detector.samples("boxwatch_anomaly_score") if s.labels["query"] == "gpu_health"]
+    assert {k: v for k, v in health[0].labels.items() if k not in ("query", "model")} == dict(gpu)

@@ -231,3 +231,30 @@ def test_multivariate_query_scores_each_entity_and_names_the_features(history_pr
     forest = [a for a in anomalies if a["model"] == "iforest"]
     assert forest and {a["labels"]["gpu"] for a in forest} == {"1"}
     assert forest[-1]["top_features"][0] == "mv_temp"
+
+    # A feature series of GPU 1 vanishes: its forest cannot score it any more. That is counted and
+    # logged, and GPU 0 goes on being scored.
+    requests.post(f"{prom.url}/api/v1/admin/tsdb/delete_series", params={"match[]": 'mv_power{gpu="1"}'},
+                  timeout=10).raise_for_status()
+    detector.wait_for(lambda: detector.sample("boxwatch_detector_scoring_errors_total", query="gpu")[0] >= 2,
+                      what="scoring errors counted")
+    assert gpus(detector) == {"0"}
+    assert "scoring failed for a series" in detector.output()
+    assert detector.proc.poll() is None
+
+
+def test_raw_counter_query_is_scored_as_a_rate_across_a_reset(history_prometheus, start_detector, tmp_path):
+    now = time.time()
+    stamps = [now - 7200 + i * STEP for i in range(int(7200 / STEP) + 1)]
+    reset = len(stamps) - 10  # the counter restarts 50 s ago, inside the range scored at start-up
+    values = [0.5 * (t - stamps[0]) if i < reset else 0.5 * (t - stamps[reset - 1]) for i, t in enumerate(stamps)]
+    prom = history_prometheus({("svc_bytes_total", (("gpu", "0"),)): list(zip(stamps, values, strict=True))},
+                              types={"svc_bytes_total": "counter"})
+    detector = start_detector(detector_config(prom.url, tmp_path / "state",
+                                              {"bytes": query("svc_bytes_total", counter=True)}))
+    detector.wait_for(lambda: detector.sample("boxwatch_anomaly_expected", gpu="0") != [], what="a scored rate")
+    assert "catching up" in detector.output()
+    assert abs(detector.sample("boxwatch_anomaly_expected", gpu="0")[0] - 0.5) < 1e-6
+    assert detector.sample("boxwatch_anomaly_score", gpu="0") == [0.0]
+    # Read as a plain value, the reset would be a drop of thousands: an anomaly. As a rate it is nothing.
+    assert requests.get(f"{detector.url}/api/v1/anomalies", timeout=5).json()["data"] == []
