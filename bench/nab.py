@@ -25,9 +25,11 @@ The NAB adapter (here, not in the models) turns boxwatch scores into NAB's ``[0,
    models at each row (alert when either model sees a record), before step 3.
 5. ``nab = r / (1 + r)`` for ``r > 0``, else 0: monotone, so NAB's threshold sweep is unaffected.
 
-Per-file results go to ``<results>/<model>/<category>/<file>.csv`` (``timestamp,value,
-anomaly_score``, as NAB's own result files), then the scorer in :mod:`detector.nabscore`
-finds each profile's best corpus-wide threshold and prints the normalised scores.
+Raw model scores go to ``<results>/raw/<model>/<category>/<file>.csv``; the NAB result files
+to ``<results>/<model>/<category>/<file>.csv`` (``timestamp,value,anomaly_score`` as NAB's
+own, plus ``raw_score``), so each model's folder is laid out like NAB's data folder. The
+scorer in :mod:`detector.nabscore` then finds each profile's best corpus-wide threshold and
+the normalised scores are printed. ``--score-only`` re-applies the adapter to saved raw scores.
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ from detector.nabscore import STANDARD_PROFILES, load_profiles, score_corpus  # 
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NAB = REPO.parent / "shared" / "bench" / "nab"
-DEFAULT_MODELS = ("robust", "seasonal", "iforest", "robust+seasonal")
+DEFAULT_MODELS = (
+    "robust",
+    "seasonal",
+    "iforest",
+    "robust+seasonal",
+    "robust+iforest",
+    "robust+seasonal+iforest",
+)
 # iforest's learn() only remembers the last row, so scoring a day's rows at once gives exactly
 # the scores one-by-one scoring would; the other models learn from each row before the next.
 CYCLE_ROWS = {"iforest": 288}
@@ -68,7 +77,7 @@ class OnlineConfig:
     cycle_rows: int = 1
     suppress_rows: int = 50
     record_window: int = 1500
-    params: tuple[tuple[str, object], ...] = ()
+    params: tuple[tuple[str, str, object], ...] = ()  # (model, parameter, value)
 
 
 def run_online(model_name: str, frame: pd.DataFrame, config: OnlineConfig) -> np.ndarray:
@@ -83,7 +92,8 @@ def run_online(model_name: str, frame: pd.DataFrame, config: OnlineConfig) -> np
     while i < n:
         if model is None or times[i] - fitted_at >= refit_every or i >= 2 * fitted_rows:
             start = times.searchsorted(times[i] - train_window, side="left")
-            model = make_model(model_name, dict(config.params)).fit(frame.iloc[start:i])
+            params = {key: value for name, key, value in config.params if name == model_name}
+            model = make_model(model_name, params).fit(frame.iloc[start:i])
             fitted_at, fitted_rows = times[i], i
         end = min(i + CYCLE_ROWS.get(model_name, config.cycle_rows), n)
         batch = frame.iloc[i:end]
@@ -171,6 +181,19 @@ def data_files(data_dir: Path, windows: dict, only: str | None) -> list[str]:
     return files
 
 
+def parse_param(text: str) -> tuple[str, str, object]:
+    """``model.key=value`` -> (model, key, value), the value read as JSON where it parses."""
+    target, sep, raw = text.partition("=")
+    model, dot, key = target.partition(".")
+    if not (sep and dot and model and key):
+        raise SystemExit(f"error: --param {text!r}: expected MODEL.KEY=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return model, key, value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.nab", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -194,6 +217,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="MODEL.KEY=VALUE",
+        help="model parameter for every file, VALUE as JSON (e.g. robust.window=1000); repeatable",
+    )
+    parser.add_argument(
         "--files",
         default=None,
         help="only files whose path contains one of these comma-separated strings (development)",
@@ -211,10 +241,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--suppress", type=int, default=OnlineConfig.suppress_rows, help="alert-once window in rows (0: off)"
     )
     parser.add_argument(
-        "--record-window", type=int, default=OnlineConfig.record_window, help="rows a record score is measured against"
+        "--record-window",
+        type=int,
+        default=OnlineConfig.record_window,
+        help="rows a record score is measured against",
     )
     parser.add_argument(
-        "--score-only", action="store_true", help="reuse the raw scores under <results>/raw instead of running models"
+        "--score-only",
+        action="store_true",
+        help="reuse the raw scores under <results>/raw instead of running models",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
     return parser.parse_args(argv)
@@ -239,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         cycle_rows=args.cycle,
         suppress_rows=args.suppress,
         record_window=args.record_window,
+        params=tuple(parse_param(p) for p in args.param),
     )
     components = sorted({name for spec in models for name in spec.split("+")})
     timings: dict[str, float] = dict.fromkeys(components, 0.0)
@@ -259,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(files)} files, {sum(len(windows[f]) for f in files)} windows, wall {time.perf_counter() - started:.1f} s"
     )
-    print(f"{'model':<16} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
+    print(f"{'model':<24} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
     for model_name in models:
         results = {f: read_result(args.results / model_name / f) for f in files}
         scored = score_corpus(results, {f: windows[f] for f in files}, profiles)
         seconds = sum(timings[name] for name in model_name.split("+"))
         report[model_name] = {name: vars(r) for name, r in scored.items()} | {"cpu_seconds": seconds}
         cells = " ".join(f"{scored[p.name].normalized:>20.1f}" for p in profiles)
-        print(f"{model_name:<16} {cells} {seconds:>8.1f}")
+        print(f"{model_name:<24} {cells} {seconds:>8.1f}")
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -313,7 +313,9 @@ class SeasonalModel(Model):
         expected, half = self._expected(_ns(frame.index))
         lower, upper = expected - half, expected + half
         score = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper)
-        return pd.DataFrame({"expected": expected, "lower": lower, "upper": upper, "score": score}, index=frame.index)
+        return pd.DataFrame(
+            {"expected": expected, "lower": lower, "upper": upper, "score": score}, index=frame.index
+        )
 
     def learn(self, frame: pd.DataFrame) -> None:
         """Move the level toward in-band points (exponential smoothing); out-of-band points are ignored."""

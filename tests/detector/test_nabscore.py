@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from detector.nabscore import (
 )
 
 STANDARD, LOW_FP, LOW_FN = STANDARD_PROFILES
-NAB = Path(__file__).resolve().parents[3] / "shared" / "bench" / "nab"
+NAB = Path(
+    os.environ.get("BOXWATCH_NAB_DIR", Path(__file__).resolve().parents[3] / "shared" / "bench" / "nab")
+)
 
 
 def s(y: float) -> float:
