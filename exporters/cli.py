@@ -17,7 +17,9 @@ SOURCES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(source: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser. Only the module of ``source`` (the chosen subcommand) is imported, so one
+    exporter never pays for another's imports, nor fails because another's library is missing."""
     parser = argparse.ArgumentParser(
         prog="boxwatch-exporter",
         description="Prometheus exporters of boxwatch. Run one process per source.",
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_common_flags(source_parser, port)
         source_parser.set_defaults(_module=module)
-        _load(module).add_arguments(source_parser)
+        if name == source:
+            _load(module).add_arguments(source_parser)
     return parser
 
 
@@ -41,7 +44,9 @@ def _load(module: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(chosen if chosen in SOURCES else None).parse_args(argv)
     return run_exporter(args.source, args, _load(args._module).create)
 
 

@@ -1,0 +1,174 @@
+"""The native stack's runtime: which processes, on which ports, with which generated configs.
+
+The project's ``prometheus/prometheus.yml`` and ``alertmanager/alertmanager.yml`` are written for
+docker-compose (targets are service names). Here they are read and rewritten for localhost into
+the state directory; the job names and receivers are the contract between the two.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from stack.supervisor import Child
+
+DEFAULT_PORTS = {
+    "prometheus": 9090,
+    "alertmanager": 9093,
+    "webhook": 9876,
+    "gpu": 9872,
+    "containers": 9873,
+    "journald": 9874,
+    "detector": 9875,
+}
+# Start order; the supervisor stops in reverse.
+COMPONENTS = ["prometheus", "alertmanager", "webhook", "gpu", "containers", "journald", "detector"]
+# Prometheus job name of each boxwatch component in prometheus/prometheus.yml.
+JOBS = {
+    "prometheus": "prometheus",
+    "alertmanager": "alertmanager",
+    "gpu": "boxwatch-gpu",
+    "containers": "boxwatch-containers",
+    "journald": "boxwatch-journald",
+    "detector": "boxwatch-detector",
+}
+
+
+class StackError(Exception):
+    """A problem that stops the stack from starting, with what to do about it."""
+
+
+@dataclass
+class Layout:
+    """Where the stack reads the project's configs and writes its state."""
+
+    config_dir: Path  # the project checkout: prometheus/, alertmanager/, detector/...
+    state_dir: Path
+    host: str = "127.0.0.1"
+
+    def url(self, component: str, ports: dict[str, int]) -> str:
+        return f"http://{self.host}:{ports[component]}"
+
+
+def default_config_dir() -> Path:
+    """The checkout this package runs from, when it has the project's configs; else the cwd."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "prometheus" / "prometheus.yml").exists() else Path.cwd()
+
+
+def find_binary(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name) or next(
+            (str(p) for p in (Path("/usr/bin") / name, Path("/usr/sbin") / name) if p.exists()), None
+        )
+        if path:
+            return path
+    raise StackError(
+        f"none of {', '.join(names)} found on PATH or in /usr/bin; on Debian/Ubuntu install them with "
+        "`sudo apt-get install --no-install-recommends prometheus prometheus-alertmanager` "
+        "(or run scripts/setup.sh)"
+    )
+
+
+def render_prometheus_config(layout: Layout, ports: dict[str, int], enabled: list[str]) -> Path:
+    """Write ``<state>/prometheus/prometheus.yml``: local targets, local rules, local Alertmanager."""
+    source = layout.config_dir / "prometheus" / "prometheus.yml"
+    try:
+        config = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise StackError(f"{source}: cannot read the Prometheus config: {err}") from err
+    out_dir = layout.state_dir / "prometheus"
+    rules_dir = out_dir / "rules"
+    if rules_dir.exists():
+        shutil.rmtree(rules_dir)
+    rules_dir.mkdir(parents=True)
+    for rule_file in sorted((layout.config_dir / "prometheus" / "rules").glob("*.yml")):
+        shutil.copy(rule_file, rules_dir / rule_file.name)
+    config["rule_files"] = [str(rules_dir / "*.yml")]
+    if "alertmanager" in enabled:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": [f"{layout.host}:{ports['alertmanager']}"]}]}]
+        }
+    else:
+        config.pop("alerting", None)
+    jobs = {job: component for component, job in JOBS.items()}
+    scrape_configs = []
+    for scrape in config.get("scrape_configs", []):
+        component = jobs.get(scrape.get("job_name"))
+        if component is None:  # a job the user added: keep it as it is
+            scrape_configs.append(scrape)
+        elif component in enabled:
+            scrape["static_configs"] = [{"targets": [f"{layout.host}:{ports[component]}"]}]
+            scrape_configs.append(scrape)
+    config["scrape_configs"] = scrape_configs
+    path = out_dir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def render_alertmanager_config(layout: Layout, ports: dict[str, int]) -> Path:
+    """Write ``<state>/alertmanager/alertmanager.yml`` with webhook URLs aimed at the local sink."""
+    source = layout.config_dir / "alertmanager" / "alertmanager.yml"
+    try:
+        config = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise StackError(f"{source}: cannot read the Alertmanager config: {err}") from err
+    sink = f"http://{layout.host}:{ports['webhook']}/alert"
+    for receiver in config.get("receivers", []):
+        for webhook in receiver.get("webhook_configs", []):
+            if "//webhook:" in webhook.get("url", ""):
+                webhook["url"] = sink
+    out_dir = layout.state_dir / "alertmanager"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
+                   detector_config: Path | None = None) -> list[Child]:
+    """The supervised processes, in start order, for the ``enabled`` components."""
+    host = layout.host
+    state = layout.state_dir
+    python = [sys.executable, "-m"]
+    children: list[Child] = []
+
+    def add(name: str, argv: list[str], health_path: str) -> None:
+        if name in enabled:
+            url = layout.url(name, ports)
+            children.append(Child(name, argv, url, url + health_path))
+
+    if "prometheus" in enabled:
+        prometheus_config = render_prometheus_config(layout, ports, enabled)
+        add("prometheus", [
+            find_binary("prometheus"),
+            f"--config.file={prometheus_config}",
+            f"--storage.tsdb.path={state / 'prometheus' / 'data'}",
+            f"--web.listen-address={host}:{ports['prometheus']}",
+            "--storage.tsdb.retention.time=30d",
+            "--web.enable-lifecycle",
+        ], "/-/ready")
+    if "alertmanager" in enabled:
+        alertmanager_config = render_alertmanager_config(layout, ports)
+        add("alertmanager", [
+            find_binary("alertmanager", "prometheus-alertmanager"),
+            f"--config.file={alertmanager_config}",
+            f"--storage.path={state / 'alertmanager' / 'data'}",
+            f"--web.listen-address={host}:{ports['alertmanager']}",
+            "--cluster.listen-address=",
+        ], "/-/ready")
+    add("webhook", [*python, "stack", "webhook", f"--listen={host}:{ports['webhook']}"], "/healthz")
+    for source in ("gpu", "containers", "journald"):
+        argv = [*python, "exporters", source, f"--web.listen-address={host}:{ports[source]}"]
+        if source == "journald":
+            argv.append(f"--state.directory={state / 'journald'}")
+        add(source, argv, "/healthz")
+    if "detector" in enabled:
+        if detector_config is None:
+            raise StackError("the detector is enabled but no detector config was given")
+        add("detector", [*python, "detector", "serve", f"--config={detector_config}"], "/healthz")
+    return children

@@ -1,0 +1,34 @@
+"""bench/exporters.py, run as users run it: a small GPU benchmark over the fake NVML."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.harness import require_binary
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench" / "exporters.py"
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_gpu_benchmark_reports_latency_and_memory_for_2_and_8_gpus():
+    require_binary("gcc", "/usr/bin/gcc")
+    result = run_bench("--exporter", "gpu", "--scrapes", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(row["exporter"], row["size"], row["status"]) for row in rows] == [("gpu", 2, "ok"), ("gpu", 8, "ok")]
+    for row in rows:
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["rss_mib"] > 5 and row["scrapes"] == 5
+        assert "fake libnvidia-ml" in row["note"]
+    assert rows[1]["samples"] > rows[0]["samples"]  # 8 GPUs export more series than 2
+
+    table = run_bench("--exporter", "gpu", "--scrapes", "3")
+    assert table.returncode == 0, table.stderr
+    assert "p50 ms" in table.stdout and "8 GPUs" in table.stdout and "no GPU here" in table.stdout

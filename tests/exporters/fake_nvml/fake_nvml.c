@@ -1,0 +1,349 @@
+/*
+ * A stand-in libnvidia-ml.so.1 for tests and benchmarks on machines without an NVIDIA GPU.
+ *
+ * It exports the NVML entry points that nvidia-ml-py resolves for the boxwatch GPU exporter and
+ * answers from a fixed fixture. The binding loads it with ctypes exactly as it loads the driver's
+ * library, so the exporter's real code path runs unchanged. Struct layouts follow nvml.h (and
+ * the ctypes mirrors in pynvml.py): nvmlMemory_t, nvmlUtilization_t, nvmlPciInfo_t (v3),
+ * nvmlProcessInfo_v2_t (== v3).
+ *
+ * Behaviour is configured through the environment, read at nvmlInit:
+ *   FAKE_NVML_GPUS=N             number of GPUs (default 2, at most 64). Even indexes are an
+ *                                "NVIDIA RTX A5000" (ECC supported), odd ones an
+ *                                "NVIDIA GeForce RTX 3060" (ECC -> NVML_ERROR_NOT_SUPPORTED).
+ *   FAKE_NVML_LOST_FILE=PATH     while PATH exists, every call for the GPU named by
+ *   FAKE_NVML_LOST_GPU=I         FAKE_NVML_LOST_GPU (default 1), nvmlDeviceGetHandleByIndex
+ *                                included, returns NVML_ERROR_GPU_IS_LOST.
+ *   FAKE_NVML_PROCS=g:pid:bytes,...  compute processes per GPU index.
+ *   FAKE_NVML_INIT_ERROR=CODE    nvmlInit fails with CODE (e.g. 9, NVML_ERROR_DRIVER_NOT_LOADED).
+ *   FAKE_NVML_DELAY_US=US        every device query sleeps US microseconds (a slow driver).
+ *   FAKE_NVML_DRIVER_GONE_FILE=PATH  while PATH exists, nvmlInit and every device call return
+ *                                NVML_ERROR_DRIVER_NOT_LOADED (the kernel module was unloaded).
+ *
+ * Compiled with -DFAKE_NVML_OLD_DRIVER it lacks nvmlDeviceGetCurrentClocksEventReasons and
+ * nvmlDeviceGetTemperatureV, as older drivers do (they only have the ...ClocksThrottleReasons
+ * and nvmlDeviceGetTemperature names).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef int nvmlReturn_t;
+#define NVML_SUCCESS 0
+#define NVML_ERROR_UNINITIALIZED 1
+#define NVML_ERROR_INVALID_ARGUMENT 2
+#define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_ERROR_DRIVER_NOT_LOADED 9
+#define NVML_ERROR_GPU_IS_LOST 15
+#define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
+
+#define MAX_GPUS 64
+#define MAX_PROCS 256
+
+typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_v2_t;
+
+typedef struct fake_gpu {
+    unsigned int index;
+    int ecc;  /* 0: ECC not supported */
+    const char *name;
+    char uuid[96];
+    unsigned long long mem_total, mem_used;
+    unsigned int util_gpu, util_mem, temp, power_mw, limit_mw, fan, sm_mhz, mem_mhz, tx_kbs, rx_kbs;
+    unsigned long long energy_mj, throttle, ecc_counts[2][2]; /* [error type][counter type] */
+} fake_gpu;
+
+typedef struct { unsigned int gpu, pid; unsigned long long bytes; } fake_proc;
+
+static fake_gpu gpus[MAX_GPUS];
+static unsigned int gpu_count;
+static fake_proc procs[MAX_PROCS];
+static unsigned int proc_count;
+static int initialised;
+static const char *lost_file;
+static unsigned int lost_gpu = 1;
+static useconds_t delay_us;
+
+static int driver_gone(void) {
+    const char *path = getenv("FAKE_NVML_DRIVER_GONE_FILE");
+    return path && *path && access(path, F_OK) == 0;
+}
+
+static void setup_gpu(fake_gpu *g, unsigned int i) {
+    memset(g, 0, sizeof *g);
+    g->index = i;
+    snprintf(g->uuid, sizeof g->uuid, "GPU-%08x-1b2c-4d3e-8f40-%012x", 0x5eed0000u + i, i);
+    if (i % 2 == 0) {
+        g->name = "NVIDIA RTX A5000";
+        g->ecc = 1;
+        g->mem_total = 25757220864ULL;  /* 24564 MiB */
+        g->mem_used = 10737418240ULL;   /* 10 GiB */
+        g->util_gpu = 87; g->util_mem = 41; g->temp = 71;
+        g->power_mw = 182345; g->limit_mw = 230000; g->energy_mj = 123456789ULL;
+        g->fan = 55; g->sm_mhz = 1695; g->mem_mhz = 8001;
+        g->throttle = 0x4 | 0x20;       /* SW power cap, SW thermal slowdown */
+        g->tx_kbs = 12000; g->rx_kbs = 345000;
+        g->ecc_counts[0][0] = 3; g->ecc_counts[1][0] = 0;   /* volatile: corrected, uncorrected */
+        g->ecc_counts[0][1] = 17; g->ecc_counts[1][1] = 1;  /* aggregate */
+    } else {
+        g->name = "NVIDIA GeForce RTX 3060";
+        g->mem_total = 12884901888ULL;  /* 12288 MiB */
+        g->mem_used = 1073741824ULL;    /* 1 GiB */
+        g->util_gpu = 3; g->util_mem = 1; g->temp = 45;
+        g->power_mw = 21500; g->limit_mw = 170000; g->energy_mj = 9876543ULL;
+        g->fan = 30; g->sm_mhz = 210; g->mem_mhz = 405;
+        g->throttle = 0x1;              /* GPU idle */
+        g->tx_kbs = 800; g->rx_kbs = 1500;
+    }
+}
+
+static void parse_procs(const char *spec) {
+    proc_count = 0;
+    while (spec && *spec && proc_count < MAX_PROCS) {
+        unsigned int gpu, pid;
+        unsigned long long bytes;
+        if (sscanf(spec, "%u:%u:%llu", &gpu, &pid, &bytes) == 3) {
+            procs[proc_count++] = (fake_proc){gpu, pid, bytes};
+        }
+        spec = strchr(spec, ',');
+        if (spec) spec++;
+    }
+}
+
+nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    const char *err = getenv("FAKE_NVML_INIT_ERROR");
+    if (err && *err) return atoi(err);
+    if (driver_gone()) return NVML_ERROR_DRIVER_NOT_LOADED;
+    const char *n = getenv("FAKE_NVML_GPUS");
+    gpu_count = n ? (unsigned int)atoi(n) : 2;
+    if (gpu_count > MAX_GPUS) gpu_count = MAX_GPUS;
+    for (unsigned int i = 0; i < gpu_count; i++) setup_gpu(&gpus[i], i);
+    lost_file = getenv("FAKE_NVML_LOST_FILE");
+    const char *lg = getenv("FAKE_NVML_LOST_GPU");
+    if (lg && *lg) lost_gpu = (unsigned int)atoi(lg);
+    const char *d = getenv("FAKE_NVML_DELAY_US");
+    delay_us = d ? (useconds_t)atoi(d) : 0;
+    parse_procs(getenv("FAKE_NVML_PROCS"));
+    initialised = 1;
+    return NVML_SUCCESS;
+}
+
+
+nvmlReturn_t nvmlShutdown(void) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    initialised = 0;
+    return NVML_SUCCESS;
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+    switch (result) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    default: return "Unknown Error";
+    }
+}
+
+static int copy_string(char *dst, unsigned int length, const char *src) {
+    if (!dst || strlen(src) + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(dst, src, strlen(src) + 1);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    return copy_string(version, length, "550.54.14");
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = gpu_count;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, fake_gpu **device) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (index >= gpu_count || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    if (driver_gone()) return NVML_ERROR_DRIVER_NOT_LOADED;
+    if (lost_file && index == lost_gpu && access(lost_file, F_OK) == 0) return NVML_ERROR_GPU_IS_LOST;
+    *device = &gpus[index];
+    return NVML_SUCCESS;
+}
+
+/* Common prologue of every device query: initialised, valid handle, simulated latency, lost GPU. */
+static nvmlReturn_t check(const fake_gpu *g, const void *out) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!g || g < gpus || g >= gpus + gpu_count || !out) return NVML_ERROR_INVALID_ARGUMENT;
+    if (delay_us) usleep(delay_us);
+    if (driver_gone()) return NVML_ERROR_DRIVER_NOT_LOADED;
+    if (lost_file && g->index == lost_gpu && access(lost_file, F_OK) == 0) return NVML_ERROR_GPU_IS_LOST;
+    return NVML_SUCCESS;
+}
+
+#define CHECK(g, out) do { nvmlReturn_t r_ = check((g), (out)); if (r_ != NVML_SUCCESS) return r_; } while (0)
+
+nvmlReturn_t nvmlDeviceGetUUID(fake_gpu *g, char *uuid, unsigned int length) {
+    CHECK(g, uuid);
+    return copy_string(uuid, length, g->uuid);
+}
+
+nvmlReturn_t nvmlDeviceGetName(fake_gpu *g, char *name, unsigned int length) {
+    CHECK(g, name);
+    return copy_string(name, length, g->name);
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(fake_gpu *g, nvmlPciInfo_t *pci) {
+    CHECK(g, pci);
+    memset(pci, 0, sizeof *pci);
+    pci->bus = g->index + 1;
+    pci->pciDeviceId = g->ecc ? 0x223110DE : 0x250310DE;
+    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", pci->bus);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", pci->bus);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(fake_gpu *g, nvmlUtilization_t *u) {
+    CHECK(g, u);
+    u->gpu = g->util_gpu;
+    u->memory = g->util_mem;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMemoryInfo(fake_gpu *g, nvmlMemory_t *m) {
+    CHECK(g, m);
+    m->total = g->mem_total;
+    m->used = g->mem_used;
+    m->free = g->mem_total - g->mem_used;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTemperature(fake_gpu *g, int sensor, unsigned int *temp) {
+    CHECK(g, temp);
+    if (sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    *temp = g->temp;
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_NVML_OLD_DRIVER
+typedef struct { unsigned int version; int sensorType; int temperature; } nvmlTemperature_v1_t;
+#define NVML_TEMPERATURE_V1 (unsigned int)(sizeof(nvmlTemperature_v1_t) | (1 << 24))
+
+nvmlReturn_t nvmlDeviceGetTemperatureV(fake_gpu *g, nvmlTemperature_v1_t *t) {
+    CHECK(g, t);
+    if (t->version != NVML_TEMPERATURE_V1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (t->sensorType != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    t->temperature = (int)g->temp;
+    return NVML_SUCCESS;
+}
+#endif
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(fake_gpu *g, unsigned int *mw) {
+    CHECK(g, mw);
+    *mw = g->power_mw;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(fake_gpu *g, unsigned int *mw) {
+    CHECK(g, mw);
+    *mw = g->limit_mw;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(fake_gpu *g, unsigned long long *mj) {
+    CHECK(g, mj);
+    *mj = g->energy_mj;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetFanSpeed(fake_gpu *g, unsigned int *percent) {
+    CHECK(g, percent);
+    *percent = g->fan;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetClockInfo(fake_gpu *g, int type, unsigned int *mhz) {
+    CHECK(g, mhz);
+    switch (type) {
+    case 1: *mhz = g->sm_mhz; return NVML_SUCCESS;   /* NVML_CLOCK_SM */
+    case 2: *mhz = g->mem_mhz; return NVML_SUCCESS;  /* NVML_CLOCK_MEM */
+    default: return NVML_ERROR_NOT_SUPPORTED;
+    }
+}
+
+static nvmlReturn_t clocks_event_reasons(fake_gpu *g, unsigned long long *reasons) {
+    CHECK(g, reasons);
+    *reasons = g->throttle;
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_NVML_OLD_DRIVER
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(fake_gpu *g, unsigned long long *reasons) {
+    return clocks_event_reasons(g, reasons);
+}
+#endif
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(fake_gpu *g, unsigned long long *reasons) {
+    return clocks_event_reasons(g, reasons);
+}
+
+nvmlReturn_t nvmlDeviceGetPcieThroughput(fake_gpu *g, int counter, unsigned int *kbs) {
+    CHECK(g, kbs);
+    switch (counter) {
+    case 0: *kbs = g->tx_kbs; return NVML_SUCCESS;  /* NVML_PCIE_UTIL_TX_BYTES */
+    case 1: *kbs = g->rx_kbs; return NVML_SUCCESS;  /* NVML_PCIE_UTIL_RX_BYTES */
+    default: return NVML_ERROR_INVALID_ARGUMENT;
+    }
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(fake_gpu *g, int error_type, int counter_type,
+                                         unsigned long long *count) {
+    CHECK(g, count);
+    if (!g->ecc) return NVML_ERROR_NOT_SUPPORTED;
+    if (error_type < 0 || error_type > 1 || counter_type < 0 || counter_type > 1)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *count = g->ecc_counts[error_type][counter_type];
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(fake_gpu *g, unsigned int *count,
+                                                     nvmlProcessInfo_v2_t *infos) {
+    CHECK(g, count);
+    unsigned int n = 0;
+    for (unsigned int i = 0; i < proc_count; i++) n += procs[i].gpu == g->index;
+    if (n == 0) {
+        *count = 0;
+        return NVML_SUCCESS;
+    }
+    if (!infos || *count < n) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned int k = 0;
+    for (unsigned int i = 0; i < proc_count; i++) {
+        if (procs[i].gpu != g->index) continue;
+        infos[k].pid = procs[i].pid;
+        infos[k].usedGpuMemory = procs[i].bytes;
+        infos[k].gpuInstanceId = 0xFFFFFFFFu;
+        infos[k].computeInstanceId = 0xFFFFFFFFu;
+        k++;
+    }
+    *count = n;
+    return NVML_SUCCESS;
+}

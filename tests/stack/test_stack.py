@@ -1,0 +1,156 @@
+"""`boxwatch-stack`: the native supervisor, run as a user runs it, against real binaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from stack.runtime import DEFAULT_PORTS
+from stack.supervisor import pid_alive
+from tests.harness import free_port, python_module, require_binary
+
+pytestmark = pytest.mark.slow
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _state(state_dir: Path) -> dict | None:
+    try:
+        return json.loads((state_dir / "stack.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class Stack:
+    def __init__(self, tmp_path: Path, components: list[str], extra: list[str] = ()):
+        require_binary("prometheus", "/usr/bin/prometheus")
+        require_binary("prometheus-alertmanager", "/usr/bin/prometheus-alertmanager")
+        self.state_dir = tmp_path / "state"
+        self.ports = {name: free_port() for name in DEFAULT_PORTS}
+        argv = python_module("stack", "--state-dir", str(self.state_dir), "up")
+        argv += [f"--port={k}={v}" for k, v in self.ports.items()]
+        argv += [f"--only={c}" for c in components] + list(extra)
+        self.log = open(tmp_path / "stack.out", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.components = components
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(python_module("stack", "--state-dir", str(self.state_dir), *args),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def wait_healthy(self, timeout: float = 60) -> dict:
+        def healthy():
+            state = _state(self.state_dir)
+            if state and all(c["healthy"] for c in state["children"].values()):
+                return state
+            return None
+        return _wait(healthy, timeout, "every child healthy")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def core_stack(tmp_path):
+    stack = Stack(tmp_path, ["prometheus", "alertmanager", "webhook"])
+    yield stack
+    stack.stop()
+
+
+def test_up_status_targets_and_ctrl_c_leaves_nothing_behind(core_stack):
+    state = core_stack.wait_healthy()
+    pids = [c["pid"] for c in state["children"].values()]
+    assert all(pids)
+
+    status = core_stack.cli("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in core_stack.components:
+        assert name in status.stdout
+    assert "unhealthy" not in status.stdout
+
+    # Prometheus runs the generated config: the jobs of the running components are its targets,
+    # and it scrapes itself and Alertmanager successfully.
+    prom = f"http://127.0.0.1:{core_stack.ports['prometheus']}"
+    def targets_up():
+        active = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        return {t["labels"]["job"]: t["health"] for t in active}
+    jobs = _wait(lambda: (t := targets_up()) and all(h == "up" for h in t.values()) and t, 60, "targets up")
+    assert set(jobs) == {"prometheus", "alertmanager"}
+    assert f"http://127.0.0.1:{core_stack.ports['prometheus']}" in core_stack.output()
+
+    # Alertmanager was pointed at the stack's own webhook sink.
+    am_config = (core_stack.state_dir / "alertmanager" / "alertmanager.yml").read_text()
+    assert f"http://127.0.0.1:{core_stack.ports['webhook']}/alert" in am_config
+
+    core_stack.proc.send_signal(signal.SIGINT)
+    assert core_stack.proc.wait(30) == 0
+    for pid in pids:
+        _wait(lambda pid=pid: not pid_alive(pid), 10, f"pid {pid} gone")
+    assert not (core_stack.state_dir / "stack.json").exists()
+
+
+def test_crashed_child_is_restarted_with_backoff(core_stack):
+    state = core_stack.wait_healthy()
+    old_pid = state["children"]["webhook"]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+
+    def restarted():
+        child = (_state(core_stack.state_dir) or {}).get("children", {}).get("webhook", {})
+        return child if child.get("restarts") == 1 and child.get("pid") not in (None, old_pid) else None
+    child = _wait(restarted, 30, "webhook restarted")
+    assert child["last_exit"] == -signal.SIGKILL
+    core_stack.wait_healthy()
+    assert "restarting after backoff" in core_stack.output()
+
+
+def test_down_from_another_shell(core_stack):
+    state = core_stack.wait_healthy()
+    down = core_stack.cli("down")
+    assert down.returncode == 0, down.stderr
+    assert core_stack.proc.wait(30) == 0
+    for child in state["children"].values():
+        _wait(lambda pid=child["pid"]: not pid_alive(pid), 10, "child gone")
+    assert core_stack.cli("status").returncode == 3
+
+
+def test_children_die_with_a_killed_supervisor(core_stack):
+    state = core_stack.wait_healthy()
+    core_stack.proc.kill()
+    core_stack.proc.wait(10)
+    for child in state["children"].values():
+        _wait(lambda pid=child["pid"]: not pid_alive(pid), 15, f"{child} gone")
+
+
+def test_second_stack_on_the_same_state_dir_is_refused(core_stack):
+    core_stack.wait_healthy()
+    second = core_stack.cli("up", "--only=webhook", f"--port=webhook={free_port()}", timeout=30)
+    assert second.returncode == 1
+    assert "already runs" in second.stderr
+
+
+def test_bad_port_flag_is_a_clear_error(tmp_path):
+    result = subprocess.run(python_module("stack", "--state-dir", str(tmp_path), "up", "--port=nothing=1"),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "expected NAME=PORT" in result.stderr
