@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,7 @@ import yaml
 from detector.config import RegistryConfig
 from detector.registry import Validation, gate, nab_score
 from tests.detector.conftest import DetectorProcess, detector_config
-from tests.harness import Prometheus, backfill, free_port, openmetrics, wait_http
+from tests.harness import REPO, Prometheus, backfill, free_port, openmetrics, wait_http
 
 STEP = 60
 NAME = "boxwatch.load.robust"
@@ -69,8 +68,10 @@ def _iso(ts: float) -> str:
 
 
 def cli(store, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # Run from the temp dir: MLflow's defaults would leave ./mlruns or ./mlflow.db in the working directory.
     result = subprocess.run([sys.executable, "-m", "detector", *args, "--config", str(store["path"])],
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=180, cwd=store["root"],
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-3000:]}")
     return result
@@ -106,7 +107,7 @@ def test_train_logs_a_run_and_registers_the_first_version_as_champion(store):
     assert "first version" in decision["reason"]
     rows = versions(store, via_cli=True)
     assert rows["1"]["aliases"] == ["champion"]
-    assert not (store["root"] / "mlruns").exists() and not Path("mlruns").exists()
+    assert not (store["root"] / "mlruns").exists() and not (store["root"] / "mlflow.db").exists()
     assert (store["root"] / "state" / "mlflow" / "artifacts").is_dir()
 
     mlflow, mlc = client(store)
