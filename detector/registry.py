@@ -59,6 +59,7 @@ TAG_MODEL = "boxwatch.model"
 TAG_CONFIG_HASH = "boxwatch.config_hash"
 TAG_MANUAL = "boxwatch.manual"
 BUNDLE_ARTIFACT = "bundle"
+RETRY_SECONDS = 60.0  # while the registry is unreachable, serve checks it at least this often
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -626,8 +627,9 @@ class RegistrySink:
 class ChampionWatcher:
     """Installs each query's champion in the running service when the alias moves.
 
-    Checks at start, every ``poll_interval`` (default: the shortest ``fit_every``), and when
-    :meth:`sync` is called (``POST /api/v1/models/reload``).
+    Checks at start, every ``poll_interval`` (default: the shortest ``fit_every``; at most a
+    minute apart while the registry is unreachable), and when :meth:`sync` is called
+    (``POST /api/v1/models/reload``).
     """
 
     def __init__(self, registry: Registry, store: LocalStore, health: RegistryHealth):
@@ -660,7 +662,8 @@ class ChampionWatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.sync()
-            self._wake.wait(self.interval())
+            wait = self.interval() if self.health.up else min(self.interval(), RETRY_SECONDS)
+            self._wake.wait(wait)
             self._wake.clear()
 
     def sync(self) -> dict[str, Any]:
