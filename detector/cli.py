@@ -1,4 +1,4 @@
-"""``boxwatch-detector serve|backfill|validate-config``.
+"""``boxwatch-detector serve|backfill|validate-config`` (and the registry's train|models|promote|rollback).
 
 Each subcommand is an entry of :data:`COMMANDS` (help, how to add its flags, how to run it);
 another component adds its verbs with :func:`add_command`.
@@ -294,6 +294,8 @@ add_command("validate-config", Command(
     "Parse and validate the configuration; print each problem with file, key and reason. Exit 1 if invalid.",
 ))
 
+
+import detector.registry_cli  # noqa: E402,F401 - registers train, models, promote, rollback (mlflow loads lazily)
 
 # --------------------------------------------------------------------------- entry point
 

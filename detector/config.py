@@ -187,12 +187,91 @@ class OpenSection(BaseModel):
     enabled: bool = False
 
 
-class RegistryConfig(OpenSection):
-    tracking_uri: str | None = None
+class PromotionConfig(_Strict):
+    """When a freshly fitted version replaces the ``champion`` (see docs/registry.md)."""
+
+    metric: Literal["anomaly_rate", "nab_score"] = Field(
+        "anomaly_rate",
+        description="anomaly_rate: share of validation points scored > 1 (lower is better); "
+                    "nab_score: NAB standard-profile score on registry.incidents (higher is better).",
+    )
+    tolerance: float = Field(
+        0.01, ge=0, description="How much worse than the champion a challenger may be and still be promoted "
+                                "(absolute: a rate for anomaly_rate, points for nab_score).",
+    )
+    respect_manual: bool = Field(
+        True, description="A champion chosen by hand (promote/rollback) is not replaced automatically.",
+    )
 
 
-class DriftConfig(OpenSection):
-    pass
+class RegistryConfig(_Strict):
+    """The MLflow model registry: every fit is a run and a model version; alias ``champion`` serves."""
+
+    enabled: bool = Field(False, description="Log fits to MLflow and serve the registry's champions.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (http://mlflow:5000); default sqlite:///<state_dir>/mlflow/mlflow.db.",
+    )
+    artifact_location: str | None = Field(
+        None, description="Artifact root of the experiment when it is created; default <state_dir>/mlflow/artifacts "
+                          "for the embedded store (a server uses its own --default-artifact-root).",
+    )
+    experiment: str = Field("boxwatch-detector", min_length=1, description="MLflow experiment of the fit runs.")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="Share of the training window held out for validation (its last part).",
+    )
+    validation_max_points: int = Field(1440, ge=10, description="At most this many steps are held out.")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    poll_interval: float | None = Field(
+        None, description="How often serve checks the champion alias (duration); default: the shortest fit_every.",
+    )
+    timeout: float = Field(10.0, description="Timeout of one request to an MLflow server (duration).")
+    incidents: dict[str, list[tuple[str, str]]] = Field(
+        default_factory=dict,
+        description="Labelled incident windows per query alias, [[start, end], ...] in RFC 3339, for nab_score.",
+    )
+
+    @field_validator("poll_interval", mode="before")
+    @classmethod
+    def _optional_duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class DriftConfig(_Strict):
+    """Evidently drift checks: the training window's data against the most recent window."""
+
+    enabled: bool = Field(False, description="Run drift checks on a schedule while serving.")
+    interval: float = Field(3600.0, description="How often to check (duration).")
+    window: float = Field(3600.0, description="The recent window compared with the training data (duration).")
+    method: str = Field("ks", description="Evidently stat test: ks, wasserstein, psi, jensenshannon, anderson, ...")
+    threshold: float | None = Field(None, gt=0, description="The test's threshold; default: Evidently's for it.")
+    min_points: int = Field(30, ge=5, description="Fewer recent points than this and a query is not checked.")
+    reference_max_points: int = Field(5000, ge=100, description="Sample size kept from the training window.")
+    retrain_on_drift: bool = Field(False, description="Drift triggers a refit (through the promotion gate).")
+
+    @field_validator("interval", "window", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in DRIFT_METHODS:
+            raise ValueError(f"unknown drift method {value!r}; known: {', '.join(sorted(DRIFT_METHODS))}")
+        return value
+
+
+# Evidently's numerical stat tests (evidently.legacy.calculations.stattests), listed here so that
+# validating a config does not import evidently (~6 s).
+DRIFT_METHODS = frozenset({
+    "ks", "wasserstein", "psi", "jensenshannon", "kl_div", "anderson", "cramer_von_mises", "mannw",
+    "ed", "es", "t_test", "empirical_mmd", "hellinger",
+})
 
 
 class DetectorConfig(_Strict):
@@ -418,6 +497,33 @@ def _semantic_problems(config: DetectorConfig, path: str, sources: Mapping[str, 
         if query.infer_every is not None and query.infer_every > query.fit_every:
             key = f"queries.{alias}.infer_every"
             problems.append(Problem(_source_of(key, path, sources), key, "must not be longer than fit_every"))
+    problems.extend(_registry_problems(config, path, sources))
+    return problems
+
+
+def _registry_problems(config: DetectorConfig, path: str, sources: Mapping[str, str]) -> list[Problem]:
+    """Incident windows must name a watched query and parse as times, start before end."""
+    from datetime import datetime
+
+    problems = []
+    for alias, windows in config.registry.incidents.items():
+        key = f"registry.incidents.{alias}"
+        if alias not in config.queries:
+            problems.append(Problem(_source_of(key, path, sources), key, "not a query alias of queries:"))
+            continue
+        for i, (start, end) in enumerate(windows):
+            try:
+                begin, finish = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (start, end))
+                if begin.tzinfo is None or finish.tzinfo is None:
+                    raise ValueError("a time zone is required (Z or +hh:mm)")
+                if finish <= begin:
+                    raise ValueError("the end must be after the start")
+            except (ValueError, TypeError) as err:
+                problems.append(Problem(_source_of(key, path, sources), f"{key}.{i}", f"bad window: {err}"))
+    if config.registry.promotion.metric == "nab_score" and not config.registry.incidents:
+        key = "registry.promotion.metric"
+        problems.append(Problem(_source_of(key, path, sources), key,
+                                "nab_score needs labelled incidents in registry.incidents"))
     return problems
 
 

@@ -39,7 +39,13 @@ class Extension:
 
 ExtensionFactory = Callable[[DetectorConfig], "Extension | None"]
 EXTENSIONS: list[ExtensionFactory] = []
+BUILTIN = ("detector.registry:extension", "detector.drift:extension")
+"""Factories shipped with boxwatch, as import paths: each module loads only when ``serve`` starts."""
 
 
 def load_extensions(config: DetectorConfig) -> list[Extension]:
-    return [ext for factory in EXTENSIONS if (ext := factory(config)) is not None]
+    import importlib
+
+    factories = [getattr(importlib.import_module(path.partition(":")[0]), path.partition(":")[2])
+                 for path in BUILTIN]
+    return [ext for factory in (*factories, *EXTENSIONS) if (ext := factory(config)) is not None]

@@ -524,13 +524,17 @@ class Detector:
         if not bundle.models and units:
             self._fit_failed(state, "no series could be fitted")
             return None
+        bundle.training_units = units
         try:
             served = self.fit_sink(bundle)
         except Exception as err:  # a failing sink (disk full, registry down) must not stop scoring
             log.exception("saving fitted models failed; serving them anyway", extra=_fields(query=alias))
             state.fit_error = f"fit sink failed: {err}"
             served = bundle
+        bundle.training_units = None
         self.install_bundle(served)
+        with self._lock:  # a sink may keep serving an older bundle (a rejected challenger): wait a full interval
+            state.next_fit = max(state.next_fit, now + query.fit_every)
         log.info("fitted models", extra=_fields(query=alias, model=bundle.model_name, series=len(bundle.models),
                                                 seconds=round(bundle.fit_seconds, 3)))
         return served

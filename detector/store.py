@@ -51,6 +51,14 @@ class ModelBundle:
     version: str | None = None
     validation: dict[str, float] = field(default_factory=dict)
     fit_seconds: float = 0.0
+    training_units: dict[SeriesKey, Any] | None = field(default=None, repr=False, compare=False)
+    """The frames the models were fitted on, for the fit sink (validation, drift reference) only:
+    kept in memory for the duration of the hand-over and never persisted (see ``__getstate__``)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["training_units"] = None
+        return state
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no models): for the index and ``GET /api/v1/models``."""
