@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.models import make_model
 from stack.demo import Scenario, generate, incident, serve
-from tests.harness import backfill, python_module, require_binary
+from tests.harness import backfill, free_port, python_module, require_binary, wait_http
 
 END = 1_767_225_600.0  # 2026-01-01 00:00 UTC, a fixed end keeps these tests reproducible
 HOUR = 3600.0
@@ -194,3 +194,16 @@ def test_backfill_then_live_scrape_is_one_continuous_series(tmp_path, start_prom
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_cli_serve(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(python_module("stack.demo", "serve", "--listen", f"127.0.0.1:{port}", "--days", "0.05"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, proc=proc)
+        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'boxwatch_gpu_xid_errors_total{pci_bus_id="0000:01:00",xid="79"' in body
+    finally:
+        proc.terminate()
+        proc.wait(10)
