@@ -15,7 +15,16 @@ import requests
 
 from exporters.server import kv, parse_listen_address, setup_logging
 from stack import __version__
-from stack.runtime import COMPONENTS, DEFAULT_PORTS, Layout, StackError, build_children, default_config_dir
+from stack.runtime import (
+    COMPONENTS,
+    DEFAULT_PORTS,
+    DEMO_COMPONENTS,
+    Layout,
+    StackError,
+    build_children,
+    default_config_dir,
+    prepare_demo,
+)
 from stack.supervisor import Supervisor, pid_alive, read_state
 
 log = logging.getLogger("boxwatch.stack")
@@ -35,12 +44,12 @@ def _ports(values: list[str]) -> dict[str, int]:
     return ports
 
 
-def _components(only: list[str] | None, without: list[str]) -> list[str]:
-    chosen = only or COMPONENTS
+def _components(only: list[str] | None, without: list[str], available: list[str]) -> list[str]:
+    chosen = only or available
     for name in [*chosen, *without]:
-        if name not in COMPONENTS:
-            raise StackError(f"unknown component {name!r}; components are: {', '.join(COMPONENTS)}")
-    return [c for c in COMPONENTS if c in chosen and c not in without]
+        if name not in available:
+            raise StackError(f"component {name!r} is not part of this stack; it has: {', '.join(available)}")
+    return [c for c in available if c in chosen and c not in without]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", action="append", default=[], metavar="NAME=PORT",
                     help="override a port, e.g. --port prometheus=19090 (defaults: "
                     + ", ".join(f"{k}={v}" for k, v in DEFAULT_PORTS.items()) + ")")
-    up.add_argument("--only", action="append", metavar="NAME", choices=COMPONENTS,
+    up.add_argument("--only", action="append", metavar="NAME", choices=COMPONENTS + ["demo"],
                     help="start only these components (repeatable)")
-    up.add_argument("--without", action="append", default=[], metavar="NAME", choices=COMPONENTS,
+    up.add_argument("--without", action="append", default=[], metavar="NAME", choices=COMPONENTS + ["demo"],
                     help="do not start this component (repeatable)")
+    up.add_argument("--demo", action="store_true",
+                    help="run on a seeded week of DEMO data ending in an incident (GPU overheating, an Xid 79, "
+                    "a crash-looping container) instead of this machine's exporters; the anomaly score "
+                    "crosses 1 and alerts reach the webhook within a few minutes")
     up.add_argument("--detector-config", type=Path, default=None,
                     help="detector config file (default: detector/boxwatch-detector.example.yml); "
                     "the stack points it at its own Prometheus, listen address and state directory")
@@ -97,7 +110,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                     host=args.host)
     try:
         ports = _ports(args.port)
-        enabled = _components(args.only, args.without)
+        enabled = _components(args.only, args.without, DEMO_COMPONENTS if args.demo else COMPONENTS)
+        if args.demo:
+            log.info("generating a week of DEMO data and loading it into Prometheus (about a minute)")
+            layout.demo_end = prepare_demo(layout)
         children = build_children(layout, ports, enabled, args.detector_config)
     except (StackError, argparse.ArgumentTypeError) as err:
         log.error(str(err))

@@ -68,7 +68,7 @@ class Incident:
     xid: float        # the Xid 79 on gpu 0; ollama starts crashing and restarting
     end: float        # everything back to normal (after the scenario's ``end``: still on at "now")
     gpu: str = "0"
-    pci_bus_id: str = "0000:01:00"
+    pci_bus_id: str = "00000000:01:00.0"
     xid_code: str = "79"
     container: str = "ollama"
 
@@ -90,9 +90,9 @@ class Gpu:
 
 GPUS = (
     Gpu("0", "GPU-5f3c0d6e-demo-0000-0000-3090a0000000", "NVIDIA GeForce RTX 3090", 24 * 2**30, 350.0,
-        "0000:01:00"),
+        "00000000:01:00.0"),
     Gpu("1", "GPU-8b21e4a7-demo-0000-0000-3060a0000001", "NVIDIA GeForce RTX 3060", 12 * 2**30, 170.0,
-        "0000:02:00"),
+        "00000000:02:00.0"),
 )
 
 CONTAINERS = (

@@ -24,9 +24,12 @@ DEFAULT_PORTS = {
     "containers": 9873,
     "journald": 9874,
     "detector": 9875,
+    "demo": 9877,
 }
 # Start order; the supervisor stops in reverse.
 COMPONENTS = ["prometheus", "alertmanager", "webhook", "gpu", "containers", "journald", "detector"]
+# With --demo, a seeded scenario stands in for the exporters (stack/demo.py).
+DEMO_COMPONENTS = ["prometheus", "alertmanager", "webhook", "demo", "detector"]
 # Prometheus job name of each boxwatch component in prometheus/prometheus.yml.
 JOBS = {
     "prometheus": "prometheus",
@@ -35,6 +38,7 @@ JOBS = {
     "containers": "boxwatch-containers",
     "journald": "boxwatch-journald",
     "detector": "boxwatch-detector",
+    "demo": "boxwatch-demo",
 }
 
 
@@ -49,6 +53,16 @@ class Layout:
     config_dir: Path  # the project checkout: prometheus/, alertmanager/, detector/...
     state_dir: Path
     host: str = "127.0.0.1"
+    demo_end: float | None = None  # set in demo mode: the scenario's "now" (see prepare_demo)
+
+    @property
+    def prometheus_data(self) -> Path:
+        """Demo data lives apart from real data, so a demo never pollutes a real history."""
+        return self.state_dir / "prometheus" / ("data-demo" if self.demo_end else "data")
+
+    @property
+    def detector_state(self) -> Path:
+        return self.state_dir / ("detector-demo" if self.demo_end else "detector")
 
     def url(self, component: str, ports: dict[str, int]) -> str:
         return f"http://{self.host}:{ports[component]}"
@@ -104,6 +118,12 @@ def render_prometheus_config(layout: Layout, ports: dict[str, int], enabled: lis
         elif component in enabled:
             scrape["static_configs"] = [{"targets": [f"{layout.host}:{ports[component]}"]}]
             scrape_configs.append(scrape)
+    if "demo" in enabled:
+        scrape_configs.append({
+            "job_name": JOBS["demo"],
+            "honor_labels": True,  # the scenario's series carry instance="demo-box"
+            "static_configs": [{"targets": [f"{layout.host}:{ports['demo']}"]}],
+        })
     config["scrape_configs"] = scrape_configs
     path = out_dir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -147,7 +167,7 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
         add("prometheus", [
             find_binary("prometheus"),
             f"--config.file={prometheus_config}",
-            f"--storage.tsdb.path={state / 'prometheus' / 'data'}",
+            f"--storage.tsdb.path={layout.prometheus_data}",
             f"--web.listen-address={host}:{ports['prometheus']}",
             "--storage.tsdb.retention.time=30d",
             "--web.enable-lifecycle",
@@ -162,6 +182,9 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             "--cluster.listen-address=",
         ], "/-/ready")
     add("webhook", [*python, "stack", "webhook", f"--listen={host}:{ports['webhook']}"], "/healthz")
+    if "demo" in enabled:
+        add("demo", [*python, "stack.demo", "serve", f"--listen={host}:{ports['demo']}",
+                     f"--end={layout.demo_end}"], "/healthz")
     for source in ("gpu", "containers", "journald"):
         argv = [*python, "exporters", source, f"--web.listen-address={host}:{ports[source]}"]
         if source == "journald":
@@ -175,6 +198,36 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             *python, "detector", "serve", f"--config={config}",
             f"--prometheus.url={layout.url('prometheus', ports)}",
             f"--web.listen-address={host}:{ports['detector']}",
-            f"--set=state_dir={state / 'detector'}",
+            f"--set=state_dir={layout.detector_state}",
         ], "/healthz")
     return children
+
+
+def prepare_demo(layout: Layout, days: float = 7.0) -> float:
+    """Generate the seeded demo week ending now and load it into a fresh Prometheus data dir.
+
+    Returns the scenario's end, which the live demo server continues from. The detector's demo
+    state starts empty too, so it trains on the demo history.
+    """
+    import subprocess
+    import time
+
+    from stack import demo
+
+    end = time.time()
+    for path in (layout.state_dir / "prometheus" / "data-demo", layout.state_dir / "detector-demo"):
+        if path.exists():
+            shutil.rmtree(path)
+    data = layout.state_dir / "prometheus" / "data-demo"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    source = layout.state_dir / "demo.om"
+    scenario = demo.write(source, end, days=days)
+    result = subprocess.run(
+        [find_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h",
+         str(source), str(data)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise StackError(f"promtool could not load the demo data: {result.stderr.strip()[-2000:]}")
+    source.unlink()
+    return scenario.end

@@ -203,7 +203,7 @@ def test_cli_serve(tmp_path):
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, proc=proc)
         body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        assert 'boxwatch_gpu_xid_errors_total{pci_bus_id="0000:01:00",xid="79"' in body
+        assert 'boxwatch_gpu_xid_errors_total{pci_bus_id="00000000:01:00.0",xid="79"' in body
     finally:
         proc.terminate()
         proc.wait(10)

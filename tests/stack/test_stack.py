@@ -164,3 +164,33 @@ def test_bad_port_flag_is_a_clear_error(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "expected NAME=PORT" in result.stderr
+
+
+def test_demo_anomaly_score_crosses_1_and_the_alert_reaches_the_webhook(tmp_path):
+    """`boxwatch-stack up --demo`, as a newcomer runs it: history loaded, detector trained on it,
+    the incident scored above 1, AnomalyScoreHigh fired by the shipped rules and delivered by
+    the shipped Alertmanager routes to the stack's webhook sink."""
+    stack = Stack(tmp_path, ["prometheus", "alertmanager", "webhook", "demo", "detector"], ["--demo"])
+    try:
+        stack.wait_healthy(timeout=240)
+        prom = f"http://127.0.0.1:{stack.ports['prometheus']}"
+        webhook = f"http://127.0.0.1:{stack.ports['webhook']}/alerts"
+
+        def query(expr):
+            return requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10).json()["data"]["result"]
+
+        # The overheating GPU of the scenario is scored outside its band, the healthy one is not.
+        hot = _wait(lambda: query('boxwatch_anomaly_score{query="gpu_temperature", gpu="0"} > 1'), 180,
+                    "GPU 0's temperature scored above 1")
+        assert hot[0]["metric"]["boxwatch_demo"] == "1"
+        assert not query('boxwatch_anomaly_score{query="gpu_temperature", gpu="1"} > 1')
+
+        def anomaly_alerts():
+            notes = requests.get(webhook, timeout=10).json()
+            return [a for n in notes for a in n["alerts"] if a["labels"]["alertname"] == "AnomalyScoreHigh"]
+        alerts = _wait(anomaly_alerts, 420, "AnomalyScoreHigh delivered to the webhook")
+        assert all(a["status"] == "firing" and a["labels"]["severity"] == "warning" for a in alerts)
+        assert "runbook_url" in alerts[0]["annotations"]
+        assert "AnomalyScoreHigh" in (stack.state_dir / "logs" / "webhook.log").read_text()
+    finally:
+        stack.stop()
