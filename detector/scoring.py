@@ -202,7 +202,7 @@ def score_online(
 
 
 def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float) -> pd.DataFrame:
-    """Recompute ``score`` from the band with the query's direction and minimum deviation.
+    """Recompute ``score`` and the band with the query's direction and minimum deviation.
 
     With the defaults (``both``, 0) the model's own score already is the band score.
     """
@@ -216,6 +216,9 @@ def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_de
         return result
     banded = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper, direction, min_deviation)
     result["score"] = np.where(has_band, banded, result["score"].to_numpy(dtype=float))
+    # The exported band is the one the score uses: at least min_deviation on each side.
+    result["lower"] = np.where(has_band, np.minimum(lower, expected - min_deviation), lower)
+    result["upper"] = np.where(has_band, np.maximum(upper, expected + min_deviation), upper)
     return result
 
 

@@ -85,12 +85,14 @@ def band_score(
 
     Inside the band the score is in ``[0, 1]``; outside it is above 1. With ``direction``
     ``"above"`` (``"below"``) only deviations above (below) ``expected`` count. A deviation
-    smaller than ``min_deviation`` (absolute, in the series' unit) scores 0. NaN in any
-    input gives NaN.
+    smaller than ``min_deviation`` (absolute, in the series' unit) scores 0, and the band is
+    at least ``min_deviation`` wide on each side: a series that is flat in training (an error
+    rate that is always 0) then scores ``deviation / min_deviation``, not ``deviation / eps``.
+    NaN in any input gives NaN.
     """
     value, expected, lower, upper = (np.asarray(a, dtype=float) for a in (value, expected, lower, upper))
     deviation = value - expected
-    tiny = np.finfo(float).eps * np.maximum(1.0, np.abs(expected))
+    tiny = np.maximum(np.finfo(float).eps * np.maximum(1.0, np.abs(expected)), min_deviation)
     half_up = np.maximum(upper - expected, tiny)
     half_down = np.maximum(expected - lower, tiny)
     with np.errstate(invalid="ignore", divide="ignore"):

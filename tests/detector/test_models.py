@@ -213,3 +213,25 @@ def test_estimator_contract(name):
 def test_unknown_seasonality_is_a_clear_error():
     with pytest.raises(ValueError, match="seasonality"):
         make_model("seasonal", {"seasonality": "hourly"}).fit(daily_series(2))
+
+
+def test_band_score_convention_direction_and_min_deviation():
+    from detector.models.base import band_score
+
+    # inside the band < 1, on its edge 1, outside > 1, NaN stays NaN
+    scores = band_score([10, 12, 14, np.nan], [10] * 4, [6] * 4, [12] * 4)
+    assert scores[0] == 0 and scores[1] == 1 and scores[2] == 2 and np.isnan(scores[3])
+    # below-only and above-only
+    assert band_score([14], [10], [6], [12], direction="below")[0] == 0
+    assert band_score([2], [10], [6], [12], direction="above")[0] == 0
+    assert band_score([2], [10], [6], [12], direction="below")[0] == 2
+    # deviations under min_deviation never count
+    assert band_score([14], [10], [6], [12], min_deviation=5)[0] == 0
+
+
+def test_min_deviation_also_floors_a_degenerate_band():
+    """A series that was flat in training (an error rate of 0) has a zero-width band: one error
+    must read as a few times min_deviation, not as 1e8."""
+    from detector.models.base import band_score
+
+    assert band_score([0.2], [0.0], [0.0], [0.0], direction="above", min_deviation=0.05)[0] == pytest.approx(4.0)
