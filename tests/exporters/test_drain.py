@@ -85,9 +85,9 @@ def test_bad_state_is_refused():
 
 
 @pytest.mark.parametrize(("line", "pci", "xid"), [
-    ("NVRM: Xid (PCI:0000:01:00): 79, pid=1234, name=python3, GPU has fallen off the bus.", "0000:01:00", 79),
-    ("NVRM: Xid (0000:3B:00): 13, Graphics SM Warp Exception", "0000:3b:00", 13),
-    ("[ 12.3] NVRM: Xid (PCI:0000:af:00.0): 119, pid=5, Timeout waiting for RPC from GSP!", "0000:af:00.0", 119),
+    ("NVRM: Xid (PCI:0000:01:00): 79, pid=1234, name=python3, GPU has fallen off the bus.", "00000000:01:00.0", 79),
+    ("NVRM: Xid (0000:3B:00): 13, Graphics SM Warp Exception", "00000000:3b:00.0", 13),
+    ("[ 12.3] NVRM: Xid (PCI:0000:af:00.0): 119, pid=5, Timeout waiting for RPC from GSP!", "00000000:af:00.0", 119),
 ])
 def test_parse_xid(line, pci, xid):
     event = parse_xid(line)
