@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from bench._running import exporter_process  # noqa: E402
 from tests.dockerd import BUSYBOX_IMAGE, PrivateDockerd  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
@@ -49,22 +50,10 @@ def start(n_containers: int, timeout: float = 600.0) -> Iterator[tuple[str, int]
         _run_idle_containers(engine, n_containers)
         port = free_port()
         url = f"http://127.0.0.1:{port}/metrics"
-        with open(engine.root / "exporter.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "exporters", "containers", f"--docker.host={engine.url}",
-                 f"--web.listen-address=127.0.0.1:{port}"],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            )
-            try:
-                _wait_for_stats(url, proc, n_containers, timeout)
-                yield url, proc.pid
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        with exporter_process(["containers", f"--docker.host={engine.url}", f"--web.listen-address=127.0.0.1:{port}"],
+                              engine.root / "exporter.log") as proc:
+            _wait_for_stats(url, proc, n_containers, timeout)
+            yield url, proc.pid
     finally:
         engine.cleanup()
 

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.exporters import fake_nvml  # noqa: E402 - needs the repository root on sys.path
+from bench._running import exporter_process  # noqa: E402 - needs the repository root on sys.path
+from tests.exporters import fake_nvml  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
 DESCRIPTION = "fake libnvidia-ml.so.1 (tests/exporters/fake_nvml): no GPU here, measures the exporter only"
@@ -43,22 +44,10 @@ def start(n_gpus: int, timeout: float = 30.0) -> Iterator[tuple[str, int]]:
                          for gpu in range(n_gpus) for k in range(PROCESSES_PER_GPU))
         env = {**os.environ, "LD_LIBRARY_PATH": str(lib_dir), "FAKE_NVML_GPUS": str(n_gpus),
                "FAKE_NVML_PROCS": procs}
-        with open(Path(tmp) / "exporter.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "exporters", "gpu", f"--web.listen-address=127.0.0.1:{port}"],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-            try:
-                _wait_ready(url, proc, timeout)
-                yield url, proc.pid
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
+        with exporter_process(["gpu", f"--web.listen-address=127.0.0.1:{port}"],
+                              Path(tmp) / "exporter.log", env) as proc:
+            _wait_ready(url, proc, timeout)
+            yield url, proc.pid
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
