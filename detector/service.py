@@ -28,11 +28,11 @@ import pandas as pd
 
 from detector.config import ConfigError, DetectorConfig, load_config
 from detector.models.base import Model
+from detector.peers import is_cross_sectional, member_points, stand_in
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
 from detector.scoring import (
     FALLBACK_WINDOW,
     build_units,
-    fallback_model,
     fit_bundle,
     is_multivariate,
     score_online,
@@ -378,7 +378,8 @@ class Detector:
         with self._lock:
             known = set(state.bundle.models) if state.bundle else set()
             missing = [key for key in units if key not in known and key not in state.fallback]
-            query = self.config.queries[alias]
+            config = self.config
+            query = config.queries[alias]
             reader = self._reader
         if not missing:
             return 0.0
@@ -391,7 +392,7 @@ class Detector:
             frame = history.get(key)
             if frame is None:
                 frame = units[key].iloc[:0]
-            created[key] = fallback_model(multivariate, frame)
+            created[key] = stand_in(config, alias, multivariate, frame)
         with self._lock:
             state.fallback.update(created)
         log.info("scoring new series with the robust model until their own is fitted",
@@ -408,31 +409,36 @@ class Detector:
             with self._lock:
                 own = state.bundle.models.get(key) if state.bundle else None
                 model = own or state.fallback.get(key)
-                model_name = state.bundle.model_name if own is not None else "robust"
+                model_name = state.bundle.model_name if own is not None else model.name if model else ""
             if model is None or frame.empty:
                 continue
             try:
-                result = score_online(model, frame, query.direction, query.min_deviation)
+                if is_cross_sectional(model):  # one series per member of the group
+                    unit_points = list(member_points(model, key, frame, alias, model_name, query.direction,
+                                                     query.min_deviation))
+                else:
+                    result = score_online(model, frame, query.direction, query.min_deviation)
+                    labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+                    unit_points = list(scored_points(labels, frame, result))
             except Exception as err:  # one unit's model failing leaves the other units scored
                 with self._lock:
                     self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
                 log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
                 continue
-            labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
-            unit_points = list(scored_points(labels, frame, result))
             for point in unit_points:
                 if point.score > threshold:
                     self._record_anomaly(alias, model_name, key, point)
             points.extend(unit_points)
-            if unit_points and unit_points[-1].timestamp == end:
-                latest.append(unit_points[-1])
-                used[model_name] = used.get(model_name, 0) + 1
+            for point in unit_points:
+                if point.timestamp == end:
+                    latest.append(point)
+                    used[model_name] = used.get(model_name, 0) + 1
         return points, latest, used
 
     def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
         with self._lock:
             self._anomalies.append({
-                "timestamp": point.timestamp, "query": alias, "model": model_name, "labels": dict(key),
+                "timestamp": point.timestamp, "query": alias, "model": model_name, "labels": unit_labels(point),
                 "value": _json_float(point.value), "expected": _json_float(point.expected),
                 "lower": _json_float(point.lower), "upper": _json_float(point.upper),
                 "score": _json_float(point.score), "top_features": list(point.top_features),
@@ -545,6 +551,11 @@ class Detector:
             query = self.config.queries.get(state.alias)
             state.next_fit = self.clock() + min(FIT_RETRY_SECONDS, query.fit_every if query else FIT_RETRY_SECONDS)
         log.warning("fit failed; retrying later", extra=_fields(query=state.alias, reason=reason))
+
+
+def unit_labels(point: ScoredPoint) -> dict[str, str]:
+    """The scored series' own labels (``query`` and ``model`` left out)."""
+    return {k: v for k, v in point.labels if k not in ("query", "model")}
 
 
 def _json_float(value: float) -> float | None:

@@ -14,6 +14,7 @@ MODELS: dict[str, str] = {
     "robust": "detector.models.robust:RobustModel",
     "seasonal": "detector.models.seasonal:SeasonalModel",
     "iforest": "detector.models.iforest:IsolationForestModel",
+    "peer": "detector.models.peer:PeerModel",
 }
 
 
