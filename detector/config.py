@@ -266,6 +266,75 @@ class DriftConfig(_Strict):
         return value
 
 
+class CausesConfig(_Strict):
+    """Cause hints: raw signals of the same GPU, container or journal unit around an anomaly (docs/causes.md)."""
+
+    enabled: bool = Field(True, description="Look up causes for units scoring above the anomaly threshold.")
+    window: float = Field(600.0, description="How far before the anomaly began to look (duration).")
+    max_lookback: float = Field(7200.0, description="Longest window looked at for a long anomaly (duration).")
+    refresh: float = Field(60.0, description="How often the causes of a unit still anomalous are looked up again.")
+    timeout: float = Field(5.0, description="Timeout of one cause query (duration).")
+    max_causes: int = Field(5, ge=1, le=10, description="Most causes kept (and exported) per unit.")
+    max_units: int = Field(20, ge=1, le=1000, description="Most units looked up per pass (worst scores first).")
+
+    @field_validator("window", "max_lookback", "refresh", "timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class FeedbackWindow(_Strict):
+    """A known event: series matching ``matchers`` between ``start`` and ``end`` (docs/feedback.md)."""
+
+    matchers: list[str] = Field(default_factory=list, description='Label matchers, e.g. [\'query="gpu_power"\', '
+                                                                  '\'gpu="0"\']; none matches every series.')
+    start: str = Field(description="RFC 3339 start.")
+    end: str = Field(description="RFC 3339 end.")
+    kind: Literal["expected", "false_positive"] = Field(
+        "expected", description="expected: left out of training and anomaly counts; false_positive: counted.")
+    comment: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeedbackWindow:
+        from detector.matchers import parse_matcher
+
+        for text in self.matchers:
+            parse_matcher(text)
+        begin, finish = (_rfc3339(t) for t in (self.start, self.end))
+        if finish <= begin:
+            raise ValueError("end must be after start")
+        return self
+
+
+def _rfc3339(text: str) -> float:
+    from datetime import datetime
+
+    parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r}: a time zone is required (Z or +hh:mm)")
+    return parsed.timestamp()
+
+
+class AlertmanagerConfig(_Strict):
+    """Alertmanager whose silences count as ``expected`` feedback (off without a URL)."""
+
+    url: str | None = Field(None, description="Base URL of Alertmanager (…:9093); its silences are read.")
+    timeout: float = Field(5.0, description="Timeout of one request (duration).")
+    poll_interval: float = Field(60.0, description="How often silences are read again (duration).")
+
+    @field_validator("timeout", "poll_interval", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http:// or https:// URL; got {value!r}")
+        return value.rstrip("/") if value else value
+
+
 # Evidently's numerical stat tests (evidently.legacy.calculations.stattests), listed here so that
 # validating a config does not import evidently (~6 s).
 DRIFT_METHODS = frozenset({
@@ -285,6 +354,9 @@ class DetectorConfig(_Strict):
     anomalies: AnomaliesConfig = Field(default_factory=AnomaliesConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    causes: CausesConfig = Field(default_factory=CausesConfig)
+    maintenance: list[FeedbackWindow] = Field(default_factory=list, description="Known events (docs/feedback.md).")
+    alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
 
     def model_for(self, alias: str) -> tuple[str, dict[str, Any]]:
         """``(model name, params)`` of query ``alias``, with a preset's params under the query's."""

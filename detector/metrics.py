@@ -14,6 +14,8 @@ from prometheus_client.core import (
 )
 
 from detector import __version__
+from detector.causes import cause_family, top_feature_family
+from detector.causes import self_families as causes_self_families
 from detector.service import CYCLE_BUCKETS, Detector
 from detector.writer import SCORE_FAMILIES, present
 
@@ -29,7 +31,10 @@ class DetectorCollector:
 
     def collect(self) -> Iterable[Metric]:
         yield from self._scores()
+        yield from top_feature_family(p for points in self._detector.snapshot().values() for p in points)
+        yield from cause_family(self._detector.causes.current())
         yield from self._self_metrics()
+        yield from causes_self_families(self._detector.causes)
 
     def _scores(self) -> Iterable[Metric]:
         snapshot = self._detector.snapshot()

@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
 from detector.models.base import Model
 from detector.peers import is_cross_sectional, member_points, stand_in
@@ -136,6 +137,8 @@ class Detector:
         self._anomalies: deque[dict[str, Any]] = deque(maxlen=config.anomalies.max_kept)
         self._states: dict[str, QueryState] = {}
         self._sync_states(config)
+        self.causes = CauseFinder(lambda: (self.config.causes, self.config.reader, self.config.anomalies.threshold),
+                                  clock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,6 +147,7 @@ class Detector:
             thread = threading.Thread(target=target, name=f"detector-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.causes.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -151,6 +155,7 @@ class Detector:
         self._fit_wakeup.set()
         for thread in self._threads:
             thread.join(timeout)
+        self.causes.stop(timeout)
         self._reader.close()
 
     # ------------------------------------------------------------------ read side (HTTP layer)
@@ -182,7 +187,8 @@ class Detector:
 
     def anomalies(self, since: float = 0.0) -> list[dict[str, Any]]:
         with self._lock:
-            return [a for a in self._anomalies if a["timestamp"] >= since]
+            records = [a for a in self._anomalies if a["timestamp"] >= since]
+        return self.causes.annotate(records)
 
     def stats_copy(self) -> tuple[Stats, dict[str, dict[str, int]]]:
         """A consistent copy of the self-metric state and, per query, units scored per model."""
@@ -346,6 +352,7 @@ class Detector:
             self._query_failed(alias, err)
             return 0, query_seconds + reader.last_request_seconds
         points, latest, used = self._score_units(alias, state, units, query, config.anomalies.threshold, end)
+        self.causes.observe(points)
         with self._lock:
             if self._states.get(alias) is state:
                 state.snapshot = latest
