@@ -274,7 +274,7 @@ class CausesConfig(_Strict):
     max_lookback: float = Field(7200.0, description="Longest window looked at for a long anomaly (duration).")
     refresh: float = Field(60.0, description="How often the causes of a unit still anomalous are looked up again.")
     timeout: float = Field(5.0, description="Timeout of one cause query (duration).")
-    max_causes: int = Field(5, ge=1, le=10, description="Most causes kept (and exported) per unit.")
+    max_causes: int = Field(5, ge=1, le=9, description="Most causes kept (and exported) per unit.")
     max_units: int = Field(20, ge=1, le=1000, description="Most units looked up per pass (worst scores first).")
 
     @field_validator("window", "max_lookback", "refresh", "timeout", mode="before")
