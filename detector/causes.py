@@ -57,7 +57,7 @@ class Cause:
 class Run:
     """A unit's current (or last) stretch of points above the threshold."""
 
-    labels: Labels  # the scored series' labels, query and model included
+    labels: Labels  # the scored series' labels (query and model included) at its last point
     started: float
     last_above: float
     score: float
@@ -169,6 +169,12 @@ def to_causes(kind: str, result: list[dict]) -> list[Cause]:
 # --------------------------------------------------------------------------- the finder
 
 
+def series_of(labels: Labels) -> Labels:
+    """A run belongs to the series, not to the model serving it: a refit that swaps the stand-in
+    for the fitted model (another ``model`` label) continues the run."""
+    return tuple((k, v) for k, v in labels if k != "model")
+
+
 class CauseFinder:
     """Tracks anomalous runs per unit and looks up their causes in the background.
 
@@ -203,13 +209,13 @@ class CauseFinder:
         woke = False
         with self._lock:
             for point in sorted(points, key=lambda p: p.timestamp):
-                run = self._runs.get(point.labels)
+                key = series_of(point.labels)
+                run = self._runs.get(key)
                 if point.score > threshold:
                     if run is None or run.ended is not None:
-                        run = self._runs[point.labels] = Run(point.labels, point.timestamp, point.timestamp,
-                                                             point.score)
+                        run = self._runs[key] = Run(point.labels, point.timestamp, point.timestamp, point.score)
                         woke = True
-                    run.last_above, run.score = point.timestamp, point.score
+                    run.labels, run.last_above, run.score = point.labels, point.timestamp, point.score
                 elif run is not None and run.ended is None and point.timestamp > run.last_above:
                     run.ended = point.timestamp
             self._forget(config)
@@ -265,7 +271,7 @@ class CauseFinder:
             lookback = f"{int(min(config.max_lookback, max(now - started, 0.0) + config.window))}s"
             causes = self.lookup(dict(labels), lookback, now, config, reader)
             with self._lock:
-                run = self._runs.get(labels)
+                run = self._runs.get(series_of(labels))
                 if run is not None and run.started == started:
                     run.causes, run.checked_at = causes, now
         return len(jobs)
@@ -308,11 +314,10 @@ class CauseFinder:
     def annotate(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of anomaly records with ``causes`` added: those of the run each record belongs to."""
         with self._lock:
-            runs = {r.labels: (r.started, r.ended, [c.as_dict() for c in r.causes]) for r in self._runs.values()}
+            runs = {key: (r.started, r.ended, [c.as_dict() for c in r.causes]) for key, r in self._runs.items()}
         annotated = []
         for record in records:
-            key = tuple(sorted({**record["labels"], "query": record["query"], "model": record["model"]}.items()))
-            run = runs.get(key)
+            run = runs.get(tuple(sorted({**record["labels"], "query": record["query"]}.items())))
             causes = []
             if run is not None and run[0] <= record["timestamp"] and (run[1] is None or record["timestamp"] < run[1]):
                 causes = run[2]

@@ -198,6 +198,19 @@ def anomaly_overview() -> dict:
         (table("Top anomalous series now", f"topk(10, boxwatch_anomaly_score{{{sel}}})",
                description="The ten highest scores now. The features that drove a multivariate score are in the "
                            "detector's /api/v1/anomalies."), 12, 8),
+        (table("Likely causes now", f"boxwatch_anomaly_cause{{{sel}}}",
+               hide=("Time", "Value", "__name__", "job", "boxwatch_demo"),
+               description="Related signals of the same GPU, container or journal unit while it scores above 1 "
+                           "(Xid events, throttle reasons, OOM kills, restarts, journal bursts, host pressure), "
+                           "rank 1 the strongest. See docs/causes.md."), 12, 8),
+        (timeseries("Peer-group scores", [(f'boxwatch_anomaly_score{{{sel}, model="peer"}}',
+                                           "{{query}} {{gpu}}{{name}}")],
+                    thresholds=[(1, "orange"), (2, "red")], min_=0, fill=0,
+                    description="Each member against its siblings at the same step (peer model): a GPU hotter than "
+                                "its sibling under the same load, a replica busier than the others."), 12, 8),
+        (table("Top features now", f"boxwatch_anomaly_top_feature{{{sel}}}",
+               hide=("Time", "Value", "__name__", "job", "boxwatch_demo"),
+               description="The features that drove each multivariate score, rank 1 the strongest."), 12, 8),
         (timeseries("Drift by feature", [('boxwatch_drift_score{query=~"$query", model=~"$model"}',
                                           "{{query}} {{feature}}")], min_=0,
                     description="Evidently drift score per feature: how far recent data is from the training "
@@ -374,6 +387,12 @@ def detector_health() -> dict:
                hide=("Time", "Value", "__name__", "job", "instance", "boxwatch_demo"),
                description="The registry version (alias champion) each query's model serves."), 12, 8),
         (timeseries("Drift score", [("boxwatch_drift_score", "{{query}} {{feature}}")], min_=0, fill=0), 12, 8),
+        (timeseries("Anomalies marked as false positives", [(
+            "sum by (query, model) (increase(boxwatch_feedback_false_positives_total[1d]))", "{{query}} {{model}}")],
+            unit="short", fill=0,
+            description="Anomalies an operator marked false_positive (POST /api/v1/feedback), per query and model, "
+                        "over the last day. A model whose marks pile up should be looked at (docs/feedback.md)."),
+         12, 8),
         (state_timeline("Scrape targets up", [('up{job=~"boxwatch-.*"}', "{{job}} {{instance}}")]), 12, 8),
         (timeseries("Exporter collectors", [
             ("boxwatch_exporter_scrape_collector_duration_seconds", "{{job}} {{collector}}")], unit="s", fill=0,

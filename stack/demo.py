@@ -248,6 +248,8 @@ class Scenario:
                 mem = 2.9e9 + 3.0e9 * load + 0.05e9 * self._n(key + "mem", t)
                 process, proc_mem = "python3", mem - 0.25e9
             yield "boxwatch_gpu_up", "gauge", labels, np.ones_like(t)
+            # pci_bus_id joins the journal's Xid counters with this GPU (the detector's cause hints use it)
+            yield "boxwatch_gpu_info", "gauge", (*labels, ("pci_bus_id", gpu.pci_bus_id)), np.ones_like(t)
             yield "boxwatch_gpu_errors_total", "counter", labels, np.zeros_like(t)
             yield "boxwatch_gpu_utilization_ratio", "gauge", labels, util
             yield "boxwatch_gpu_memory_utilization_ratio", "gauge", labels, np.clip(util * 0.6, 0, 1)
@@ -433,6 +435,7 @@ class Scenario:
                 yield "boxwatch_anomaly_expected", "gauge", labels, np.round(expected, 2)
                 yield "boxwatch_anomaly_expected_lower", "gauge", labels, np.round(expected - half_band, 2)
                 yield "boxwatch_anomaly_expected_upper", "gauge", labels, np.round(expected + half_band, 2)
+        yield from self._explanations(t)
         for query in watched:
             yield "boxwatch_detector_series_scored", "gauge", (("query", query), ("model", "robust")), \
                 np.full_like(t, float(len(watched[query])))
@@ -466,6 +469,34 @@ class Scenario:
         yield "boxwatch_detector_registry_up", "gauge", (), np.ones_like(t)
         yield "boxwatch_detector_registry_errors_total", "counter", (), np.zeros_like(t)
         yield "boxwatch_detector_build_info", "gauge", (("version", "0.1.0"),), np.ones_like(t)
+
+    def _explanations(self, t: np.ndarray) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
+        """Peer-group scores, cause hints, top features and feedback marks, as the detector publishes them."""
+        inc = self.incident
+        hot, xid = self._in(t, inc.throttle, inc.end), self._in(t, inc.xid, inc.end)
+        warm = self._in(t, inc.start, inc.end)
+        for gpu in GPUS:
+            labels = (("gpu", gpu.index), ("uuid", gpu.uuid), ("name", gpu.name), ("job", "boxwatch-gpu"))
+            calm = np.round(np.abs(0.3 * self._n(f"peer-{gpu.index}", t)), 3)
+            score = np.where(warm, 2.0 + 5.0 * np.clip((t - inc.start) / (inc.throttle - inc.start), 0, 1), calm) \
+                if gpu.index == inc.gpu else calm
+            yield ("boxwatch_anomaly_score", "gauge", (*labels, ("query", "gpu_temperature_peers"), ("model", "peer")),
+                   np.round(score, 3))
+        gpu0 = (("gpu", GPUS[0].index), ("uuid", GPUS[0].uuid), ("name", GPUS[0].name), ("job", "boxwatch-gpu"))
+        series = (*gpu0, ("query", "gpu_temperature"), ("model", "robust"))
+        causes = [("1", "throttle sw_thermal_slowdown", hot & ~xid), ("1", "Xid 79 gpu_fallen_off_bus", xid),
+                  ("2", "throttle sw_thermal_slowdown", xid), ("3", "throttle hw_thermal_slowdown", xid)]
+        for rank, cause, active in causes:
+            yield ("boxwatch_anomaly_cause", "gauge", (*series, ("rank", rank), ("cause", cause)),
+                   np.where(active, 1.0, np.nan))
+        health = (*gpu0, ("query", "gpu_health"), ("model", "iforest"))
+        yield "boxwatch_anomaly_score", "gauge", health, np.round(np.where(warm, 3.2, 0.2 + 0.1 * self._u("hs", t)), 3)
+        for rank, feature in (("1", "boxwatch_gpu_temperature_celsius"), ("2", "boxwatch_gpu_sm_clock_hertz")):
+            yield ("boxwatch_anomaly_top_feature", "gauge", (*health, ("rank", rank), ("feature", feature)),
+                   np.where(warm, 1.0, np.nan))
+        marked = np.floor(np.clip((t - self.start) / DAY, 0, None) / 3)  # an operator marks one every few days
+        yield ("boxwatch_feedback_false_positives_total", "counter", (("query", "gpu_power"), ("model", "robust")),
+               marked)
 
     # -- assembly ----------------------------------------------------------------------------
 
