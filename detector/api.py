@@ -16,7 +16,7 @@ import pandas as pd
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from detector import __version__
+from detector import __version__, feedback
 from detector.models import MODELS, make_model
 from detector.models.base import NotFittedError
 from detector.scoring import score_online
@@ -93,6 +93,7 @@ def create_app(detector: Detector, registry: CollectorRegistry) -> Flask:
     def openapi():
         return jsonify(OPENAPI)
 
+    app.register_blueprint(feedback.blueprint(detector, parse_time, BadRequest))
     return app
 
 
@@ -261,6 +262,7 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": _json_response("One entry per point: value, expected, lower, upper, score "
                                                 "(null before the model can judge), top_features."),
                           "400": _ERROR}}},
+        **feedback.OPENAPI_PATHS,
         "/api/v1/openapi.json": {"get": {"summary": "This document.",
                                          "responses": {"200": _json_response("OpenAPI 3 document.",
                                                                              {"type": "object"})}}},

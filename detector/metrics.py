@@ -16,6 +16,7 @@ from prometheus_client.core import (
 from detector import __version__
 from detector.causes import cause_family, top_feature_family
 from detector.causes import self_families as causes_self_families
+from detector.feedback import families as feedback_families
 from detector.service import CYCLE_BUCKETS, Detector
 from detector.writer import SCORE_FAMILIES, present
 
@@ -35,6 +36,7 @@ class DetectorCollector:
         yield from cause_family(self._detector.causes.current())
         yield from self._self_metrics()
         yield from causes_self_families(self._detector.causes)
+        yield from feedback_families(self._detector.feedback)
 
     def _scores(self) -> Iterable[Metric]:
         snapshot = self._detector.snapshot()

@@ -28,6 +28,7 @@ import pandas as pd
 
 from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
+from detector.feedback import Feedback
 from detector.models.base import Model
 from detector.peers import is_cross_sectional, member_points, stand_in
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
@@ -139,6 +140,7 @@ class Detector:
         self._sync_states(config)
         self.causes = CauseFinder(lambda: (self.config.causes, self.config.reader, self.config.anomalies.threshold),
                                   clock)
+        self.feedback = Feedback(lambda: self.config, config.state_dir, clock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -148,6 +150,7 @@ class Detector:
             thread.start()
             self._threads.append(thread)
         self.causes.start()
+        self.feedback.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -156,6 +159,7 @@ class Detector:
         for thread in self._threads:
             thread.join(timeout)
         self.causes.stop(timeout)
+        self.feedback.stop(timeout)
         self._reader.close()
 
     # ------------------------------------------------------------------ read side (HTTP layer)
@@ -433,7 +437,7 @@ class Detector:
                 log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
                 continue
             for point in unit_points:
-                if point.score > threshold:
+                if point.score > threshold and not self.feedback.is_expected(dict(point.labels), point.timestamp):
                     self._record_anomaly(alias, model_name, key, point)
             points.extend(unit_points)
             for point in unit_points:
@@ -451,6 +455,7 @@ class Detector:
                 "score": _json_float(point.score), "top_features": list(point.top_features),
             })
             self.stats.anomalies_total[alias] = self.stats.anomalies_total.get(alias, 0) + 1
+        self.feedback.observe_anomaly(alias, model_name, unit_labels(point), point.timestamp)
 
     def _remote_write(self, alias: str, points: list[ScoredPoint]) -> None:
         try:
@@ -533,6 +538,7 @@ class Detector:
             self._fit_failed(state, f"query failed: {err}")
             return None
         units = build_units(query, is_multivariate(config, alias), raw, self.shard, alias)
+        units = self.feedback.mask_training(alias, config.model_for(alias)[0], units)  # known events: not normal
         bundle = fit_bundle(config, alias, units, start, end)
         if not bundle.models and units:
             self._fit_failed(state, "no series could be fitted")
