@@ -357,3 +357,42 @@ OPENAPI_PATHS = {
                                            "$ref": "#/components/schemas/Error"}}}}}},
     },
 }
+
+
+# --------------------------------------------------------------------------- registry gate input
+
+
+def false_positive_counts(config: DetectorConfig, alias: str, model_name: str, units: Mapping[SeriesKey, pd.DataFrame],
+                          split: float, candidate: Mapping[SeriesKey, Any],
+                          champion: Mapping[SeriesKey, Any] | None) -> tuple[int, int] | None:
+    """``(candidate, champion)`` anomalies on the held-out window that fall inside ``false_positive``
+    marks (from the configuration and the API; read from the state dir), or ``None`` when no such mark
+    overlaps it -- then the gate decides on its metric alone."""
+    import copy
+
+    from detector.scoring import score_online
+
+    if champion is None:
+        return None
+    marks = [m for m in Feedback(lambda: config, config.state_dir).marks() if m.kind == "false_positive"
+             and m.end >= split]
+    query = config.queries[alias]
+    held = {key: frame.loc[frame.index >= pd.Timestamp(split, unit="s", tz="UTC")] for key, frame in units.items()}
+    relevant = {key: [m for m in marks if matches_all(m.parsed, {**dict(key), "query": alias, "model": model_name})]
+                for key in held}
+    if not any(relevant.values()):
+        return None
+
+    def count(models: Mapping[SeriesKey, Any]) -> int:
+        total = 0
+        for key, frame in held.items():
+            model = models.get(key)
+            if model is None or frame.empty or not relevant[key]:
+                continue
+            scores = score_online(copy.deepcopy(model), frame, query.direction, query.min_deviation)["score"]
+            stamps = frame.index.asi8 / 1e9
+            flagged = scores.to_numpy(dtype=float) > config.anomalies.threshold
+            total += sum(1 for ts in stamps[flagged] if any(m.start <= ts <= m.end for m in relevant[key]))
+        return total
+
+    return count(candidate), count(champion)

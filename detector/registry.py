@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from detector.config import DetectorConfig, RegistryConfig
+from detector.feedback import false_positive_counts
 from detector.models import make_model
 from detector.reader import SeriesKey
 from detector.scoring import score_online
@@ -222,8 +223,12 @@ class Decision:
 
 
 def gate(candidate: Validation, champion: Validation | None, settings: RegistryConfig,
-         champion_version: str | None, champion_manual: bool, champion_stale: bool) -> tuple[bool, str]:
-    """Whether a candidate replaces the champion, and why (the reason is logged as a tag)."""
+         champion_version: str | None, champion_manual: bool, champion_stale: bool,
+         false_positives: tuple[int, int] | None = None) -> tuple[bool, str]:
+    """Whether a candidate replaces the champion, and why (the reason is logged as a tag).
+
+    ``false_positives`` is operator feedback (docs/feedback.md): ``(candidate, champion)`` anomalies on
+    the validation window inside ``false_positive`` marks, ``None`` where there are no marks."""
     rule = settings.promotion
     if champion is None or champion_version is None:
         return True, "first version: no champion yet"
@@ -232,6 +237,9 @@ def gate(candidate: Validation, champion: Validation | None, settings: RegistryC
                        f"(or set registry.promotion.respect_manual: false)")
     if champion_stale:
         return True, f"champion v{champion_version} was fitted for another configuration"
+    if false_positives is not None and false_positives[0] > false_positives[1]:
+        return False, (f"flags {false_positives[0]} validation points marked false_positive, champion "
+                       f"v{champion_version} {false_positives[1]}")
     if rule.metric == "nab_score" and candidate.nab_score is not None and champion.nab_score is not None:
         if candidate.nab_score >= champion.nab_score - rule.tolerance:
             return True, (f"NAB score {candidate.nab_score:.2f} is no worse than champion v{champion_version}'s "
@@ -494,7 +502,7 @@ class Registry:
         self.ensure_model(name)
         champion_mv = self.champion_version(name)
         champion = self.load_version(name, champion_mv.version) if champion_mv is not None else None
-        candidate_val, champion_val = Validation(), None
+        candidate_val, champion_val, false_positives = Validation(), None, None
         incidents = self._incidents(bundle.query)
         if units:
             split = split_point(bundle, query.step, self.settings)
@@ -504,14 +512,18 @@ class Registry:
             if champion is not None:
                 champion_val = validate_models(champion.models, units, split, query.direction,
                                                query.min_deviation, incidents)
+            false_positives = false_positive_counts(self.config, bundle.query, bundle.model_name, units, split,
+                                                    validation_models, champion.models if champion else None)
         manual = champion_mv is not None and champion_mv.tags.get(TAG_MANUAL) == "true"
         stale = champion is not None and champion.config_hash != bundle.config_hash
         promoted, reason = gate(candidate_val, champion_val if champion is not None else None, self.settings,
-                                champion_mv.version if champion_mv else None, manual, stale)
+                                champion_mv.version if champion_mv else None, manual, stale, false_positives)
         metrics = {"fit_seconds": bundle.fit_seconds, "series": float(len(bundle.models)),
                    **candidate_val.metrics()}
         if champion_val is not None:
             metrics.update(champion_val.metrics("champion_validation_"))
+        if false_positives is not None:
+            metrics["validation_false_positives"], metrics["champion_validation_false_positives"] = false_positives
         tags = {TAG_DECISION: "champion" if promoted else "challenger", TAG_REASON: reason}
         began = time.perf_counter()
         run_id, version = self.log_fit(bundle, metrics, tags)

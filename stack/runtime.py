@@ -199,6 +199,8 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             f"--prometheus.url={layout.url('prometheus', ports)}",
             f"--web.listen-address={host}:{ports['detector']}",
             f"--set=state_dir={layout.detector_state}",
+            # its silences are feedback: known events stay out of training (docs/feedback.md)
+            *([f"--set=alertmanager.url={layout.url('alertmanager', ports)}"] if "alertmanager" in enabled else []),
         ], "/healthz")
     return children
 

@@ -116,3 +116,31 @@ def test_posted_marks_are_persisted_counted_and_keep_expected_points_out_of_anom
     again = start_detector(config, name="again")
     listed = requests.get(f"{again.url}/api/v1/feedback", timeout=10).json()["data"]
     assert created["id"] in {m["id"] for m in listed["marks"]}
+
+
+def test_the_registry_gate_refuses_a_candidate_that_flags_more_marked_false_positives(tmp_path):
+    from detector.models import make_model
+    from detector.registry import Validation, gate
+    from tests.detector.test_models import daily_series
+
+    frame = daily_series(3)
+    glitch = frame.index[-20]
+    frame.loc[glitch, "value"] += 40.0  # a sensor glitch the operator marked false_positive
+    split = frame.index[-100].timestamp()
+    config = validate(detector_config("http://127.0.0.1:9", tmp_path / "state", {"q": {"expr": "x"}}, maintenance=[
+        {"matchers": ['query="q"'], "start": _iso(glitch.timestamp() - 60), "end": _iso(glitch.timestamp() + 60),
+         "kind": "false_positive"}]))
+    key = (("gpu", "0"),)
+    train = frame[frame.index.asi8 / 1e9 < split]
+    touchy = {key: make_model("robust", {"window": 500, "k": 3.0}).fit(train)}
+    lenient = {key: make_model("robust", {"window": 500, "k": 100.0}).fit(train)}
+    from detector.feedback import false_positive_counts
+
+    counts = false_positive_counts(config, "q", "robust", {key: frame}, split, touchy, lenient)
+    assert counts == (1, 0)
+    assert false_positive_counts(config, "q", "seasonal", {key: frame}, split, touchy, None) is None
+    settings = config.registry
+    promoted, reason = gate(Validation(100, 1), Validation(100, 1), settings, "3", False, False, counts)
+    assert not promoted and "marked false_positive" in reason
+    assert gate(Validation(100, 1), Validation(100, 1), settings, "3", False, False, None)[0]
+    assert gate(Validation(100, 1), Validation(100, 1), settings, "3", False, False, (0, 2))[0]
