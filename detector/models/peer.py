@@ -25,13 +25,12 @@ RESULT_COLUMNS = ["expected", "lower", "upper", "score", "top_features"]
 
 
 def split_column(column: str) -> tuple[str, str]:
-    """``metric{a=1,b=2}`` -> ``("metric", "a=1,b=2")``; ``a=1`` -> ``("", "a=1")``; ``metric`` -> ``("metric", "")``."""
+    """``metric{a=1,b=2}`` -> ``("metric", "a=1,b=2")``; ``a=1`` -> ``("", "a=1")``; a plain name is a
+    member of its own (``gpu0`` -> ``("", "gpu0")``: the ad-hoc API's ``{member: values}``)."""
     if column.endswith("}") and "{" in column:
         metric, _, inner = column[:-1].partition("{")
         return metric, inner
-    if "=" in column:
-        return "", column
-    return column, ""
+    return "", column
 
 
 _PAIR_START = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
@@ -39,8 +38,8 @@ _PAIR_START = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
 def member_labels(member: str) -> dict[str, str]:
     """The labels of a member id (``a=1,b=x,y``): split at commas that start a new ``name=``."""
-    if not member:
-        return {}
+    if "=" not in member:
+        return {"member": member} if member else {}
     return dict(part.split("=", 1) for part in _PAIR_START.split(member))
 
 
