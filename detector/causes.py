@@ -328,8 +328,9 @@ class CauseFinder:
 # --------------------------------------------------------------------------- metric families
 
 
-def _families(name: str, help_text: str, rows: Iterable[tuple[dict[str, str], float]]) -> Iterable[Metric]:
-    """One family object per label-name set, merged under one name (queries differ in their labels)."""
+def merged_gauge(name: str, help_text: str, rows: Iterable[tuple[dict[str, str], float]]) -> Iterable[Metric]:
+    """One gauge family for ``name`` from rows whose label names differ (queries differ in their labels):
+    one family per label-name set, merged, as the exposition format wants one HELP/TYPE per name."""
     merged: GaugeMetricFamily | None = None
     by_names: dict[tuple[str, ...], list[tuple[dict[str, str], float]]] = {}
     for labels, value in rows:
@@ -359,7 +360,7 @@ def top_feature_family(points: Iterable[ScoredPoint]) -> Iterable[Metric]:
     """``boxwatch_anomaly_top_feature{..., rank, feature} 1`` for the units whose last score names features."""
     rows = [(_with(point.labels, rank=str(rank), feature=feature), 1.0)
             for point in points for rank, feature in enumerate(point.top_features[:MAX_RANK], start=1)]
-    yield from _families("boxwatch_anomaly_top_feature",
+    yield from merged_gauge("boxwatch_anomaly_top_feature",
                          "Features (or peer-group members) that drove the unit's last score, rank 1 the strongest.",
                          rows)
 
@@ -368,7 +369,7 @@ def cause_family(current: Iterable[tuple[Labels, list[Cause]]]) -> Iterable[Metr
     """``boxwatch_anomaly_cause{..., rank, cause} 1`` for the units in an anomalous run."""
     rows = [(_with(labels, rank=str(rank), cause=cause.cause), 1.0)
             for labels, causes in current for rank, cause in enumerate(causes, start=1)]
-    yield from _families("boxwatch_anomaly_cause",
+    yield from merged_gauge("boxwatch_anomaly_cause",
                          "Related signals of the same GPU, container or journal unit while it scores above the "
                          "threshold (docs/causes.md), rank 1 the strongest.", rows)
 

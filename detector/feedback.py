@@ -124,6 +124,7 @@ class Feedback:
         self.alertmanager_errors = 0
         self.false_positives: dict[tuple[str, str], int] = {}
         self.excluded: dict[str, dict[str, Any]] = {}
+        self._parsed_config: tuple[Any, list[Mark]] = (None, [])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -149,7 +150,10 @@ class Feedback:
         return marks
 
     def _config_marks(self) -> list[Mark]:
-        return [_window_mark(w, i) for i, w in enumerate(self._config().maintenance)]
+        windows = self._config().maintenance
+        if self._parsed_config[0] is not windows:  # parsed once per configuration (a reload replaces it)
+            self._parsed_config = (windows, [_window_mark(w, i) for i, w in enumerate(windows)])
+        return self._parsed_config[1]
 
     def marks(self) -> list[Mark]:
         with self._lock:

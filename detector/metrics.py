@@ -14,7 +14,7 @@ from prometheus_client.core import (
 )
 
 from detector import __version__
-from detector.causes import cause_family, top_feature_family
+from detector.causes import cause_family, merged_gauge, top_feature_family
 from detector.causes import self_families as causes_self_families
 from detector.feedback import families as feedback_families
 from detector.service import CYCLE_BUCKETS, Detector
@@ -39,29 +39,11 @@ class DetectorCollector:
         yield from feedback_families(self._detector.feedback)
 
     def _scores(self) -> Iterable[Metric]:
-        snapshot = self._detector.snapshot()
-        families = {column: {} for column in SCORE_FAMILIES}
-        for points in snapshot.values():
-            for point in points:
-                names = tuple(name for name, _ in point.labels)
-                for column in SCORE_FAMILIES:
-                    value = point.field_value(column)
-                    if present(value):
-                        families[column].setdefault(names, []).append(([v for _, v in point.labels], value))
+        # Series of different queries have different label names: merged_gauge makes one family per name.
+        points = [point for points in self._detector.snapshot().values() for point in points]
         for column, (name, help_text) in SCORE_FAMILIES.items():
-            # Series of different queries have different label names: one family object per label set,
-            # all with the same name, is what the exposition format expects (one HELP/TYPE per name).
-            family = None
-            for names, samples in families[column].items():
-                part = GaugeMetricFamily(name, help_text, labels=list(names))
-                for values, value in samples:
-                    part.add_metric(values, value)
-                if family is None:
-                    family = part
-                else:
-                    family.samples.extend(part.samples)
-            if family is not None:
-                yield family
+            yield from merged_gauge(name, help_text, [(dict(p.labels), p.field_value(column)) for p in points
+                                                      if present(p.field_value(column))])
 
     def _self_metrics(self) -> Iterable[Metric]:
         detector = self._detector

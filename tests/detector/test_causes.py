@@ -1,4 +1,4 @@
-"""Cause hints and top features as metrics, through the running detector against a real Prometheus."""
+"""Cause hints, through the running detector against a real Prometheus (top features as series: test_service)."""
 
 from __future__ import annotations
 
@@ -71,31 +71,6 @@ def test_an_overheating_gpu_is_published_with_its_xid_and_throttle_as_causes(
     xid = hot[-1]["causes"][0]
     assert xid["kind"] == "xid" and "fallen off the bus" in xid["detail"] and "00000000:01:00.0" in xid["detail"]
     assert all(not a["causes"] for a in anomalies if a["labels"]["gpu"] == "1")
-
-
-def test_top_features_of_a_multivariate_model_become_ranked_series(history_prometheus, start_detector, tmp_path):
-    now = time.time()
-    series = {}
-    for gpu in ("0", "1"):
-        temp = wave(now - 7200, now, STEP, base=60, seed=int(gpu))
-        if gpu == "1":
-            temp = [(t, v + (30.0 if t > now - 60 else 0.0)) for t, v in temp]
-        series[("mv_temp", (("gpu", gpu),))] = temp
-        series[("mv_power", (("gpu", gpu),))] = wave(now - 7200, now, STEP, base=200, amplitude=20, noise=5,
-                                                     seed=10 + int(gpu))
-    prom = history_prometheus(series)
-    config = detector_config(prom.url, tmp_path / "state", {"gpu": {
-        "expr": '{__name__=~"mv_temp|mv_power"}', "step": f"{STEP}s", "fit_window": "1h", "fit_every": "1h",
-        "infer_every": "1s", "model": "iforest", "group_by": ["gpu"]}})
-    detector = start_detector(config)
-
-    def tops() -> dict[str, str]:
-        return {s.labels["rank"]: s.labels["feature"] for s in detector.samples("boxwatch_anomaly_top_feature")
-                if s.labels["gpu"] == "1" and s.labels["model"] == "iforest"}
-    detector.wait_for(lambda: "1" in tops(), timeout=60, what="GPU 1's top feature exported")
-    assert tops()["1"] == "mv_temp" and set(tops()) <= {"1", "2", "3"}
-    sample = next(s for s in detector.samples("boxwatch_anomaly_top_feature") if s.labels["gpu"] == "1")
-    assert set(sample.labels) == {"gpu", "query", "model", "rank", "feature"} and sample.value == 1.0
 
 
 def test_a_failing_cause_query_is_counted_and_never_raises():

@@ -231,6 +231,14 @@ def test_multivariate_query_scores_each_entity_and_names_the_features(history_pr
     forest = [a for a in anomalies if a["model"] == "iforest"]
     assert forest and {a["labels"]["gpu"] for a in forest} == {"1"}
     assert forest[-1]["top_features"][0] == "mv_temp"
+    # ... and as ranked series, for dashboards and the alert's description
+    def tops() -> dict[str, str]:
+        return {s.labels["rank"]: s.labels["feature"] for s in detector.samples("boxwatch_anomaly_top_feature")
+                if s.labels["gpu"] == "1"}
+    detector.wait_for(lambda: "1" in tops(), what="GPU 1's top feature exported")
+    assert tops()["1"] == "mv_temp" and set(tops()) <= {"1", "2", "3"}
+    sample = next(s for s in detector.samples("boxwatch_anomaly_top_feature") if s.labels["gpu"] == "1")
+    assert set(sample.labels) == {"gpu", "query", "model", "rank", "feature"} and sample.value == 1.0
 
     # A feature series of GPU 1 vanishes: its forest cannot score it any more. That is counted and
     # logged, and GPU 0 goes on being scored.

@@ -192,5 +192,18 @@ def test_demo_anomaly_score_crosses_1_and_the_alert_reaches_the_webhook(tmp_path
         assert all(a["status"] == "firing" and a["labels"]["severity"] == "warning" for a in alerts)
         assert "runbook_url" in alerts[0]["annotations"]
         assert "AnomalyScoreHigh" in (stack.state_dir / "logs" / "webhook.log").read_text()
+
+        # The overheating GPU's alert names its causes: the Xid 79 (joined through pci_bus_id) and the
+        # thermal throttling, found by the detector around the anomaly (docs/causes.md).
+        def explained():
+            return [a for a in anomaly_alerts() if a["labels"].get("gpu") == "0"
+                    and "Xid 79 gpu_fallen_off_bus" in a["annotations"]["description"]
+                    and "thermal_slowdown" in a["annotations"]["description"]]
+        hinted = _wait(explained, 300, "gpu 0's AnomalyScoreHigh with its causes delivered to the webhook")
+        assert "Likely causes: Xid 79 gpu_fallen_off_bus" in hinted[0]["annotations"]["description"]
+        detector = f"http://127.0.0.1:{stack.ports['detector']}"
+        records = requests.get(f"{detector}/api/v1/anomalies", timeout=10).json()["data"]
+        causes = {c["cause"] for r in records if r["labels"].get("gpu") == "0" for c in r["causes"]}
+        assert "Xid 79 gpu_fallen_off_bus" in causes
     finally:
         stack.stop()
