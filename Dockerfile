@@ -43,6 +43,7 @@ RUN touch constraints.txt \
 
 # README.md is optional here (pyproject.toml always matches, so the pattern may match nothing).
 COPY pyproject.toml README.m[d] ./
+COPY boxwatch/ boxwatch/
 COPY exporters/ exporters/
 COPY detector/ detector/
 COPY stack/ stack/
