@@ -100,7 +100,7 @@ class ReaderConfig(_Strict):
 class ModelPreset(_Strict):
     """A named model configuration that queries can refer to (``queries.X.model``)."""
 
-    name: str = Field(description="Registered model name: robust, seasonal, iforest.")
+    name: str = Field(description="Registered model name: robust, seasonal, iforest, peer.")
     params: dict[str, Any] = Field(default_factory=dict, description="Model constructor parameters.")
 
 
