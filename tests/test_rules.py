@@ -151,6 +151,8 @@ def test_alert_matches_the_thresholds_file(rule):
         f"{name}.{severity}: {expr!r} does not compare with {threshold}")
     if "selector" in entry:
         assert entry["selector"] in expr, f"{name}.{severity}: selector {entry['selector']} not in {expr!r}"
+    if "margin" in entry:  # relative to the card's own limit; `threshold` is then the fallback
+        assert re.search(rf"_celsius - {entry['margin']}\)", expr), f"{name}.{severity}: margin not in {expr!r}"
 
 
 def test_thresholds_file_lists_only_existing_alerts():
