@@ -117,7 +117,7 @@ def test_recording_rule_names_are_level_metric_operations():
     for name in records:
         assert RECORD_NAME.match(name), f"{name} is not level:metric:operations"
         level, metric, _ = name.split(":")
-        assert metric.startswith("boxwatch_") and not metric.endswith("_total"), name
+        assert metric.startswith(("boxwatch_", "node_")) and not metric.endswith("_total"), name
 
 
 @pytest.mark.parametrize("rule", alerting_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
