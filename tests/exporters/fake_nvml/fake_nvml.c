@@ -409,41 +409,20 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(fake_gpu *g, unsigned int *
 
 /* ---------------------------------------------------------------- health: PCIe, memory, limits */
 
-nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(fake_gpu *g, unsigned int *gen) {
-    CHECK(g, gen);
-    *gen = g->link_gen;
-    return NVML_SUCCESS;
-}
+/* A query that answers one unsigned field of the fixture. */
+#define UINT_QUERY(function, field)                                   \
+    nvmlReturn_t function(fake_gpu *g, unsigned int *value) {         \
+        CHECK(g, value);                                              \
+        *value = g->field;                                            \
+        return NVML_SUCCESS;                                          \
+    }
 
-nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(fake_gpu *g, unsigned int *gen) {
-    CHECK(g, gen);
-    *gen = g->link_gen_max;
-    return NVML_SUCCESS;
-}
-
-nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(fake_gpu *g, unsigned int *width) {
-    CHECK(g, width);
-    *width = g->link_width;
-    return NVML_SUCCESS;
-}
-
-nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(fake_gpu *g, unsigned int *width) {
-    CHECK(g, width);
-    *width = g->link_width_max;
-    return NVML_SUCCESS;
-}
-
-nvmlReturn_t nvmlDeviceGetPcieReplayCounter(fake_gpu *g, unsigned int *count) {
-    CHECK(g, count);
-    *count = g->replays;
-    return NVML_SUCCESS;
-}
-
-nvmlReturn_t nvmlDeviceGetPerformanceState(fake_gpu *g, unsigned int *pstate) {
-    CHECK(g, pstate);
-    *pstate = g->pstate;
-    return NVML_SUCCESS;
-}
+UINT_QUERY(nvmlDeviceGetCurrPcieLinkGeneration, link_gen)
+UINT_QUERY(nvmlDeviceGetMaxPcieLinkGeneration, link_gen_max)
+UINT_QUERY(nvmlDeviceGetCurrPcieLinkWidth, link_width)
+UINT_QUERY(nvmlDeviceGetMaxPcieLinkWidth, link_width_max)
+UINT_QUERY(nvmlDeviceGetPcieReplayCounter, replays)
+UINT_QUERY(nvmlDeviceGetPerformanceState, pstate)
 
 nvmlReturn_t nvmlDeviceGetTemperatureThreshold(fake_gpu *g, int threshold, unsigned int *temp) {
     CHECK(g, temp);
