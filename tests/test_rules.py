@@ -28,7 +28,7 @@ DURATION = re.compile(r"^(\d+)([smhd])$")
 # Alerts on 0/1 gauges: their value says nothing, so their description need not show it.
 VALUE_IS_A_FLAG = {"BoxwatchDetectorDown", "BoxwatchExporterDown", "GpuThermalThrottling", "ContainerUnhealthy",
                    "BoxwatchModelDriftDetected", "BoxwatchRegistryUnavailable", "BoxwatchCollectorFailing", "GpuLost",
-                   "ContainerOomKilled", ("GpuPowerThrottling", "critical")}
+                   "ContainerOomKilled", ("GpuPowerThrottling", "critical"), "GpuMemoryDegraded"}
 
 
 def rule_files() -> list[Path]:
