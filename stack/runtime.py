@@ -88,7 +88,7 @@ def default_config_dir() -> Path:
     return here if (here / "prometheus" / "prometheus.yml").exists() else Path.cwd()
 
 
-def find_binary(*names: str, package: str = "prometheus prometheus-alertmanager") -> str:
+def find_binary(*names: str, package: str = "prometheus prometheus-alertmanager", hint: str = "") -> str:
     for name in names:
         path = shutil.which(name) or next(
             (str(p) for p in (Path("/usr/bin") / name, Path("/usr/sbin") / name) if p.exists()), None
@@ -97,7 +97,7 @@ def find_binary(*names: str, package: str = "prometheus prometheus-alertmanager"
             return path
     raise StackError(
         f"none of {', '.join(names)} found on PATH or in /usr/bin; on Debian/Ubuntu install them with "
-        f"`sudo apt-get install --no-install-recommends {package}` (or run scripts/setup.sh)"
+        f"`sudo apt-get install --no-install-recommends {package}` (or run scripts/setup.sh){hint}"
     )
 
 
@@ -197,7 +197,8 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
     add("webhook", [*python, "stack", "webhook", f"--listen={host}:{ports['webhook']}"], "/healthz")
     if "node" in enabled:
         add("node", [
-            find_binary("prometheus-node-exporter", "node_exporter", package="prometheus-node-exporter"),
+            find_binary("prometheus-node-exporter", "node_exporter", package="prometheus-node-exporter",
+                        hint="; or start the stack without host metrics: --without node"),
             f"--web.listen-address={host}:{ports['node']}",
             *node_exporter_flags(),
         ], "/")
