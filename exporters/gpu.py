@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from types import ModuleType
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
+from exporters.cgroups import ContainerNames, container_of_pid
 from exporters.server import Source, add_collector_flag, kv
 
 log = logging.getLogger("boxwatch.gpu")
@@ -62,7 +64,21 @@ _UNSUPPORTED = {_NOT_SUPPORTED, _FUNCTION_NOT_FOUND}
 _GPU_FATAL = {15, 16, 28}  # GPU_IS_LOST, RESET_REQUIRED, GPU_NOT_FOUND
 _DRIVER_FATAL = {1, 9, 18}  # UNINITIALIZED, DRIVER_NOT_LOADED, LIB_RM_VERSION_MISMATCH
 
+# NVML perf policies (nvmlPerfPolicyType_t) whose violation time is exported, by label value.
+VIOLATION_POLICIES: tuple[tuple[str, int], ...] = (
+    ("power", 0),
+    ("thermal", 1),
+    ("sync_boost", 2),
+    ("board_limit", 3),
+    ("low_utilization", 4),
+    ("reliability", 5),
+)
+_PSTATE_UNKNOWN = 32
+_FI_DEV_MEMORY_TEMP = 82  # NVML_FI_DEV_MEMORY_TEMP (nvml.h field id)
+
 OTHER_PROCESSES = "other"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+ProcessKey = tuple[str, str, str]  # process name, container, compose_service
 UNKNOWN = "unknown"
 
 
@@ -93,7 +109,11 @@ class GpuReading:
     throttle_mask: int | None = None
     pcie: dict[str, float] = field(default_factory=dict)
     ecc: dict[str, float] = field(default_factory=dict)
-    processes: list[tuple[str, float]] = field(default_factory=list)
+    pcie_replays: float | None = None
+    violation_seconds: dict[str, float] = field(default_factory=dict)  # policy -> seconds
+    retired_pages: dict[str, float] = field(default_factory=dict)  # cause -> pages
+    remapped_rows: dict[str, float] = field(default_factory=dict)  # correctable/uncorrectable -> rows
+    processes: list[tuple[ProcessKey, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,9 +152,12 @@ class GpuReader:
     """Reads one GPU through the pynvml module, classifying every NVML error."""
 
     def __init__(self, nvml: ModuleType, procfs: Path, processes: bool, max_processes: int,
-                 ecc_counter: str, on_error: Callable[[GpuIdentity, str, Exception], None]):
+                 ecc_counter: str, on_error: Callable[[GpuIdentity, str, Exception], None],
+                 containers: ContainerNames | None = None):
         self._nv = nvml
         self._procfs = procfs
+        self._containers = containers
+        self.container_ids: set[str] = set()  # containers seen in this poll
         self._processes = processes
         self._max_processes = max_processes
         self._ecc_counter = nvml.NVML_AGGREGATE_ECC if ecc_counter == "aggregate" else nvml.NVML_VOLATILE_ECC
@@ -187,8 +210,65 @@ class GpuReader:
                                handle, error_type, self._ecc_counter)
             if count is not None:
                 r.ecc[kind] = float(count)
+        self._fill_health(handle, r)
         if self._processes:
             r.processes = self._process_memory(handle, ident)
+
+    def _fill_health(self, handle: object, r: GpuReading) -> None:
+        """PCIe link, memory repair, limits and time spent below target clocks (dcgm-exporter's
+        health fields); each one only where the card supports it."""
+        nv, ident = self._nv, r.identity
+        for key, fn in (("pcie_link_gen", nv.nvmlDeviceGetCurrPcieLinkGeneration),
+                        ("pcie_link_gen_max", nv.nvmlDeviceGetMaxPcieLinkGeneration),
+                        ("pcie_link_width", nv.nvmlDeviceGetCurrPcieLinkWidth),
+                        ("pcie_link_width_max", nv.nvmlDeviceGetMaxPcieLinkWidth)):
+            self._gauge(r, key, 1.0, fn, handle)
+        replays = self.call(ident, "pcie_replay", nv.nvmlDeviceGetPcieReplayCounter, handle)
+        if replays is not None:
+            r.pcie_replays = float(replays)
+        pstate = self.call(ident, "performance_state", nv.nvmlDeviceGetPerformanceState, handle)
+        if pstate is not None and pstate != _PSTATE_UNKNOWN:
+            r.gauges["performance_state"] = float(pstate)
+        for key, threshold in (("shutdown_temperature", nv.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
+                               ("slowdown_temperature", nv.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)):
+            self._gauge(r, key, 1.0, nv.nvmlDeviceGetTemperatureThreshold, handle, threshold)
+        memory_temperature = self._field_value(ident, "memory_temperature", handle, _FI_DEV_MEMORY_TEMP)
+        if memory_temperature is not None:
+            r.gauges["memory_temperature"] = memory_temperature
+        for policy, policy_type in VIOLATION_POLICIES:
+            violation = self.call(ident, f"violation_{policy}", nv.nvmlDeviceGetViolationStatus, handle, policy_type)
+            if violation is not None:
+                r.violation_seconds[policy] = violation.violationTime / 1e9  # ns
+        self._memory_repair(handle, r)
+
+    def _memory_repair(self, handle: object, r: GpuReading) -> None:
+        """Row remapping (Ampere and later) or page retirement (earlier data-centre cards)."""
+        nv, ident = self._nv, r.identity
+        rows = self.call(ident, "remapped_rows", nv.nvmlDeviceGetRemappedRows, handle)
+        if rows is not None:
+            correctable, uncorrectable, pending, failed = rows
+            r.remapped_rows = {"correctable": float(correctable), "uncorrectable": float(uncorrectable)}
+            r.gauges["row_remap_pending"] = 1.0 if pending else 0.0
+            r.gauges["row_remap_failed"] = 1.0 if failed else 0.0
+            return
+        for cause, source in (("single_bit_ecc", nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+                              ("double_bit_ecc", nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)):
+            pages = self.call(ident, f"retired_pages_{cause}", nv.nvmlDeviceGetRetiredPages, handle, source)
+            if pages is not None:
+                r.retired_pages[cause] = float(len(pages))
+        pending = self.call(ident, "retired_pages_pending", nv.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+        if pending is not None:
+            r.gauges["retired_pages_pending"] = 1.0 if pending else 0.0
+
+    def _field_value(self, ident: GpuIdentity, what: str, handle: object, field_id: int) -> float | None:
+        """One NVML field value (nvmlDeviceGetFieldValues); each field has its own return code."""
+        values = self.call(ident, what, self._nv.nvmlDeviceGetFieldValues, handle, [field_id])
+        if not values:
+            return None
+        value = values[0]
+        if value.nvmlReturn != self._nv.NVML_SUCCESS:
+            return self._failed(ident, what, self._nv.NVMLError(value.nvmlReturn))
+        return float(_field_number(self._nv, value))
 
     def _gauge(self, r: GpuReading, key: str, scale: float, fn: Callable, *args: object) -> None:
         value = self.call(r.identity, key, fn, *args)
@@ -209,15 +289,24 @@ class GpuReader:
                 return self._failed(ident, what, err)
         return None
 
-    def _process_memory(self, handle: object, ident: GpuIdentity) -> list[tuple[str, float]]:
+    def _process_memory(self, handle: object, ident: GpuIdentity) -> list[tuple[ProcessKey, float]]:
         procs = self.call(ident, "processes", self._nv.nvmlDeviceGetComputeRunningProcesses, handle)
-        by_name: dict[str, float] = {}
+        by_key: dict[ProcessKey, float] = {}
         for proc in procs or ():
             if proc.usedGpuMemory is None:  # not available (e.g. Windows WDDM)
                 continue
-            name = process_name(self._procfs, proc.pid)
-            by_name[name] = by_name.get(name, 0.0) + float(proc.usedGpuMemory)
-        return top_processes(by_name, self._max_processes)
+            key = (process_name(self._procfs, proc.pid), *self._container(proc.pid))
+            by_key[key] = by_key.get(key, 0.0) + float(proc.usedGpuMemory)
+        return top_processes(by_key, self._max_processes)
+
+    def _container(self, pid: int) -> tuple[str, str]:
+        """(container name, compose service) of ``pid``; empty for a host process."""
+        ref = container_of_pid(self._procfs, pid)
+        if ref is None or self._containers is None:
+            return ("", "") if ref is None else (ref.short_id, "")
+        self.container_ids.add(ref.id)
+        labels = self._containers.labels(ref)
+        return labels.name, labels.compose_service
 
     def call(self, ident: GpuIdentity, what: str, fn: Callable, *args: object):
         """``fn(*args)``, or None if unsupported or failed (counted); raises GpuFailed / DriverFailed."""
@@ -252,13 +341,23 @@ def process_name(procfs: Path, pid: int) -> str:
         return UNKNOWN
 
 
-def top_processes(by_name: dict[str, float], limit: int) -> list[tuple[str, float]]:
-    """The ``limit`` largest names by memory; the rest summed under "other" (bounded cardinality)."""
-    ranked = sorted(by_name.items(), key=lambda item: (-item[1], item[0]))
+def top_processes(by_key: dict[ProcessKey, float], limit: int) -> list[tuple[ProcessKey, float]]:
+    """The ``limit`` largest (process, container) keys by memory; the rest summed under process
+    "other", outside any container (bounded cardinality)."""
+    ranked = sorted(by_key.items(), key=lambda item: (-item[1], item[0]))
     top, rest = ranked[:limit], ranked[limit:]
     if rest:
-        top.append((OTHER_PROCESSES, sum(used for _, used in rest)))
+        top.append(((OTHER_PROCESSES, "", ""), sum(used for _, used in rest)))
     return sorted(top)
+
+
+def _field_number(nv: ModuleType, value: object) -> float:
+    """The number in an nvmlFieldValue_t, read from the union member its valueType names."""
+    member = {nv.NVML_VALUE_TYPE_DOUBLE: "dVal", nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+              nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+              nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal", nv.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+              nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}.get(value.valueType, "uiVal")
+    return float(getattr(value.value, member))
 
 
 def _text(value: object) -> str:
@@ -276,6 +375,7 @@ class PollerConfig:
     ecc_counter: str = "volatile"
     devices: tuple[str, ...] = ()  # indexes or UUIDs; empty: all
     procfs: Path = Path("/proc")
+    docker_host: str | None = None  # names the containers of GPU processes; None: short ids only
     retry_initial: float = 1.0
     retry_max: float = 60.0
 
@@ -295,6 +395,7 @@ class NvmlPoller:
         self._last_init_error: str | None = None
         self._retry_delay = config.retry_initial
         self._snapshot: Snapshot | None = None
+        self._containers = ContainerNames(config.docker_host) if config.docker_host else None
         self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nvml-poller", daemon=True)
@@ -344,7 +445,8 @@ class NvmlPoller:
     def _poll(self) -> None:
         start = self._clock()
         reader = GpuReader(self._nv, self._config.procfs, self._config.processes,
-                           self._config.max_processes, self._config.ecc_counter, self._count_error)
+                           self._config.max_processes, self._config.ecc_counter, self._count_error,
+                           self._containers)
         readings = []
         try:
             for device in self._devices:
@@ -360,6 +462,8 @@ class NvmlPoller:
                                    errors=self._error_counts()))
             return
         self._note_transitions(readings)
+        if self._containers is not None:
+            self._containers.keep_only(reader.container_ids)
         end = self._clock()
         self._publish(Snapshot(nvml_up=True, taken_at=end, poll_duration=end - start,
                                driver_version=self._driver_version, gpus=tuple(readings),
@@ -505,6 +609,28 @@ _GAUGES: tuple[tuple[str, str, str], ...] = (
      "Intended fan speed as a fraction of the maximum (may exceed 1 on some boards)."),
     ("sm_clock", "boxwatch_gpu_sm_clock_hertz", "Current SM (streaming multiprocessor) clock."),
     ("memory_clock", "boxwatch_gpu_memory_clock_hertz", "Current memory clock."),
+    ("memory_temperature", "boxwatch_gpu_memory_temperature_celsius",
+     "Device memory (HBM) temperature, where the card has a sensor for it."),
+    ("slowdown_temperature", "boxwatch_gpu_slowdown_temperature_celsius",
+     "This card's temperature at which the GPU starts slowing its clocks (NVML slowdown threshold)."),
+    ("shutdown_temperature", "boxwatch_gpu_shutdown_temperature_celsius",
+     "This card's temperature at which the GPU shuts down (NVML shutdown threshold)."),
+    ("performance_state", "boxwatch_gpu_performance_state",
+     "Performance state: 0 (P0, maximum performance) to 15 (P15, minimum)."),
+    ("pcie_link_gen", "boxwatch_gpu_pcie_link_generation",
+     "Current PCIe link generation (drops at idle to save power; compare under load)."),
+    ("pcie_link_gen_max", "boxwatch_gpu_pcie_link_generation_max",
+     "Highest PCIe link generation this GPU and the slot support."),
+    ("pcie_link_width", "boxwatch_gpu_pcie_link_width",
+     "Current PCIe link width (lanes)."),
+    ("pcie_link_width_max", "boxwatch_gpu_pcie_link_width_max",
+     "Widest PCIe link this GPU and the slot support (lanes)."),
+    ("row_remap_pending", "boxwatch_gpu_row_remap_pending",
+     "1 if remapped memory rows wait for a GPU reset to take effect (row remapping cards)."),
+    ("row_remap_failed", "boxwatch_gpu_row_remap_failed",
+     "1 if a row remapping failed: the memory cannot be repaired (row remapping cards)."),
+    ("retired_pages_pending", "boxwatch_gpu_retired_pages_pending",
+     "1 if retired memory pages wait for a driver reload (page retirement cards)."),
 )
 
 
@@ -574,10 +700,23 @@ class GpuCollector:
                                  labels=[*GPU_LABELS, "direction"])
         ecc = CounterMetricFamily("boxwatch_gpu_ecc_errors", "ECC memory errors (see --gpu.ecc-counter).",
                                   labels=[*GPU_LABELS, "type"])
+        replays = CounterMetricFamily("boxwatch_gpu_pcie_replay_errors",
+                                      "PCIe packets the GPU had to resend (replays): a bad link or riser.",
+                                      labels=GPU_LABELS)
+        violation = CounterMetricFamily("boxwatch_gpu_violation_seconds",
+                                        "Time the GPU's clocks were held below their target by this policy "
+                                        "(NVML violation status).", labels=[*GPU_LABELS, "policy"])
+        retired = GaugeMetricFamily("boxwatch_gpu_retired_pages",
+                                    "Memory pages retired, by cause (page retirement cards).",
+                                    labels=[*GPU_LABELS, "cause"])
+        remapped = GaugeMetricFamily("boxwatch_gpu_remapped_rows",
+                                     "Memory rows remapped, by the kind of error that caused it (row remapping "
+                                     "cards).", labels=[*GPU_LABELS, "type"])
         procs = GaugeMetricFamily("boxwatch_gpu_process_memory_used_bytes",
-                                  "Device memory used by compute processes, per executable name "
-                                  "(top --gpu.max-processes, the rest as process=\"other\").",
-                                  labels=[*GPU_LABELS, "process"])
+                                  "Device memory used by compute processes, per executable name and "
+                                  "container (top --gpu.max-processes, the rest as process=\"other\"); "
+                                  "container is empty for host processes.",
+                                  labels=[*GPU_LABELS, "process", "container", "compose_service"])
         for reading in sorted(gpus, key=lambda g: g.identity.index):
             labels = reading.identity.labels()
             up.add_metric(labels, 1.0 if reading.up and not stale else 0.0)
@@ -596,9 +735,18 @@ class GpuCollector:
                 pcie.add_metric([*labels, direction], value)
             for kind, value in sorted(reading.ecc.items()):
                 ecc.add_metric([*labels, kind], value)
-            for name, used in reading.processes:
-                procs.add_metric([*labels, name], used)
-        families = [up, info, *gauges.values(), energy, throttle, pcie, ecc, procs]
+            if reading.pcie_replays is not None:
+                replays.add_metric(labels, reading.pcie_replays)
+            for policy, value in reading.violation_seconds.items():
+                violation.add_metric([*labels, policy], value)
+            for cause, value in reading.retired_pages.items():
+                retired.add_metric([*labels, cause], value)
+            for kind, value in reading.remapped_rows.items():
+                remapped.add_metric([*labels, kind], value)
+            for key, used in reading.processes:
+                procs.add_metric([*labels, *key], used)
+        families = [up, info, *gauges.values(), energy, throttle, pcie, ecc, replays, violation, retired, remapped,
+                    procs]
         yield from (family for family in families if family.samples)  # no HELP/TYPE without samples
 
 
@@ -654,6 +802,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=60.0, metavar="SECONDS",
                         help="when NVML cannot be initialised (no driver), retry with exponential "
                              "backoff from 1 s up to this interval (default: %(default)s)")
+    parser.add_argument("--docker.host", dest="docker_host",
+                        default=os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST, metavar="URL",
+                        help="Docker Engine API asked for the name and compose service of a container "
+                             "that runs a GPU process (found through /proc/PID/cgroup), as the "
+                             "containers exporter labels it; \"\" to label containers by short id only "
+                             f"(default: $DOCKER_HOST, else {DEFAULT_DOCKER_HOST})")
     parser.add_argument("--path.procfs", dest="path_procfs", type=Path, default=Path("/proc"), metavar="PATH",
                         help="procfs mount point used to name GPU processes by PID; NVML reports host "
                              "PIDs (default: %(default)s)")
@@ -668,6 +822,7 @@ def create(args: argparse.Namespace) -> Source:
         ecc_counter=args.gpu_ecc_counter,
         devices=tuple(args.gpu_devices),
         procfs=args.path_procfs,
+        docker_host=args.docker_host or None,
         retry_initial=min(1.0, args.gpu_init_retry_max),
         retry_max=args.gpu_init_retry_max,
     )

@@ -144,6 +144,12 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict], ite
 # ----------------------------------------------------------------------------- dashboards
 
 INSTANCE = 'instance=~"$instance"'
+NODE = 'instance=~"$node"'
+FILESYSTEMS = 'fstype!~"tmpfs|ramfs|squashfs"'
+CPU_TEMPERATURE = (  # as the recording rule instance:node_cpu_temperature_celsius:max, raw for backfills
+    f'max by (instance) (node_hwmon_temp_celsius{{{NODE}}} and on (instance, chip) '
+    f'node_hwmon_chip_names{{chip_name=~"coretemp|k10temp|zenpower"}}) '
+    f'or max by (instance) (node_thermal_zone_temp{{{NODE}, type=~"x86_pkg_temp|cpu[-_]thermal|soc[-_]thermal"}})')
 
 
 def anomaly_overview() -> dict:
@@ -248,8 +254,12 @@ def gpus() -> dict:
         (timeseries("Memory used", [(f"boxwatch_gpu_memory_used_bytes{{{sel}}}", legend + " used"),
                                     (f"boxwatch_gpu_memory_total_bytes{{{sel}}}", legend + " total")],
                     unit="bytes", min_=0), 12, 8),
-        (timeseries("Temperature", [(f"boxwatch_gpu_temperature_celsius{{{sel}}}", legend)], unit="celsius",
-                    thresholds=[(83, "orange"), (90, "red")], fill=0), 12, 8),
+        (timeseries("Temperature and the card's slowdown temperature",
+                    [(f"boxwatch_gpu_temperature_celsius{{{sel}}}", legend),
+                     (f"boxwatch_gpu_slowdown_temperature_celsius{{{sel}}}", legend + " slowdown")],
+                    unit="celsius", fill=0,
+                    description="GpuTemperatureHigh fires 10 °C (warning) and 3 °C (critical) under the card's own "
+                                "slowdown temperature."), 12, 8),
         (timeseries("Power draw and limit", [(f"boxwatch_gpu_power_watts{{{sel}}}", legend + " draw"),
                                              (f"boxwatch_gpu_power_limit_watts{{{sel}}}", legend + " limit")],
                     unit="watt", min_=0, fill=0), 12, 8),
@@ -268,12 +278,57 @@ def gpus() -> dict:
         (timeseries("PCIe throughput", [(f"boxwatch_gpu_pcie_throughput_bytes_per_second{{{sel}}}",
                                          legend + " {{direction}}")], unit="Bps"), 12, 8),
         (timeseries("Memory per process", [(f"boxwatch_gpu_process_memory_used_bytes{{{sel}}}",
-                                            legend + " {{process}}")], unit="bytes", stack=True), 12, 8),
+                                            legend + " {{process}} {{container}}")], unit="bytes", stack=True), 12, 8),
+        (timeseries("GPU memory per container", [(
+            f'sum by (instance, container, compose_service) (boxwatch_gpu_process_memory_used_bytes{{{sel}, '
+            f'container!=""}})', "{{container}}")], unit="bytes", stack=True,
+            description="Device memory of the compute processes in each container (found through their cgroup), "
+                        "named as on the Containers dashboard."), 12, 8),
+        (timeseries("PCIe link", [(f"boxwatch_gpu_pcie_link_width{{{sel}}}", legend + " width"),
+                                  (f"boxwatch_gpu_pcie_link_width_max{{{sel}}}", legend + " max width"),
+                                  (f"boxwatch_gpu_pcie_link_generation{{{sel}}}", legend + " gen")], fill=0,
+                    description="Lanes and generation of the link now, against the most the card and the slot "
+                                "support. The generation drops at idle to save power; a width under the maximum "
+                                "is a card that trained down (riser, slot, dirt)."), 12, 8),
+        (timeseries("Clocks held back", [(
+            f"rate(boxwatch_gpu_violation_seconds_total{{{sel}}}[$__rate_interval])", legend + " {{policy}}")],
+            unit="percentunit", min_=0, fill=0,
+            description="Fraction of the time the clocks were held below their target, per policy (NVML "
+                        "violation time): power, thermal, board limit, ..."), 12, 8),
+        (row("Host (node_exporter)"), 24, 1),
+        (stat("Uptime", f"min(time() - node_boot_time_seconds{{{NODE}}})", unit="s",
+              description="Since the last boot; HostUnexpectedReboot fires for an hour after a reboot."), 6, 4),
+        (stat("Hottest CPU sensor", f"max({CPU_TEMPERATURE})", unit="celsius",
+              thresholds=[(85, "orange"), (95, "red")]), 6, 4),
+        (stat("Memory pressure", f"max(rate(node_pressure_memory_waiting_seconds_total{{{NODE}}}[5m]))",
+              unit="percentunit", thresholds=[(0.1, "orange"), (0.2, "red")],
+              description="Share of the last 5 minutes some task waited for memory (PSI some)."), 6, 4),
+        (stat("Fans at 0 rpm", f"count(node_hwmon_fan_rpm{{{NODE}}} == 0) or vector(0)",
+              description="Fans reading 0 rpm now (zero-rpm idle modes included)."), 6, 4),
+        (timeseries("CPU temperature", [(CPU_TEMPERATURE, "{{instance}}")], unit="celsius", fill=0,
+                    thresholds=[(85, "orange"), (95, "red")],
+                    description="The hottest CPU sensor (hwmon coretemp/k10temp/zenpower, else the package "
+                                "thermal zone)."), 12, 8),
+        (timeseries("Fans", [(f"node_hwmon_fan_rpm{{{NODE}}}", "{{instance}} {{chip}} {{sensor}}")], unit="rpm",
+                    min_=0, fill=0), 12, 8),
+        (timeseries("Memory pressure (PSI)", [
+            (f"rate(node_pressure_memory_waiting_seconds_total{{{NODE}}}[$__rate_interval])", "{{instance}} some"),
+            (f"rate(node_pressure_memory_stalled_seconds_total{{{NODE}}}[$__rate_interval])", "{{instance}} full")],
+            unit="percentunit", min_=0, fill=0, thresholds=[(0.1, "orange"), (0.2, "red")],
+            description="Time some task (some) or every task (full) waited for memory."), 12, 8),
+        (timeseries("Disk free and its 24h forecast", [
+            (f"node_filesystem_avail_bytes{{{NODE}, {FILESYSTEMS}}}", "{{instance}} {{mountpoint}}"),
+            (f"predict_linear(node_filesystem_avail_bytes{{{NODE}, {FILESYSTEMS}}}[6h], 86400)",
+             "{{instance}} {{mountpoint}} in 24h")], unit="bytes", fill=0,
+            description="Free space, and where the last 6 hours' trend takes it in a day "
+                        "(HostFilesystemFillingUp)."), 12, 8),
     ]
     variables = [query_var("instance", "Host", "label_values(boxwatch_gpu_up, instance)"),
-                 query_var("gpu", "GPU", 'label_values(boxwatch_gpu_up{instance=~"$instance"}, gpu)')]
-    return dashboard("boxwatch-gpus", "boxwatch / GPUs", "NVML metrics per GPU: load, memory, heat, power, throttling.",
-                     variables, items)
+                 query_var("gpu", "GPU", 'label_values(boxwatch_gpu_up{instance=~"$instance"}, gpu)'),
+                 query_var("node", "node_exporter", "label_values(node_boot_time_seconds, instance)")]
+    return dashboard("boxwatch-gpus", "boxwatch / GPUs",
+                     "NVML metrics per GPU (load, memory, heat, power, throttling, PCIe) and the host under them "
+                     "(node_exporter: CPU heat, fans, memory pressure, disks).", variables, items)
 
 
 def containers() -> dict:

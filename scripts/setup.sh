@@ -3,7 +3,7 @@
 # with the package and its extras, and (for the tests) actionlint. Safe to run again: it only
 # installs what is missing.
 #
-#   scripts/setup.sh            # runtime: Prometheus, Alertmanager, the journal library, .venv
+#   scripts/setup.sh            # runtime: Prometheus, Alertmanager, node_exporter, the journal library, .venv
 #   scripts/setup.sh --test     # also what the test suite needs (docker.io, busybox, gcc, actionlint)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-runtime_pkgs=(prometheus prometheus-alertmanager libsystemd-dev pkg-config gcc python3-venv python3-dev)
+runtime_pkgs=(prometheus prometheus-alertmanager prometheus-node-exporter libsystemd-dev pkg-config gcc python3-venv python3-dev)
 test_pkgs=(docker.io busybox-static systemd-journal-remote docker-compose debootstrap nodejs npm)
 
 pkgs=("${runtime_pkgs[@]}")

@@ -86,14 +86,19 @@ class Gpu:
     memory_total: float
     power_limit: float
     pci_bus_id: str
+    slowdown_celsius: float
+    shutdown_celsius: float
+    container: tuple[str, str]  # (name, compose_service) of the container holding its process; "" for host
 
 
 GPUS = (
     Gpu("0", "GPU-5f3c0d6e-demo-0000-0000-3090a0000000", "NVIDIA GeForce RTX 3090", 24 * 2**30, 350.0,
-        "00000000:01:00.0"),
+        "00000000:01:00.0", 91.0, 98.0, ("ollama", "ollama")),
     Gpu("1", "GPU-8b21e4a7-demo-0000-0000-3060a0000001", "NVIDIA GeForce RTX 3060", 12 * 2**30, 170.0,
-        "00000000:02:00.0"),
+        "00000000:02:00.0", 95.0, 98.0, ("", "")),
 )
+CPUS = 2  # logical CPUs of the demo box's node_exporter series
+DISK_BYTES = 2e12
 
 CONTAINERS = (
     # name, image, compose_service, short id, memory limit (0 = none), healthcheck
@@ -276,9 +281,58 @@ class Scenario:
                 rate = np.abs(scale * load * (1 + 0.3 * self._n(key + direction, t)))
                 yield ("boxwatch_gpu_pcie_throughput_bytes_per_second", "gauge",
                        (*labels, ("direction", direction)), np.round(rate, -3))
-            yield ("boxwatch_gpu_process_memory_used_bytes", "gauge", (*labels, ("process", process)),
-                   np.round(np.maximum(proc_mem, 0.0)))
+            yield ("boxwatch_gpu_process_memory_used_bytes", "gauge",
+                   (*labels, ("process", process), ("container", gpu.container[0]),
+                    ("compose_service", gpu.container[1])), np.round(np.maximum(proc_mem, 0.0)))
+            yield from self._gpu_health(t, labels, util, power >= 0.95 * gpu.power_limit, thermal_sw, gpu)
         yield "boxwatch_nvml_up", "gauge", (), np.ones_like(t)
+
+    def _gpu_health(self, t: np.ndarray, labels: Labels, util: np.ndarray, capped: np.ndarray,
+                    thermal: np.ndarray, gpu: Gpu) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
+        """The card's limits, P-state, PCIe link and time held below target clocks."""
+        busy = util > 0.05
+        yield "boxwatch_gpu_slowdown_temperature_celsius", "gauge", labels, np.full_like(t, gpu.slowdown_celsius)
+        yield "boxwatch_gpu_shutdown_temperature_celsius", "gauge", labels, np.full_like(t, gpu.shutdown_celsius)
+        yield "boxwatch_gpu_performance_state", "gauge", labels, np.where(busy, 2.0, 8.0)
+        yield "boxwatch_gpu_pcie_link_generation", "gauge", labels, np.where(busy, 4.0, 1.0)
+        yield "boxwatch_gpu_pcie_link_generation_max", "gauge", labels, np.full_like(t, 4.0)
+        yield "boxwatch_gpu_pcie_link_width", "gauge", labels, np.full_like(t, 16.0)
+        yield "boxwatch_gpu_pcie_link_width_max", "gauge", labels, np.full_like(t, 16.0)
+        yield "boxwatch_gpu_pcie_replay_errors_total", "counter", labels, np.zeros_like(t)
+        for policy, held in (("power", capped), ("thermal", thermal)):
+            yield ("boxwatch_gpu_violation_seconds_total", "counter", (*labels, ("policy", policy)),
+                   np.cumsum(held * self.step))
+
+    # -- host (node_exporter) ----------------------------------------------------------------
+
+    def host_series(self, t: np.ndarray) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
+        """node_exporter's view of the box: CPU heat and fans following the load, memory
+        pressure, a slowly filling disk, booted ten days before the scenario's end (the same for a
+        backfill and the live continuation)."""
+        load = self.load(t)
+        busy = np.clip(0.08 + 0.55 * load + 0.05 * self._n("cpu", t), 0.02, 1.0)
+        for cpu in range(CPUS):
+            labels = (("cpu", str(cpu)),)
+            yield "node_cpu_seconds_total", "counter", (*labels, ("mode", "idle")), np.cumsum((1 - busy) * self.step)
+            yield "node_cpu_seconds_total", "counter", (*labels, ("mode", "user")), np.cumsum(busy * self.step)
+        chip = (("chip", "platform_coretemp_0"),)
+        yield "node_hwmon_chip_names", "gauge", (*chip, ("chip_name", "coretemp")), np.ones_like(t)
+        yield ("node_hwmon_temp_celsius", "gauge", (*chip, ("sensor", "temp1")),
+               np.round(38.0 + 34.0 * busy + 0.8 * self._n("cputemp", t)))
+        fans = (("chip", "platform_nct6775_656"),)
+        yield "node_hwmon_chip_names", "gauge", (*fans, ("chip_name", "nct6798")), np.ones_like(t)
+        for sensor, base, span in (("fan1", 600.0, 900.0), ("fan2", 500.0, 700.0)):
+            yield ("node_hwmon_fan_rpm", "gauge", (*fans, ("sensor", sensor)),
+                   np.round(base + span * busy + 15.0 * self._n(f"{sensor}-rpm", t)))
+        waiting = np.clip(0.002 + 0.03 * load**3 + 0.002 * self._n("psi", t), 0.0, 1.0)
+        yield "node_pressure_memory_waiting_seconds_total", "counter", (), np.cumsum(waiting * self.step)
+        yield "node_pressure_memory_stalled_seconds_total", "counter", (), np.cumsum(0.2 * waiting * self.step)
+        disk = (("device", "/dev/nvme0n1p2"), ("fstype", "ext4"), ("mountpoint", "/"))
+        used = 0.62 * DISK_BYTES + 2e9 * (t - self.start) / DAY  # checkpoints: 2 GB a day
+        yield "node_filesystem_size_bytes", "gauge", disk, np.full_like(t, DISK_BYTES)
+        yield "node_filesystem_avail_bytes", "gauge", disk, np.round(DISK_BYTES - used, -6)
+        yield "node_filesystem_readonly", "gauge", disk, np.zeros_like(t)
+        yield "node_boot_time_seconds", "gauge", (), np.full_like(t, math.floor(self.end) - 10 * DAY)
 
     # -- containers --------------------------------------------------------------------------
 
@@ -408,8 +462,8 @@ class Scenario:
     # -- what the stack itself would produce (runtime=True) ----------------------------------
 
     def runtime_series(self, t: np.ndarray) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
-        for job in ("prometheus", "alertmanager", "boxwatch-gpu", "boxwatch-containers", "boxwatch-journald",
-                    "boxwatch-detector"):
+        for job in ("prometheus", "alertmanager", "boxwatch-node", "boxwatch-gpu", "boxwatch-containers",
+                    "boxwatch-journald", "boxwatch-detector"):
             yield "up", "gauge", (("job", job),), np.ones_like(t)
         load = self.load(t)
         inc = self.incident
@@ -501,12 +555,12 @@ class Scenario:
     # -- assembly ----------------------------------------------------------------------------
 
     JOBS = {"gpu": "boxwatch-gpu", "container": "boxwatch-containers", "journal": "boxwatch-journald",
-            "exporter": None, "runtime": "boxwatch-detector"}
+            "host": "boxwatch-node", "exporter": None, "runtime": "boxwatch-detector"}
 
     def series(self, t: np.ndarray) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
         """Every series of the scenario at times ``t``: (name, type, labels, values; NaN = absent)."""
         sources = [("gpu", self.gpu_series), ("container", self.container_series),
-                   ("journal", self.journal_series), ("exporter", self.exporter_series)]
+                   ("journal", self.journal_series), ("host", self.host_series), ("exporter", self.exporter_series)]
         if self.runtime:
             sources.append(("runtime", self.runtime_series))
         for source, produce in sources:

@@ -25,9 +25,11 @@ DEFAULT_PORTS = {
     "journald": 9874,
     "detector": 9875,
     "demo": 9877,
+    # Not node_exporter's usual 9100: Debian's package starts its own service there.
+    "node": 9878,
 }
 # Start order; the supervisor stops in reverse.
-COMPONENTS = ["prometheus", "alertmanager", "webhook", "gpu", "containers", "journald", "detector"]
+COMPONENTS = ["prometheus", "alertmanager", "webhook", "node", "gpu", "containers", "journald", "detector"]
 # With --demo, a seeded scenario stands in for the exporters (stack/demo.py).
 DEMO_COMPONENTS = ["prometheus", "alertmanager", "webhook", "demo", "detector"]
 # Prometheus job name of each boxwatch component in prometheus/prometheus.yml.
@@ -39,7 +41,19 @@ JOBS = {
     "journald": "boxwatch-journald",
     "detector": "boxwatch-detector",
     "demo": "boxwatch-demo",
+    "node": "boxwatch-node",
 }
+# node_exporter's collectors for a GPU box: sensors (hwmon, thermal_zone), pressure stall
+# information, filesystems, memory, CPU, boot time (stat); the defaults that only add series
+# here (arp, bonding, nfs, ipvs, zfs, ...) stay off. docker-compose.yml and
+# deploy/kubernetes/exporters.yaml pass the same list (tests/host checks it).
+NODE_EXPORTER_COLLECTORS = ["cpu", "cpufreq", "diskstats", "edac", "filesystem", "hwmon", "loadavg", "meminfo",
+                            "netdev", "pressure", "stat", "thermal_zone", "time", "uname", "vmstat"]
+
+
+def node_exporter_flags() -> list[str]:
+    return ["--collector.disable-defaults", *(f"--collector.{name}" for name in NODE_EXPORTER_COLLECTORS)]
+
 
 
 class StackError(Exception):
@@ -74,7 +88,7 @@ def default_config_dir() -> Path:
     return here if (here / "prometheus" / "prometheus.yml").exists() else Path.cwd()
 
 
-def find_binary(*names: str) -> str:
+def find_binary(*names: str, package: str = "prometheus prometheus-alertmanager", hint: str = "") -> str:
     for name in names:
         path = shutil.which(name) or next(
             (str(p) for p in (Path("/usr/bin") / name, Path("/usr/sbin") / name) if p.exists()), None
@@ -83,8 +97,7 @@ def find_binary(*names: str) -> str:
             return path
     raise StackError(
         f"none of {', '.join(names)} found on PATH or in /usr/bin; on Debian/Ubuntu install them with "
-        "`sudo apt-get install --no-install-recommends prometheus prometheus-alertmanager` "
-        "(or run scripts/setup.sh)"
+        f"`sudo apt-get install --no-install-recommends {package}` (or run scripts/setup.sh){hint}"
     )
 
 
@@ -182,6 +195,13 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             "--cluster.listen-address=",
         ], "/-/ready")
     add("webhook", [*python, "stack", "webhook", f"--listen={host}:{ports['webhook']}"], "/healthz")
+    if "node" in enabled:
+        add("node", [
+            find_binary("prometheus-node-exporter", "node_exporter", package="prometheus-node-exporter",
+                        hint="; or start the stack without host metrics: --without node"),
+            f"--web.listen-address={host}:{ports['node']}",
+            *node_exporter_flags(),
+        ], "/")
     if "demo" in enabled:
         add("demo", [*python, "stack.demo", "serve", f"--listen={host}:{ports['demo']}",
                      f"--end={layout.demo_end}"], "/healthz")

@@ -28,7 +28,7 @@ DURATION = re.compile(r"^(\d+)([smhd])$")
 # Alerts on 0/1 gauges: their value says nothing, so their description need not show it.
 VALUE_IS_A_FLAG = {"BoxwatchDetectorDown", "BoxwatchExporterDown", "GpuThermalThrottling", "ContainerUnhealthy",
                    "BoxwatchModelDriftDetected", "BoxwatchRegistryUnavailable", "BoxwatchCollectorFailing", "GpuLost",
-                   "ContainerOomKilled", ("GpuPowerThrottling", "critical")}
+                   "ContainerOomKilled", ("GpuPowerThrottling", "critical"), "GpuMemoryDegraded"}
 
 
 def rule_files() -> list[Path]:
@@ -117,7 +117,7 @@ def test_recording_rule_names_are_level_metric_operations():
     for name in records:
         assert RECORD_NAME.match(name), f"{name} is not level:metric:operations"
         level, metric, _ = name.split(":")
-        assert metric.startswith("boxwatch_") and not metric.endswith("_total"), name
+        assert metric.startswith(("boxwatch_", "node_")) and not metric.endswith("_total"), name
 
 
 @pytest.mark.parametrize("rule", alerting_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
@@ -151,6 +151,8 @@ def test_alert_matches_the_thresholds_file(rule):
         f"{name}.{severity}: {expr!r} does not compare with {threshold}")
     if "selector" in entry:
         assert entry["selector"] in expr, f"{name}.{severity}: selector {entry['selector']} not in {expr!r}"
+    if "margin" in entry:  # relative to the card's own limit; `threshold` is then the fallback
+        assert re.search(rf"_celsius - {entry['margin']}\)", expr), f"{name}.{severity}: margin not in {expr!r}"
 
 
 def test_thresholds_file_lists_only_existing_alerts():

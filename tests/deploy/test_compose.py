@@ -174,6 +174,22 @@ def test_host_sources_are_mounted_read_only(config):
         assert f"{path}:{path}:ro" in journald
 
 
+def test_node_exporter_runs_the_stacks_collectors_on_the_hosts_root(config):
+    from stack.runtime import node_exporter_flags
+
+    node = config["services"]["node-exporter"]
+    assert [a for a in node["command"] if a.startswith("--collector.")] == node_exporter_flags()
+    assert "--path.rootfs=/host" in node["command"]
+    assert "/:/host:ro,rslave" in node["volumes"]
+    assert node["pid"] == "host"
+
+
+def test_gpu_exporter_sees_host_pids_and_names_their_containers(config):
+    gpu = config["services"]["gpu-exporter"]
+    assert gpu["pid"] == "host"
+    assert "/var/run/docker.sock:/var/run/docker.sock:ro" in gpu["volumes"]
+
+
 def test_gpu_exporter_reserves_gpus_through_the_nvidia_runtime(config):
     devices = config["services"]["gpu-exporter"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia"

@@ -26,7 +26,8 @@ MODELS = {  # kind -> kubernetes.client model
     "Service": "V1Service",
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
 }
-JOB_PORTS = {"boxwatch-gpu": 9872, "boxwatch-containers": 9873, "boxwatch-journald": 9874, "boxwatch-detector": 9875}
+JOB_PORTS = {"boxwatch-gpu": 9872, "boxwatch-containers": 9873, "boxwatch-journald": 9874, "boxwatch-detector": 9875,
+             "boxwatch-node": 9100}
 UID = 10001
 
 
@@ -183,6 +184,19 @@ def test_host_sources_are_mounted_read_only(objects):
     mounts = _host_mounts(journald, journald["containers"][0])
     for path in ("/var/log/journal", "/run/log/journal", "/etc/machine-id"):
         assert mounts[path] == (path, True)
+    node = _pod_spec(_one(objects, "DaemonSet", "boxwatch-node"))
+    assert _host_mounts(node, node["containers"][0]) == {"/host": ("/", True)}
+
+
+def test_node_exporter_runs_the_stacks_collectors_on_the_hosts_root(objects):
+    from stack.runtime import node_exporter_flags
+
+    spec = _pod_spec(_one(objects, "DaemonSet", "boxwatch-node"))
+    args = spec["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--collector.")] == node_exporter_flags()
+    assert "--path.rootfs=/host" in args
+    assert spec["hostPID"] is True and not spec.get("hostNetwork")
+    assert _pod_spec(_one(objects, "DaemonSet", "boxwatch-gpu"))["hostPID"] is True
 
 
 def test_detector_shards_follow_the_replica_count(objects, tmp_path):
@@ -367,7 +381,7 @@ def test_service_monitors_select_the_boxwatch_services(objects):
                 scraped[service["metadata"]["name"]] = monitor["spec"]["endpoints"][0].get("honorLabels", False)
     # every job scraped once; the detector's scores keep their own labels, as in prometheus.yml
     assert scraped == {"boxwatch-gpu": False, "boxwatch-containers": False, "boxwatch-journald": False,
-                       "boxwatch-detector": True}
+                       "boxwatch-node": False, "boxwatch-detector": True}
 
 
 def test_generator_refuses_duplicate_group_names(tmp_path):

@@ -33,7 +33,7 @@ NO_SUCH_PID = 2**31 - 1  # above any pid_max: /proc has no such entry
 GPU_FLAGS = [
     "--collector.processes", "--no-collector.processes", "--gpu.max-processes", "--gpu.poll-interval",
     "--gpu.max-snapshot-age", "--gpu.devices", "--gpu.ecc-counter", "--gpu.init-retry-max-interval",
-    "--path.procfs", "--web.listen-address", "--web.telemetry-path", "--log.level", "--log.format",
+    "--path.procfs", "--docker.host", "--web.listen-address", "--web.telemetry-path", "--log.level", "--log.format",
 ]
 
 
@@ -205,6 +205,52 @@ def test_values_are_converted_to_base_units(start_exporter, workload):
     assert value(text, "boxwatch_gpu_info", **GPU0, pci_bus_id="00000000:01:00.0") == 1.0
 
 
+def test_health_fields_pcie_link_limits_and_violation_time(start_exporter):
+    text = start_exporter().scrape()
+    # GPU 1 trained at x8 in a x16 slot, and resent 12 packets over the link.
+    assert value(text, "boxwatch_gpu_pcie_link_width", **GPU1) == 8.0
+    assert value(text, "boxwatch_gpu_pcie_link_width_max", **GPU1) == 16.0
+    assert value(text, "boxwatch_gpu_pcie_link_generation", **GPU1) == 1.0
+    assert value(text, "boxwatch_gpu_pcie_link_generation_max", **GPU1) == 4.0
+    assert value(text, "boxwatch_gpu_pcie_replay_errors_total", **GPU1) == 12.0
+    assert value(text, "boxwatch_gpu_pcie_link_width", **GPU0) == 16.0
+    # Each card's own limits, not one number for all.
+    assert value(text, "boxwatch_gpu_slowdown_temperature_celsius", **GPU0) == 95.0
+    assert value(text, "boxwatch_gpu_slowdown_temperature_celsius", **GPU1) == 93.0
+    assert value(text, "boxwatch_gpu_shutdown_temperature_celsius", **GPU0) == 98.0
+    assert value(text, "boxwatch_gpu_performance_state", **GPU0) == 0.0
+    assert value(text, "boxwatch_gpu_performance_state", **GPU1) == 8.0
+    # Violation time: ns in NVML, seconds here; policies a card lacks are left out.
+    assert value(text, "boxwatch_gpu_violation_seconds_total", **GPU0, policy="power") == pytest.approx(61.5)
+    assert value(text, "boxwatch_gpu_violation_seconds_total", **GPU0, policy="thermal") == pytest.approx(2.25)
+    assert {s["policy"] for s in series(text, "boxwatch_gpu_violation_seconds_total") if s["gpu"] == "1"} == {
+        "power", "thermal"}
+    assert not any(s["policy"] == "sync_boost" for s in series(text, "boxwatch_gpu_violation_seconds_total"))
+    # Memory temperature (a field value) and row remapping where the card has them.
+    assert value(text, "boxwatch_gpu_memory_temperature_celsius", **GPU0) == 84.0
+    assert value(text, "boxwatch_gpu_remapped_rows", **GPU0, type="correctable") == 2.0
+    assert value(text, "boxwatch_gpu_remapped_rows", **GPU0, type="uncorrectable") == 0.0
+    assert value(text, "boxwatch_gpu_row_remap_pending", **GPU0) == 0.0
+    assert value(text, "boxwatch_gpu_row_remap_failed", **GPU0) == 0.0
+    for metric in ("boxwatch_gpu_memory_temperature_celsius", "boxwatch_gpu_remapped_rows",
+                   "boxwatch_gpu_row_remap_pending", "boxwatch_gpu_retired_pages",
+                   "boxwatch_gpu_retired_pages_pending"):
+        assert [s for s in series(text, metric) if s["gpu"] == "1"] == [], metric
+    assert value(text, "boxwatch_gpu_errors_total", **GPU1) == 0.0  # unsupported is not an error
+
+
+def test_page_retirement_card_reports_retired_pages_instead_of_remapped_rows(start_exporter):
+    text = start_exporter(page_retirement_gpu=1).scrape()
+    v100 = {**GPU1, "name": "Tesla V100-PCIE-16GB"}
+    assert value(text, "boxwatch_gpu_retired_pages", **v100, cause="single_bit_ecc") == 2.0
+    assert value(text, "boxwatch_gpu_retired_pages", **v100, cause="double_bit_ecc") == 1.0
+    assert value(text, "boxwatch_gpu_retired_pages_pending", **v100) == 1.0
+    assert [s for s in series(text, "boxwatch_gpu_remapped_rows") if s["gpu"] == "1"] == []
+    assert series(text, "boxwatch_gpu_retired_pages") == [
+        {**v100, "cause": "single_bit_ecc"}, {**v100, "cause": "double_bit_ecc"}]
+    assert value(text, "boxwatch_gpu_errors_total", **v100) == 0.0
+
+
 def test_ecc_unsupported_gpu_omits_the_series_without_error(start_exporter):
     text = start_exporter().scrape()
     assert value(text, "boxwatch_gpu_ecc_errors_total", **GPU0, type="corrected") == 3.0  # volatile by default
@@ -226,6 +272,9 @@ def test_process_memory_is_aggregated_per_name_and_bounded(start_exporter, workl
              for s in series(text, "boxwatch_gpu_process_memory_used_bytes")}
     assert procs == {("0", "trainer"): 4 * 2**30, ("0", "inference"): 2 * 2**30,
                      ("1", "trainer"): 2**29, ("1", "unknown"): 64 << 20}
+    # host processes: outside any container
+    assert {(s["container"], s["compose_service"]) for s in series(text, "boxwatch_gpu_process_memory_used_bytes")} \
+        == {("", "")}
     assert not any("pid" in s for s in series(text, "boxwatch_gpu_process_memory_used_bytes"))
 
     bounded = start_exporter("--gpu.max-processes=1", f"--gpu.devices={GPU0['uuid']}", procs=workload).scrape()

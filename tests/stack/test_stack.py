@@ -80,7 +80,9 @@ def core_stack(tmp_path):
 
 @pytest.fixture
 def full_stack(tmp_path):
-    stack = Stack(tmp_path, ["prometheus", "alertmanager", "webhook", "gpu", "containers", "journald", "detector"])
+    require_binary("prometheus-node-exporter", "/usr/bin/prometheus-node-exporter")
+    stack = Stack(tmp_path, ["prometheus", "alertmanager", "webhook", "node", "gpu", "containers", "journald",
+                             "detector"])
     yield stack
     stack.stop()
 
@@ -103,10 +105,13 @@ def test_up_status_targets_and_ctrl_c_leaves_nothing_behind(full_stack):
     def targets_up():
         active = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         return {t["labels"]["job"]: t["health"] for t in active}
-    jobs = _wait(lambda: (t := targets_up()) and len(t) == 6 and all(h == "up" for h in t.values()) and t,
+    jobs = _wait(lambda: (t := targets_up()) and len(t) == 7 and all(h == "up" for h in t.values()) and t,
                  90, "every target up")
-    assert set(jobs) == {"prometheus", "alertmanager", "boxwatch-gpu", "boxwatch-containers",
+    assert set(jobs) == {"prometheus", "alertmanager", "boxwatch-node", "boxwatch-gpu", "boxwatch-containers",
                          "boxwatch-journald", "boxwatch-detector"}
+    # node_exporter runs the stack's collectors: the host's memory and boot time are in Prometheus.
+    assert requests.get(f"{prom}/api/v1/query", params={"query": 'node_boot_time_seconds{job="boxwatch-node"}'},
+                        timeout=5).json()["data"]["result"]
     assert f"http://127.0.0.1:{core_stack.ports['prometheus']}" in core_stack.output()
 
     # Alertmanager was pointed at the stack's own webhook sink.

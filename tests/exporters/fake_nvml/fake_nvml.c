@@ -19,6 +19,11 @@
  *   FAKE_NVML_DELAY_US=US        every device query sleeps US microseconds (a slow driver).
  *   FAKE_NVML_DRIVER_GONE_FILE=PATH  while PATH exists, nvmlInit and every device call return
  *                                NVML_ERROR_DRIVER_NOT_LOADED (the kernel module was unloaded).
+ *   FAKE_NVML_PAGE_RETIREMENT_GPU=I  GPU I behaves like a pre-Ampere data-centre card: it answers
+ *                                the page-retirement calls and not row remapping (the other
+ *                                A5000s remap rows; the GeForce cards have neither).
+ *   FAKE_NVML_TEMP_FILE=PATH     the GPU core temperature of GPU 0, read from PATH at every
+ *                                call when it holds a number (to drive a temperature over time).
  *
  * Compiled with -DFAKE_NVML_OLD_DRIVER it lacks nvmlDeviceGetCurrentClocksEventReasons and
  * nvmlDeviceGetTemperatureV, as older drivers do (they only have the ...ClocksThrottleReasons
@@ -55,14 +60,34 @@ typedef struct {
     unsigned int gpuInstanceId, computeInstanceId;
 } nvmlProcessInfo_v2_t;
 
+typedef struct { unsigned long long referenceTime, violationTime; } nvmlViolationTime_t;
+typedef union { double d; unsigned int ui; unsigned long ul; unsigned long long ull; long long sll;
+                int si; unsigned short us; } nvmlValue_t;
+typedef struct {
+    unsigned int fieldId, scopeId;
+    long long timestamp, latencyUsec;
+    unsigned int valueType;
+    nvmlReturn_t nvmlReturn;
+    nvmlValue_t value;
+} nvmlFieldValue_t;
+#define NVML_FI_DEV_MEMORY_TEMP 82
+#define NVML_VALUE_TYPE_UNSIGNED_INT 1
+#define NVML_PERF_POLICY_COUNT 12
+
 typedef struct fake_gpu {
     unsigned int index;
     int ecc;  /* 0: ECC not supported */
+    int remapping, page_retirement;  /* which of the two memory-repair schemes the card has */
     const char *name;
     char uuid[96];
     unsigned long long mem_total, mem_used;
     unsigned int util_gpu, util_mem, temp, power_mw, limit_mw, fan, sm_mhz, mem_mhz, tx_kbs, rx_kbs;
     unsigned long long energy_mj, throttle, ecc_counts[2][2]; /* [error type][counter type] */
+    unsigned int link_gen, link_gen_max, link_width, link_width_max, replays, pstate;
+    unsigned int temp_shutdown, temp_slowdown, mem_temp;  /* mem_temp 0: not supported */
+    unsigned int remapped[4];        /* correctable, uncorrectable, pending, failure */
+    unsigned int retired[2], retired_pending;  /* pages retired for multiple SBE, for DBE */
+    unsigned long long violation_ns[NVML_PERF_POLICY_COUNT];  /* 0: policy not supported */
 } fake_gpu;
 
 typedef struct { unsigned int gpu, pid; unsigned long long bytes; } fake_proc;
@@ -97,6 +122,14 @@ static void setup_gpu(fake_gpu *g, unsigned int i) {
         g->tx_kbs = 12000; g->rx_kbs = 345000;
         g->ecc_counts[0][0] = 3; g->ecc_counts[1][0] = 0;   /* volatile: corrected, uncorrected */
         g->ecc_counts[0][1] = 17; g->ecc_counts[1][1] = 1;  /* aggregate */
+        g->link_gen = 4; g->link_gen_max = 4; g->link_width = 16; g->link_width_max = 16;
+        g->replays = 0; g->pstate = 0;
+        g->temp_shutdown = 98; g->temp_slowdown = 95; g->mem_temp = 84;
+        g->remapping = 1;
+        g->remapped[0] = 2;             /* two rows remapped for correctable errors */
+        g->violation_ns[0] = 61500000000ULL;  /* power: 61.5 s */
+        g->violation_ns[1] = 2250000000ULL;   /* thermal: 2.25 s */
+        g->violation_ns[3] = 0; g->violation_ns[4] = 0; g->violation_ns[5] = 0;
     } else {
         g->name = "NVIDIA GeForce RTX 3060";
         g->mem_total = 12884901888ULL;  /* 12288 MiB */
@@ -106,7 +139,19 @@ static void setup_gpu(fake_gpu *g, unsigned int i) {
         g->fan = 30; g->sm_mhz = 210; g->mem_mhz = 405;
         g->throttle = 0x1;              /* GPU idle */
         g->tx_kbs = 800; g->rx_kbs = 1500;
+        /* idle: the link drops to gen 1; trained at x8 in a x16 slot (a riser, a dirty contact) */
+        g->link_gen = 1; g->link_gen_max = 4; g->link_width = 8; g->link_width_max = 16;
+        g->replays = 12; g->pstate = 8;
+        g->temp_shutdown = 98; g->temp_slowdown = 93;
+        g->violation_ns[0] = 0; g->violation_ns[1] = 0;
     }
+}
+
+static void setup_page_retirement(fake_gpu *g) {
+    g->name = "Tesla V100-PCIE-16GB";
+    g->remapping = 0;
+    g->page_retirement = 1;
+    g->retired[0] = 2; g->retired[1] = 1; g->retired_pending = 1;
 }
 
 static void parse_procs(const char *spec) {
@@ -137,6 +182,8 @@ nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     const char *d = getenv("FAKE_NVML_DELAY_US");
     delay_us = d ? (useconds_t)atoi(d) : 0;
     parse_procs(getenv("FAKE_NVML_PROCS"));
+    const char *pr = getenv("FAKE_NVML_PAGE_RETIREMENT_GPU");
+    if (pr && *pr && (unsigned int)atoi(pr) < gpu_count) setup_page_retirement(&gpus[atoi(pr)]);
     initialised = 1;
     return NVML_SUCCESS;
 }
@@ -234,10 +281,22 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(fake_gpu *g, nvmlMemory_t *m) {
     return NVML_SUCCESS;
 }
 
+/* GPU 0's temperature from FAKE_NVML_TEMP_FILE when it holds a number, else the fixture's. */
+static unsigned int core_temperature(const fake_gpu *g) {
+    const char *path = getenv("FAKE_NVML_TEMP_FILE");
+    if (g->index != 0 || !path || !*path) return g->temp;
+    FILE *f = fopen(path, "r");
+    if (!f) return g->temp;
+    unsigned int t;
+    int ok = fscanf(f, "%u", &t) == 1;
+    fclose(f);
+    return ok ? t : g->temp;
+}
+
 nvmlReturn_t nvmlDeviceGetTemperature(fake_gpu *g, int sensor, unsigned int *temp) {
     CHECK(g, temp);
     if (sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
-    *temp = g->temp;
+    *temp = core_temperature(g);
     return NVML_SUCCESS;
 }
 
@@ -249,7 +308,7 @@ nvmlReturn_t nvmlDeviceGetTemperatureV(fake_gpu *g, nvmlTemperature_v1_t *t) {
     CHECK(g, t);
     if (t->version != NVML_TEMPERATURE_V1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     if (t->sensorType != 0) return NVML_ERROR_INVALID_ARGUMENT;
-    t->temperature = (int)g->temp;
+    t->temperature = (int)core_temperature(g);
     return NVML_SUCCESS;
 }
 #endif
@@ -345,5 +404,96 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(fake_gpu *g, unsigned int *
         k++;
     }
     *count = n;
+    return NVML_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- health: PCIe, memory, limits */
+
+/* A query that answers one unsigned field of the fixture. */
+#define UINT_QUERY(function, field)                                   \
+    nvmlReturn_t function(fake_gpu *g, unsigned int *value) {         \
+        CHECK(g, value);                                              \
+        *value = g->field;                                            \
+        return NVML_SUCCESS;                                          \
+    }
+
+UINT_QUERY(nvmlDeviceGetCurrPcieLinkGeneration, link_gen)
+UINT_QUERY(nvmlDeviceGetMaxPcieLinkGeneration, link_gen_max)
+UINT_QUERY(nvmlDeviceGetCurrPcieLinkWidth, link_width)
+UINT_QUERY(nvmlDeviceGetMaxPcieLinkWidth, link_width_max)
+UINT_QUERY(nvmlDeviceGetPcieReplayCounter, replays)
+UINT_QUERY(nvmlDeviceGetPerformanceState, pstate)
+
+nvmlReturn_t nvmlDeviceGetTemperatureThreshold(fake_gpu *g, int threshold, unsigned int *temp) {
+    CHECK(g, temp);
+    switch (threshold) {
+    case 0: *temp = g->temp_shutdown; return NVML_SUCCESS;  /* NVML_TEMPERATURE_THRESHOLD_SHUTDOWN */
+    case 1: *temp = g->temp_slowdown; return NVML_SUCCESS;  /* NVML_TEMPERATURE_THRESHOLD_SLOWDOWN */
+    default: return NVML_ERROR_NOT_SUPPORTED;
+    }
+}
+
+nvmlReturn_t nvmlDeviceGetRemappedRows(fake_gpu *g, unsigned int *corr, unsigned int *unc,
+                                       unsigned int *pending, unsigned int *failure) {
+    CHECK(g, corr);
+    if (!unc || !pending || !failure) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!g->remapping) return NVML_ERROR_NOT_SUPPORTED;
+    *corr = g->remapped[0];
+    *unc = g->remapped[1];
+    *pending = g->remapped[2];
+    *failure = g->remapped[3];
+    return NVML_SUCCESS;
+}
+
+/* Page addresses are made up; the binding sizes its buffer with a first call (addresses NULL). */
+nvmlReturn_t nvmlDeviceGetRetiredPages(fake_gpu *g, int cause, unsigned int *count,
+                                       unsigned long long *addresses) {
+    CHECK(g, count);
+    if (!g->page_retirement) return NVML_ERROR_NOT_SUPPORTED;
+    if (cause < 0 || cause > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int n = g->retired[cause];
+    if (!addresses || *count < n) {
+        *count = n;
+        return n ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    }
+    for (unsigned int i = 0; i < n; i++) addresses[i] = 0x7f0000ULL + 0x1000ULL * (i + 16ULL * cause);
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(fake_gpu *g, unsigned int *pending) {
+    CHECK(g, pending);
+    if (!g->page_retirement) return NVML_ERROR_NOT_SUPPORTED;
+    *pending = g->retired_pending;
+    return NVML_SUCCESS;
+}
+
+/* Power (0) and thermal (1) on every card; board limit, low utilisation and reliability (3-5)
+   on the A5000s only; sync boost (2) and the others nowhere. */
+nvmlReturn_t nvmlDeviceGetViolationStatus(fake_gpu *g, int policy, nvmlViolationTime_t *v) {
+    CHECK(g, v);
+    if (policy < 0 || policy >= NVML_PERF_POLICY_COUNT) return NVML_ERROR_INVALID_ARGUMENT;
+    int supported = policy <= 1 || (g->ecc && policy >= 3 && policy <= 5);
+    if (!supported) return NVML_ERROR_NOT_SUPPORTED;
+    v->referenceTime = 1700000000000000ULL;  /* µs */
+    v->violationTime = g->violation_ns[policy];
+    return NVML_SUCCESS;
+}
+
+/* Only NVML_FI_DEV_MEMORY_TEMP; each field carries its own return code, as in the driver. */
+nvmlReturn_t nvmlDeviceGetFieldValues(fake_gpu *g, int count, nvmlFieldValue_t *values) {
+    CHECK(g, values);
+    for (int i = 0; i < count; i++) {
+        nvmlFieldValue_t *f = &values[i];
+        f->timestamp = 1700000000000000LL;
+        f->latencyUsec = 0;
+        if (f->fieldId == NVML_FI_DEV_MEMORY_TEMP && g->mem_temp) {
+            f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            f->value.ui = g->mem_temp;
+            f->nvmlReturn = NVML_SUCCESS;
+        } else {
+            f->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        }
+    }
     return NVML_SUCCESS;
 }
