@@ -336,6 +336,9 @@ EXPORTER_LIMITS = Limits(workers=4, max_queued=64, max_connections=512, read_tim
                          write_timeout=30.0, max_body_bytes=64 * 1024)
 
 
+SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
+
+
 def serve_forever(app, listen_address: str, stop: threading.Event, web_config=None,
                   on_start: Callable[[Server], None] | None = None) -> None:
     """Serve ``app`` until ``stop`` is set; the socket is bound before this returns control."""
@@ -371,6 +374,9 @@ def run_exporter(exporter: str, args: argparse.Namespace, create: Callable[[argp
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # A poller's threads (64 Docker stats requests in flight) hold the GIL for up to the switch
+    # interval each time a scrape's thread wakes from I/O: a shorter one keeps scrapes fast.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     log.info("starting", extra=kv(exporter=exporter, version=__version__))
     source = create(args)
     try:
