@@ -133,8 +133,7 @@ def load_web_config(path: str | Path | None) -> WebConfig:
 
 
 def _tls_context(section: Any, base: Path, problem: Callable[[str, str], None]) -> ssl.SSLContext | None:
-    if not isinstance(section, dict):
-        problem("tls_server_config", "expected a mapping")
+    if not _is_mapping(section, "tls_server_config", "a mapping", problem):
         return None
     problems: list[str] = []
 
@@ -197,11 +196,17 @@ def _tls_context(section: Any, base: Path, problem: Callable[[str, str], None]) 
     return context
 
 
+def _is_mapping(section: Any, key: str, what: str, problem: Callable[[str, str], None]) -> bool:
+    if not isinstance(section, dict):
+        problem(key, f"expected {what}")
+        return False
+    return True
+
+
 def _users(section: Any, problem: Callable[[str, str], None]) -> dict[str, bytes]:
     import bcrypt
 
-    if not isinstance(section, dict):
-        problem("basic_auth_users", "expected a mapping of user name to bcrypt hash")
+    if not _is_mapping(section, "basic_auth_users", "a mapping of user name to bcrypt hash", problem):
         return {}
     users = {}
     for user, hashed in section.items():
@@ -222,8 +227,7 @@ def _users(section: Any, problem: Callable[[str, str], None]) -> dict[str, bytes
 
 
 def _headers(section: Any, problem: Callable[[str, str], None]) -> dict[str, str]:
-    if not isinstance(section, dict):
-        problem("http_server_config", "expected a mapping")
+    if not _is_mapping(section, "http_server_config", "a mapping", problem):
         return {}
     headers = {}
     for key, value in section.items():
