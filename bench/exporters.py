@@ -24,6 +24,7 @@ import http.client
 import importlib
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import threading
@@ -64,6 +65,7 @@ class Result:
     refused: int | None = None
     failed: int | None = None
     threads: int | None = None
+    cpu_ms_per_scrape: float | None = None
     note: str = ""
 
 
@@ -130,6 +132,12 @@ def _client(url: str, duration: float, start_at: float, out) -> None:
     out.put((latencies, refused, failed))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def threads_of(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -151,6 +159,7 @@ def measure_concurrent(url: str, pid: int, clients: int, duration: float, idle: 
         out = context.Queue()
         start_at = time.time() + 0.5
         procs = [context.Process(target=_client, args=(url, duration, start_at, out)) for _ in range(clients)]
+        cpu_before = cpu_seconds(pid)
         for proc in procs:
             proc.start()
         peak, done = threads_of(pid), threading.Event()
@@ -163,6 +172,7 @@ def measure_concurrent(url: str, pid: int, clients: int, duration: float, idle: 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         results = [out.get(timeout=duration + 60) for _ in procs]
+        cpu = cpu_seconds(pid) - cpu_before
         done.set()
         for proc in procs:
             proc.join(10)
@@ -175,7 +185,8 @@ def measure_concurrent(url: str, pid: int, clients: int, duration: float, idle: 
             "p99_ms": round(percentile(latencies, 0.99), 2) if latencies else None,
             "max_ms": round(max(latencies), 2) if latencies else None, "scrapes": len(latencies),
             "refused": sum(r for _, r, _ in results), "failed": sum(f for _, _, f in results),
-            "clients": clients, "threads": peak, "rss_mib": round(rss, 1), "peak_rss_mib": round(peak_rss, 1)}
+            "clients": clients, "threads": peak,
+            "cpu_ms_per_scrape": round(1000 * cpu / len(latencies), 3) if latencies else None, "rss_mib": round(rss, 1), "peak_rss_mib": round(peak_rss, 1)}
 
 
 def load(module_name: str):
@@ -218,13 +229,15 @@ def run_part(name: str, scrapes: int, sizes: tuple[int, ...] | None = None,
 def table(results: list[Result]) -> str:
     concurrent = any(r.clients for r in results)
     header = ("exporter", "size", "scrapes", "p50 ms", "p99 ms", "max ms",
-              *(("clients", "refused", "failed", "threads") if concurrent else ("samples",)), "RSS MiB", "peak MiB")
+              *(("clients", "refused", "failed", "threads", "CPU ms/scrape") if concurrent else ("samples",)),
+              "RSS MiB", "peak MiB")
     rows = [header]
     for r in results:
         if r.status != "ok":
             rows.append((r.exporter, f"{r.size} {r.unit}", r.status, *[""] * (len(header) - 3)))
             continue
-        extra = (str(r.clients), str(r.refused), str(r.failed), str(r.threads)) if concurrent else (str(r.samples),)
+        extra = ((str(r.clients), str(r.refused), str(r.failed), str(r.threads), f"{r.cpu_ms_per_scrape:.2f}")
+                 if concurrent else (str(r.samples),))
         rows.append((r.exporter, f"{r.size} {r.unit}", str(r.scrapes), f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                      f"{r.max_ms:.2f}", *extra, f"{r.rss_mib:.1f}", f"{r.peak_rss_mib:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

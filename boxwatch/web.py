@@ -478,16 +478,28 @@ class Server:
                 continue
             sock.setblocking(False)
             connection = _Connection(sock, address, time.monotonic() + self.limits.read_timeout)
-            self._waiting[sock] = connection
-            self._selector.register(sock, selectors.EVENT_READ)
+            try:
+                arrived = sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                self._waiting[sock] = connection
+                self._selector.register(sock, selectors.EVENT_READ)
+                continue
+            except OSError:
+                arrived = b""
+            if not arrived:  # closed before it said anything
+                self._release(connection)
+                continue
+            self._enqueue(connection)  # the request is already here: no round through the selector
 
     def _ready(self, sock: socket.socket) -> None:
         self._selector.unregister(sock)
-        connection = self._waiting.pop(sock)
+        self._enqueue(self._waiting.pop(sock))
+
+    def _enqueue(self, connection: _Connection) -> None:
         try:
             self._queue.put_nowait(connection)
         except queue.Full:
-            self._refuse(sock)
+            self._refuse(connection.sock)
             self._release(connection)
 
     def _refuse(self, sock: socket.socket) -> None:

@@ -44,7 +44,7 @@ from boxwatch.web import (
     server_metrics,
 )
 from exporters import __version__
-from exporters.exposition import Part, assemble, families_of, respond
+from exporters.exposition import Part, Rendered, assemble, families_of, respond
 
 log = logging.getLogger("boxwatch")
 
@@ -189,6 +189,12 @@ class InstrumentedCollector:
         self._errors = dict.fromkeys(self._collectors, 0)
         self._lock = threading.Lock()
         self.server: Server | None = None
+        info = InfoMetricFamily("boxwatch_exporter_build", "boxwatch exporter build information.")
+        info.add_metric(
+            [],
+            {"exporter": exporter, "version": __version__, "python_version": platform.python_version()},
+        )
+        self._build_info = Rendered([info])
 
     def describe(self) -> list[Metric]:
         return []
@@ -249,14 +255,14 @@ class InstrumentedCollector:
             for name, count in self._errors.items():
                 errors.add_metric([name], count)
         yield errors
-        info = InfoMetricFamily("boxwatch_exporter_build", "boxwatch exporter build information.")
-        info.add_metric(
-            [],
-            {"exporter": self._exporter, "version": __version__, "python_version": platform.python_version()},
-        )
-        yield info
+        yield self._build_info
         if self.server is not None:
             yield from server_metrics(self.server, "boxwatch_exporter")
+
+
+# Reading /proc and encoding process_* costs more than serving the rest of a scrape; Prometheus
+# scrapes every 15 s or so, so one reading per second loses nothing.
+PROCESS_METRICS_TTL = 1.0
 
 
 class ExporterRegistry(CollectorRegistry):
@@ -267,12 +273,21 @@ class ExporterRegistry(CollectorRegistry):
         self.instrumented = InstrumentedCollector(exporter, source.collectors)
         self.register(self.instrumented)
         self._process = ProcessCollector(registry=self)
-        self._platform = PlatformCollector(registry=self)
+        self._platform = Rendered(PlatformCollector(registry=self).collect())  # fixed for the process' life
+        self._process_rendered: tuple[float, Rendered] | None = None
 
     def parts(self) -> Iterable[Part]:
         yield from self.instrumented.parts()
-        yield from self._process.collect()
-        yield from self._platform.collect()
+        yield self._process_part()
+        yield self._platform
+
+    def _process_part(self) -> Rendered:
+        """process_* families, read from /proc at most once per ``PROCESS_METRICS_TTL``."""
+        now = time.monotonic()
+        cached = self._process_rendered
+        if cached is None or now - cached[0] >= PROCESS_METRICS_TTL:
+            cached = self._process_rendered = (now, Rendered(self._process.collect()))
+        return cached[1]
 
 
 def build_registry(exporter: str, source: Source) -> ExporterRegistry:
