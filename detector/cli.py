@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from boxwatch.web import Limits, Server, load_web_config, parse_listen_address
 from detector import __version__
 from detector.config import ConfigError, DetectorConfig, load_config
-from exporters.server import kv, parse_listen_address, setup_logging
+from exporters.server import kv, setup_logging
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -86,6 +87,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
         overrides["reader.url"] = args.prometheus_url
     if getattr(args, "listen_address", None):
         overrides["server.listen_address"] = args.listen_address
+    if getattr(args, "web_config_file", None):
+        overrides["server.web_config_file"] = args.web_config_file
     return overrides
 
 
@@ -125,11 +128,18 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser)
     parser.add_argument("--web.listen-address", dest="listen_address",
                         help="HOST:PORT to serve on (overrides server.listen_address, default 127.0.0.1:9875)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="exporter-toolkit web configuration: TLS, client certificates, basic auth "
+                             "(overrides server.web_config_file; default: plain HTTP, no authentication)")
+
+
+# /metrics and /healthz must answer while slow API calls run: more workers than the API lets /score
+# use at once (detector/api.py limits that), and a deadline on every client's reading and writing.
+DETECTOR_LIMITS = Limits(workers=16, max_queued=64, max_connections=512, read_timeout=10.0,
+                         write_timeout=60.0, max_body_bytes=16 << 20)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import waitress
-
     from detector.api import create_app
     from detector.extensions import load_extensions
     from detector.metrics import build_registry
@@ -150,7 +160,7 @@ def _serve(args: argparse.Namespace) -> int:
             sink = ext.wrap_fit_sink(sink, store)
         if ext.load_bundle:
             load_bundle = ext.load_bundle
-    host, port = parse_listen_address(config.server.listen_address)
+    web_config = load_web_config(config.server.web_config_file)  # checked with the configuration
     detector = Detector(config, args.config, overrides_from(args), args.shard, sink, load_bundle)
     registry = build_registry(detector, [c for ext in extensions for c in ext.collectors])
     app = create_app(detector, registry)
@@ -158,7 +168,8 @@ def _serve(args: argparse.Namespace) -> int:
         for blueprint in ext.blueprints:
             app.register_blueprint(blueprint)
     try:
-        server = waitress.create_server(app, host=host, port=port, threads=4, ident="boxwatch-detector")
+        server = Server(app, *parse_listen_address(config.server.listen_address), web_config, DETECTOR_LIMITS,
+                        name="http")
     except OSError as err:
         log.error("cannot listen", extra=kv(address=config.server.listen_address, error=err))
         return 1
@@ -169,11 +180,11 @@ def _serve(args: argparse.Namespace) -> int:
     detector.start()
     for ext in extensions:
         ext.start(detector)
-    thread = threading.Thread(target=server.run, name="http", daemon=True)
-    thread.start()
-    log.info("listening", extra=kv(address=f"{host}:{server.effective_port}"))
+    server.start()
+    log.info("listening", extra=kv(address=f"{server.host}:{server.port}", scheme=server.scheme,
+                                   basic_auth=bool(web_config.users)))
     stop.wait()
-    server.close()
+    server.stop()
     for ext in extensions:
         ext.stop()
     detector.stop()

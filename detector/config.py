@@ -149,6 +149,19 @@ class QueryConfig(_Strict):
 
 class ServerConfig(_Strict):
     listen_address: str = Field(DEFAULT_LISTEN_ADDRESS, description="HOST:PORT the HTTP server listens on.")
+    web_config_file: str | None = Field(None, description="exporter-toolkit web configuration (TLS, client "
+                                        "certificates, basic auth), as node_exporter's --web.config.file.")
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _web_config(cls, value: str | None) -> str | None:
+        from boxwatch.web import WebConfigError, load_web_config
+
+        try:
+            load_web_config(value)
+        except WebConfigError as err:
+            raise ValueError("; ".join(err.problems)) from None
+        return value or None
 
     @field_validator("listen_address")
     @classmethod

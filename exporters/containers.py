@@ -8,8 +8,10 @@ Two background threads talk to the daemon; a scrape never does:
   immutable ``Snapshot``.
 * ``EventFollower`` follows the daemon's event stream and counts container events.
 
-``ContainerCollector.collect()`` only reads the latest snapshot and the event counters, so a
-scrape takes milliseconds whatever the number of containers and however slow the daemon is.
+Each new snapshot is rendered to exposition text once, by the poller thread
+(``exporters.exposition``); a scrape serves those bytes plus the event and error counters and the
+stats ages, so it takes about a millisecond whatever the number of containers and however slow the
+daemon is.
 A daemon that cannot be reached sets ``boxwatch_docker_up`` to 0 (logged once per change of
 state) and is retried with exponential backoff; both threads resume when it is back.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exporters.exposition import ClockGauge, Part, Prepared, Rendered, families_of
 from exporters.server import Source, kv
 
 log = logging.getLogger("boxwatch.containers")
@@ -301,6 +304,7 @@ class StatsPoller:
         self._last_stats: dict[str, Stats] = {}
         self._last: dict[str, Container] = {}
         self.snapshot = Snapshot(up=False)
+        self.listeners: list[Callable[[Snapshot], None]] = []  # called with each new snapshot
         self._thread = threading.Thread(target=self._run, name="docker-poller", daemon=True)
 
     def start(self) -> StatsPoller:
@@ -334,8 +338,16 @@ class StatsPoller:
             self._client = None
         self._last_stats.clear()
         self._last.clear()
-        self.snapshot = Snapshot(up=False, refreshed_at=self.snapshot.refreshed_at,
-                                 refresh_seconds=self.snapshot.refresh_seconds)
+        self._publish(Snapshot(up=False, refreshed_at=self.snapshot.refreshed_at,
+                               refresh_seconds=self.snapshot.refresh_seconds))
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        for listener in self.listeners:
+            try:
+                listener(snapshot)
+            except Exception:  # a rendering bug must not stop the polling
+                log.exception("snapshot listener failed")
 
     def refresh(self) -> None:
         """List, inspect and fetch stats of every container, then publish the new snapshot."""
@@ -351,12 +363,12 @@ class StatsPoller:
         self._last = {full_id: c for full_id, c in results.items() if c is not None}
         containers = tuple(self._last.values())
         self._last_stats = {c.id: c.stats for c in containers if c.stats is not None}
-        self.snapshot = Snapshot(
+        self._publish(Snapshot(
             up=True,
             containers=tuple(sorted(containers, key=lambda c: (c.name, c.id))),
             refreshed_at=time.time(),
             refresh_seconds=time.monotonic() - started,
-        )
+        ))
 
     def _inspect_with_stats(self, container_id: str) -> Container | None:
         api = self._client.api
@@ -537,7 +549,9 @@ def _timestamp(time_ns: int) -> str:
 class ContainerCollector:
     """Metric families from the poller's latest snapshot and the event counters.
 
-    ``collect()`` does no I/O: it costs the same whether the daemon answers or not.
+    The snapshot's families are rendered once, when the poller publishes it (``prepared``); a
+    scrape adds only what changes between snapshots: error and event counters, and stats ages.
+    Neither does I/O: a scrape costs the same whether the daemon answers or not.
     """
 
     def __init__(self, poller: StatsPoller, events: EventCounts, errors: ErrorCounts,
@@ -546,16 +560,30 @@ class ContainerCollector:
         self._events = events
         self._errors = errors
         self._clock = clock
+        self.prepared = Prepared()
+        poller.listeners.append(self.prepare)
 
     def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self._poller.snapshot
-        yield from self._daemon_families(snapshot)
-        yield from self._container_families(snapshot.containers)
-        yield from self._stats_families(snapshot.containers)
+    def prepare(self, snapshot: Snapshot) -> Rendered:
+        """Render ``snapshot`` for the scrapes to come (called by the poller with each snapshot)."""
+        return self.prepared.publish(self._snapshot_families(snapshot), snapshot,
+                                     [self._stats_ages(snapshot.containers)])
+
+    def parts(self) -> Iterator[Part]:
+        rendered = self.prepared.current or self.prepare(self._poller.snapshot)
+        yield rendered
+        yield self._error_family()
+        yield from rendered.extra
         yield self._event_family()
+
+    def collect(self) -> Iterable[Metric]:
+        return families_of(self.parts())
+
+    def _snapshot_families(self, snapshot: Snapshot) -> list[Metric]:
+        return [*self._daemon_families(snapshot), *self._container_families(snapshot.containers),
+                *self._stats_families(snapshot.containers)]
 
     def _daemon_families(self, snapshot: Snapshot) -> Iterable[Metric]:
         yield GaugeMetricFamily("boxwatch_docker_up", "1 if the last refresh reached the Docker daemon, 0 if not.",
@@ -567,11 +595,13 @@ class ContainerCollector:
             yield GaugeMetricFamily("boxwatch_docker_refresh_duration_seconds",
                                     "Time the last successful refresh took (list, inspect and stats of every "
                                     "container).", value=snapshot.refresh_seconds)
+
+    def _error_family(self) -> Metric:
         errors = CounterMetricFamily("boxwatch_docker_errors",
                                      "Docker API calls that failed, by operation.", labels=["operation"])
         for operation, count in self._errors.items():
             errors.add_metric([operation], count)
-        yield errors
+        return errors
 
     def _container_families(self, containers: tuple[Container, ...]) -> Iterable[Metric]:
         info = GaugeMetricFamily("boxwatch_container_info", "Container metadata; always 1.",
@@ -614,8 +644,6 @@ class ContainerCollector:
         tx = counter("boxwatch_container_network_transmit_bytes", "Bytes sent on all the container's interfaces.")
         block_read = counter("boxwatch_container_block_read_bytes", "Bytes read from block devices.")
         block_write = counter("boxwatch_container_block_write_bytes", "Bytes written to block devices.")
-        age = gauge("boxwatch_container_stats_age_seconds", "Seconds since the exporter received these stats.")
-        now = self._clock()
         for c in containers:
             s = c.stats
             if s is None:
@@ -629,8 +657,12 @@ class ContainerCollector:
                 tx.add_metric(c.labels, s.network_transmit_bytes)
             block_read.add_metric(c.labels, s.block_read_bytes)
             block_write.add_metric(c.labels, s.block_write_bytes)
-            age.add_metric(c.labels, max(0.0, now - s.read_at))
-        yield from (cpu, memory, limit, rx, tx, block_read, block_write, age)
+        yield from (cpu, memory, limit, rx, tx, block_read, block_write)
+
+    def _stats_ages(self, containers: tuple[Container, ...]) -> ClockGauge:
+        return ClockGauge("boxwatch_container_stats_age_seconds", "Seconds since the exporter received these stats.",
+                          CONTAINER_LABELS, [(c.labels, c.stats.read_at) for c in containers if c.stats is not None],
+                          self._clock)
 
     def _event_family(self) -> Metric:
         family = CounterMetricFamily("boxwatch_container_events",

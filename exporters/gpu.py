@@ -2,8 +2,8 @@
 
 Design: a background thread (``NvmlPoller``) owns every NVML call. Each poll reads all GPUs
 into an immutable ``Snapshot`` and swaps it in; ``GpuCollector.collect()`` only turns the
-latest snapshot into metric families. A scrape therefore never waits on NVML, however slow
-the driver is (NVML calls can take hundreds of milliseconds on a GPU that is falling off the
+latest snapshot into metric families, once per snapshot (``exporters.exposition``): a scrape
+serves those bytes. A scrape therefore never waits on NVML, however slow the driver is (NVML calls can take hundreds of milliseconds on a GPU that is falling off the
 bus, and a ctypes call cannot be interrupted from Python). If polling stalls, the snapshot
 ages: ``boxwatch_gpu_snapshot_age_seconds`` grows and, past ``--gpu.max-snapshot-age``, the
 readings are withheld and every GPU reports ``boxwatch_gpu_up 0`` rather than stale values.
@@ -38,6 +38,7 @@ from types import ModuleType
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from exporters.cgroups import ContainerNames, container_of_pid
+from exporters.exposition import Part, Prepared, Rendered, families_of
 from exporters.server import Source, add_collector_flag, kv
 
 log = logging.getLogger("boxwatch.gpu")
@@ -396,6 +397,7 @@ class NvmlPoller:
         self._retry_delay = config.retry_initial
         self._snapshot: Snapshot | None = None
         self._containers = ContainerNames(config.docker_host) if config.docker_host else None
+        self.listeners: list[Callable[[Snapshot], None]] = []  # called with each new snapshot
         self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nvml-poller", daemon=True)
@@ -440,6 +442,11 @@ class NvmlPoller:
 
     def _publish(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot  # one reference swap: readers see the old or the new, whole
+        for listener in self.listeners:
+            try:
+                listener(snapshot)
+            except Exception:  # a rendering bug must not stop the polling
+                log.exception("snapshot listener failed")
         self._first.set()
 
     def _poll(self) -> None:
@@ -635,19 +642,37 @@ _GAUGES: tuple[tuple[str, str, str], ...] = (
 
 
 class GpuCollector:
-    """Turns the poller's latest snapshot into metric families; never calls NVML itself."""
+    """Turns the poller's latest snapshot into metric families; never calls NVML itself.
+
+    Each snapshot is rendered once, by the poller thread (``prepared``); a scrape adds the
+    snapshot's age, and withholds the readings (a second rendering, made when first needed) once
+    the snapshot is older than ``max_snapshot_age``.
+    """
 
     def __init__(self, poller: NvmlPoller, max_snapshot_age: float, clock: Callable[[], float] = time.monotonic):
         self._poller = poller
         self._max_age = max_snapshot_age
         self._clock = clock
         self._stale_logged = False
+        self._stale: Rendered | None = None
+        self.prepared = Prepared()
+        poller.listeners.append(self.prepare)
 
     def describe(self) -> list[Metric]:
         return []
 
+    def prepare(self, snap: Snapshot) -> Rendered:
+        """Render ``snap`` for the scrapes to come (called by the poller with each snapshot)."""
+        return self.prepared.publish(self._snapshot_families(snap, stale=False), snap)
+
     def collect(self) -> Iterable[Metric]:
-        snap = self._poller.snapshot()
+        return families_of(self.parts())
+
+    def parts(self) -> Iterable[Part]:
+        rendered = self.prepared.current
+        if rendered is None and self._poller.snapshot() is not None:
+            rendered = self.prepare(self._poller.snapshot())
+        snap: Snapshot | None = rendered.source if rendered is not None else None
         nvml_up = GaugeMetricFamily("boxwatch_nvml_up", "1 if NVML is initialised, 0 if not (no driver, init failed).")
         nvml_up.add_metric([], 1.0 if snap is not None and snap.nvml_up else 0.0)
         yield nvml_up
@@ -656,18 +681,31 @@ class GpuCollector:
         age = self._clock() - snap.taken_at
         yield GaugeMetricFamily("boxwatch_gpu_snapshot_age_seconds",
                                 "Seconds since the NVML poll that this scrape's values come from.", value=age)
-        yield GaugeMetricFamily("boxwatch_gpu_poll_duration_seconds",
-                                "Time the last NVML poll of all GPUs took.", value=snap.poll_duration)
-        yield self._errors(snap)
-        if not snap.nvml_up:
+        stale = snap.nvml_up and age > self._max_age
+        if snap.nvml_up:
+            self._log_staleness(stale, age)
+        if not stale:
+            yield rendered
             return
+        withheld = self._stale
+        if withheld is None or withheld.source is not snap:
+            withheld = self._stale = Rendered(self._snapshot_families(snap, stale=True), snap)
+        yield withheld
+
+    def _snapshot_families(self, snap: Snapshot, stale: bool) -> list[Metric]:
+        families: list[Metric] = [
+            GaugeMetricFamily("boxwatch_gpu_poll_duration_seconds",
+                              "Time the last NVML poll of all GPUs took.", value=snap.poll_duration),
+            self._errors(snap),
+        ]
+        if not snap.nvml_up:
+            return families
         if snap.driver_version is not None:
             driver = InfoMetricFamily("boxwatch_gpu_driver", "NVIDIA driver version, from NVML.")
             driver.add_metric([], {"driver_version": snap.driver_version})
-            yield driver
-        stale = age > self._max_age
-        self._log_staleness(stale, age)
-        yield from self._gpu_families(snap.gpus, stale)
+            families.append(driver)
+        families.extend(self._gpu_families(snap.gpus, stale))
+        return families
 
     def _log_staleness(self, stale: bool, age: float) -> None:
         if stale and not self._stale_logged:

@@ -11,7 +11,13 @@ saved in one file together with the counters and the template miners' state (wri
 file and renamed over the old one), so the saved counters always cover exactly the entries before the
 saved cursor: after a restart the counters continue where they were and no entry is counted twice
 or skipped. After a crash the counters fall back to the last save and the entries after it are read
-again, so the totals stay exact (Prometheus sees that as a counter reset).
+again, so the totals stay exact.
+
+``/metrics`` serves the counters as of the last save, rendered once right after it
+(``exporters.exposition``): a counter is published only once the state that covers it is on disk,
+so a crash at any moment (a burst between two saves included) never makes a restarted exporter
+publish a lower value than before, which Prometheus would read as a reset and ``increase()`` would
+count twice. Counters therefore trail the journal by up to ``--state.save-interval`` (1 s).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporters.drain import Drain
+from exporters.exposition import Part, Prepared, Rendered, families_of
 from exporters.server import Source, add_collector_flag, kv
 from exporters.xid import parse_xid
 
@@ -77,9 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=Path(os.environ.get("BOXWATCH_JOURNALD_STATE", ".boxwatch/journald")),
                         help="where the cursor, counters and templates are kept (default: %(default)s, or "
                              "$BOXWATCH_JOURNALD_STATE)")
-    parser.add_argument("--state.save-interval", dest="save_interval", type=float, metavar="SECONDS", default=10.0,
-                        help="seconds between state saves while entries arrive; 0 saves after every batch "
-                             "(default: %(default)s)")
+    parser.add_argument("--state.save-interval", dest="save_interval", type=float, metavar="SECONDS", default=1.0,
+                        help="seconds between state saves while entries arrive; 0 saves after every batch. "
+                             "/metrics serves the counters as of the last save, so they trail the journal "
+                             "by up to this long (default: %(default)s)")
     parser.add_argument("--templates.max-per-unit", dest="templates_max_per_unit", type=int, metavar="N", default=50,
                         help="template series per unit; entries of further templates count as "
                              "template_id=\"other\" (default: %(default)s)")
@@ -125,8 +133,9 @@ def create(args: argparse.Namespace) -> Source:
         from_start=args.journal_from_start,
         save_interval=args.save_interval,
     )
+    collector = JournalCollector(state, follower)
     follower.start()
-    return Source({"journal": JournalCollector(state, follower)}, close=follower.stop)
+    return Source({"journal": collector}, close=follower.stop)
 
 
 # --------------------------------------------------------------------------- state
@@ -352,22 +361,26 @@ class JournalState:
 
     def snapshot(self) -> dict:
         with self.lock:
-            templates = {}
-            for unit, ids in self.exported.items():
-                miner = self.miners.get(unit)
-                known = {c.id: c.template for c in miner.clusters} if miner else {}
-                templates[unit] = {i: known[i] for i in ids if i in known}
-            return {
-                "entries": dict(self.entries),
-                "template_entries": dict(self.template_entries),
-                "templates": templates,
-                "template_counts": {u: len(m.clusters) for u, m in self.miners.items()},
-                "new_templates": dict(self.new_templates),
-                "xid": dict(self.xid),
-                "invalid": dict(self.invalid),
-                "last_timestamp": self.last_timestamp,
-                "last_lag": self.last_lag,
-            }
+            return self.view()
+
+    def view(self) -> dict:
+        """Copies of the counters, for the exposition (call with ``lock`` held)."""
+        templates = {}
+        for unit, ids in self.exported.items():
+            miner = self.miners.get(unit)
+            known = {c.id: c.template for c in miner.clusters} if miner else {}
+            templates[unit] = {i: known[i] for i in ids if i in known}
+        return {
+            "entries": dict(self.entries),
+            "template_entries": dict(self.template_entries),
+            "templates": templates,
+            "template_counts": {u: len(m.clusters) for u, m in self.miners.items()},
+            "new_templates": dict(self.new_templates),
+            "xid": dict(self.xid),
+            "invalid": dict(self.invalid),
+            "last_timestamp": self.last_timestamp,
+            "last_lag": self.last_lag,
+        }
 
     # ----------------------------------------------------------------- persistence
 
@@ -428,6 +441,7 @@ class JournalFollower:
         self.read_errors = 0
         self.save_errors = 0
         self.last_save_timestamp: float | None = None
+        self.on_save: list = []  # called with the state's view() after each successful save
 
     def start(self) -> None:
         self._thread.start()
@@ -537,6 +551,7 @@ class JournalFollower:
             if not self.state.dirty and not force:
                 return
             data = self.state.dump()
+            view = self.state.view()
             self.state.dirty = False
         try:
             self.store.save(data)
@@ -548,21 +563,38 @@ class JournalFollower:
             return
         self._last_save = now
         self.last_save_timestamp = time.time()
+        for publish in self.on_save:
+            publish(view)
 
 
 # --------------------------------------------------------------------------- metrics
 
 
 class JournalCollector:
+    """Counters as of the last save (rendered once per save) and the reader's live status."""
+
     def __init__(self, state: JournalState, follower: JournalFollower):
         self._state = state
         self._follower = follower
+        self.prepared = Prepared()
+        follower.on_save.append(self.prepare)
+        self.prepare(state.snapshot())  # the restored state: what the last run saved
 
     def describe(self) -> list[Metric]:
         return []
 
+    def prepare(self, snap: dict) -> Rendered:
+        return self.prepared.publish(self._state_families(snap), snap)
+
     def collect(self) -> Iterable[Metric]:
-        snap = self._state.snapshot()
+        return families_of(self.parts())
+
+    def parts(self) -> Iterable[Part]:
+        yield self.prepared.current
+        yield from self._follower_families()
+
+    @staticmethod
+    def _state_families(snap: dict) -> Iterable[Metric]:
         yield from _counter("boxwatch_journal_entries", "Journal entries read, by unit and priority.",
                             ["unit", "priority"], snap["entries"])
         yield from _counter("boxwatch_journal_template_entries",
@@ -598,6 +630,8 @@ class JournalCollector:
             yield GaugeMetricFamily("boxwatch_journal_lag_seconds",
                                     "How long after it was written the last entry was read.",
                                     value=snap["last_lag"])
+
+    def _follower_families(self) -> Iterable[Metric]:
         follower = self._follower
         yield GaugeMetricFamily("boxwatch_journal_reader_up", "1 while the journal is open and followed.",
                                 value=1.0 if follower.up else 0.0)

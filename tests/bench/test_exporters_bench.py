@@ -32,3 +32,16 @@ def test_gpu_benchmark_reports_latency_and_memory_for_2_and_8_gpus():
     table = run_bench("--exporter", "gpu", "--scrapes", "3")
     assert table.returncode == 0, table.stderr
     assert "p50 ms" in table.stdout and "8 GPUs" in table.stdout and "no GPU here" in table.stdout
+
+
+def test_concurrent_mode_reports_latency_refusals_and_threads():
+    require_binary("gcc", "/usr/bin/gcc")
+    result = run_bench("--exporter", "gpu", "--sizes", "2", "--concurrency", "4", "--duration", "2",
+                       "--idle", "50", "--json")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert (row["size"], row["status"], row["clients"]) == (2, "ok", 4)
+    assert row["scrapes"] > 20 and row["refused"] == 0 and row["failed"] == 0
+    assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["threads"] < 20, "50 idle connections must not cost a thread each"
+    assert run_bench("--concurrency", "500").returncode != 0

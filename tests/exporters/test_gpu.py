@@ -33,7 +33,8 @@ NO_SUCH_PID = 2**31 - 1  # above any pid_max: /proc has no such entry
 GPU_FLAGS = [
     "--collector.processes", "--no-collector.processes", "--gpu.max-processes", "--gpu.poll-interval",
     "--gpu.max-snapshot-age", "--gpu.devices", "--gpu.ecc-counter", "--gpu.init-retry-max-interval",
-    "--path.procfs", "--docker.host", "--web.listen-address", "--web.telemetry-path", "--log.level", "--log.format",
+    "--path.procfs", "--docker.host", "--web.listen-address", "--web.telemetry-path", "--web.config.file",
+    "--log.level", "--log.format",
 ]
 
 
@@ -157,7 +158,7 @@ def wait_until(exporter: Exporter, predicate, timeout: float = 15.0) -> str:
 
 _VARYING = re.compile(
     r"^(boxwatch_exporter_scrape_collector_duration_seconds|boxwatch_gpu_snapshot_age_seconds"
-    r"|boxwatch_gpu_poll_duration_seconds)(\{[^}]*\})? \S+$"
+    r"|boxwatch_gpu_poll_duration_seconds|boxwatch_exporter_render_duration_seconds)(\{[^}]*\})? \S+$"
 )
 
 

@@ -304,6 +304,35 @@ def test_crash_falls_back_to_the_last_save_consistently(start, journal, tmp_path
     assert entries(exporter.metrics(), "app.service", "info") == 7
 
 
+def test_crash_during_a_burst_never_publishes_a_lower_counter(start, journal):
+    """A SIGKILL between two saves: the restarted exporter must never serve less than was served
+    before, or Prometheus reads a counter reset and increase() counts the re-read entries twice."""
+    write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
+    exporter = start("--state.save-interval=60")  # no periodic save while the test runs
+    burst = 3000
+    write_journal(journal / "system.journal", [unit_entry("app.service", f"request {i} served in {i % 97} ms")
+                                               for i in range(burst)])
+    served = []
+    deadline = time.monotonic() + 3.0  # long enough to read the whole burst
+    while time.monotonic() < deadline:
+        served.append(entries(exporter.metrics(), "app.service", "info") or 0)
+        time.sleep(0.05)
+    exporter.stop(signal.SIGKILL)  # before any save of the burst
+
+    exporter = start("--state.save-interval=0.2")
+    after = []
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and (not after or after[-1] < burst):
+        after.append(entries(exporter.metrics(), "app.service", "info") or 0)
+        time.sleep(0.02)
+    assert after and after[-1] == burst, f"the restarted exporter re-reads the burst exactly once: {after[-5:]}"
+    assert after[0] >= max(served), (f"served {max(served)} before the crash, {after[0]} after the restart: "
+                                      "Prometheus would see a counter reset")
+    assert after == sorted(after), "the counter never decreases"
+    time.sleep(0.5)
+    assert entries(exporter.metrics(), "app.service", "info") == burst
+
+
 def test_rotation_new_files_and_vacuumed_files(start, journal):
     first = journal / "system.journal"
     write_journal(first, [unit_entry("init.service", "boot")])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import threading
+import time
 
 import pytest
 import requests
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporters.exposition import ClockGauge, Prepared
 from exporters.server import (
     InstrumentedCollector,
     Source,
@@ -104,3 +108,76 @@ def test_collector_flags_follow_node_exporter():
 def test_instrumented_collector_describes_nothing():
     """A registry must not scrape a slow source at register time (auto-describe)."""
     assert InstrumentedCollector("x", {"bad": Broken()}).describe() == []
+
+
+class Polled:
+    """A source polled in the background: it renders its families once per snapshot."""
+
+    def __init__(self):
+        self.prepared = Prepared()
+        self.renders = 0
+        self.snapshot = 0
+
+    def publish(self, value: float) -> None:
+        self.snapshot = value
+        self.prepared.publish(self._families(value), value,
+                              [ClockGauge("boxwatch_test_age_seconds", "Age.", ["k"], [(["a"], time.time() - 5)])])
+
+    def _families(self, value: float):
+        self.renders += 1
+        g = GaugeMetricFamily("boxwatch_test_polled", "A polled value.", labels=["k"])
+        for i in range(50):
+            g.add_metric([f"k{i:02d}"], value + i)
+        yield g
+
+    def parts(self):
+        yield self.prepared.current
+        yield from self.prepared.current.extra
+        yield GaugeMetricFamily("boxwatch_test_live", "Computed per scrape.", value=self.snapshot)
+
+
+def _scrape(app, accept: str = "", encoding: str = "") -> tuple[dict, bytes]:
+    got = {}
+
+    def start_response(status, headers):
+        got.update(headers, status=status)
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "HTTP_ACCEPT": accept,
+               "HTTP_ACCEPT_ENCODING": encoding}
+    return got, b"".join(app(environ, start_response))
+
+
+def test_scrapes_serve_the_prepared_rendering_in_every_format():
+    source = Polled()
+    source.publish(1.0)
+    app = make_app("test", build_registry("test", Source({"polled": source})))
+    _, text = _scrape(app)
+    headers, gz = _scrape(app, encoding="gzip")
+    om_headers, om = _scrape(app, accept="application/openmetrics-text;version=1.0.0")
+    assert headers["Content-Encoding"] == "gzip"
+    assert om_headers["Content-Type"].startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
+    plain_samples = _samples(text)
+    unzipped = _samples(gzip.decompress(gz))
+    assert {n: set(v) for n, v in unzipped.items()} == {n: set(v) for n, v in plain_samples.items()}
+    assert unzipped["boxwatch_test_polled"] == plain_samples["boxwatch_test_polled"], "one gzip member, same content"
+    assert plain_samples["boxwatch_test_polled"][("k", "k49")] == 50.0
+    assert 4.5 < plain_samples["boxwatch_test_age_seconds"][("k", "a")] < 60
+    assert plain_samples["boxwatch_test_live"][()] == 1.0
+    om_families = {f.name for f in text_string_to_metric_families(om.decode().replace("# EOF\n", ""))}
+    assert {"boxwatch_test_polled", "boxwatch_test_age_seconds", "boxwatch_exporter_build"} <= om_families
+    renders = source.renders
+    for _ in range(20):
+        _scrape(app, encoding="gzip")
+        _scrape(app)
+    assert source.renders == renders, "scrapes never rebuild the prepared families"
+    source.publish(2.0)
+    assert _samples(_scrape(app)[1])["boxwatch_test_polled"][("k", "k00")] == 2.0
+    assert _samples(_scrape(app)[1])["boxwatch_exporter_render_duration_seconds"][("collector", "polled")] > 0
+
+
+def _samples(body: bytes) -> dict:
+    out: dict = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))[0] if s.labels else ()] = s.value
+    return out
