@@ -192,6 +192,29 @@ class RemoteWriteConfig(_Strict):
         return parse_duration(value)
 
 
+class ApiConfig(_Strict):
+    """Limits and guards of the HTTP API (the server's TLS and basic auth come from --web.config.file)."""
+
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024,
+        description="Largest request body; a bigger one is refused with 413 before it is parsed.",
+    )
+    max_concurrent_scores: int = Field(
+        2, ge=1, le=64, description="POST /api/v1/score requests computed at once; more get 429 at once, "
+                                    "so /metrics and /healthz always find a free worker.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host header values accepted (shell patterns, e.g. '*.svc.cluster.local'; '*' for "
+                          "any), against DNS rebinding. Default: the listen host and localhost names when "
+                          "listening on a loopback or specific address; any host when listening on all "
+                          "addresses (:9875, 0.0.0.0:9875).",
+    )
+    mutations: bool = Field(
+        True, description="Allow the endpoints that change state (POST /-/reload, registry reload, drift "
+                          "check); false refuses them with 403 (SIGHUP still reloads).",
+    )
+
+
 class WriterConfig(_Strict):
     """Where scores go besides /metrics: optionally remote write (catch-up ranges included)."""
 
@@ -306,6 +329,7 @@ class DetectorConfig(_Strict):
     state_dir: str = Field(".boxwatch/detector", description="Where fitted models are persisted.")
     writer: WriterConfig = Field(default_factory=WriterConfig)
     anomalies: AnomaliesConfig = Field(default_factory=AnomaliesConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
