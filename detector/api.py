@@ -50,9 +50,15 @@ from detector.service import Detector
 
 log = logging.getLogger("boxwatch.detector.api")
 
-MAX_HISTORY_POINTS = 20_000  # a fit on the history: seconds of CPU at most
-MAX_SCORE_POINTS = 2_000  # scored one by one, online
-MAX_FEATURES = 16
+MAX_HISTORY_POINTS = 10_000  # what a model is fitted on
+MAX_SCORE_POINTS = 100  # scored one by one, online (milliseconds each)
+MAX_FEATURES = 8
+# Tighter than what a configured query may use: one request must cost seconds of CPU, not minutes.
+API_PARAM_LIMITS: dict[str, dict[str, int]] = {
+    "robust": {"window": MAX_HISTORY_POINTS},
+    "seasonal": {"max_points_per_day": 1440, "phase_bins": 288},
+    "iforest": {"n_estimators": 100, "max_samples": 1024, "max_top_features": MAX_FEATURES},
+}
 MAX_GRID_STEPS = 100_000  # span / median spacing: a sparse history must not become a huge regular grid
 MAX_TIMESTAMP = 4_102_444_800.0  # 2100-01-01
 MAX_ABS_VALUE = 1e100
@@ -297,7 +303,10 @@ def score_request(body: Any) -> dict[str, Any]:
         req = ScoreRequest.model_validate(body)
     except ValidationError as err:
         raise BadRequest(_request_problem(err, body)) from None
-    problems = check_params(req.model, req.params)
+    problems = check_params(req.model, req.params) or [
+        (key, f"at most {limit} in an ad-hoc request (got {req.params[key]!r})")
+        for key, limit in API_PARAM_LIMITS.get(req.model, {}).items()
+        if isinstance(req.params.get(key), int) and req.params[key] > limit]
     if problems:
         raise BadRequest("; ".join(f"params{'.' + key if key else ''}: {reason}" for key, reason in problems))
     if len(req.points.timestamps) > MAX_SCORE_POINTS:
