@@ -11,7 +11,6 @@ key), the key path and the reason: :class:`ConfigError` carries the list.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re

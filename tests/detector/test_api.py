@@ -292,7 +292,7 @@ def test_non_finite_numbers_in_and_out(running):
 
 def test_host_header_outside_the_allowed_hosts_is_refused(running):
     """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 must not read the API."""
-    for host in ("evil.example", "evil.example:%d" % running.port, "127.0.0.1.evil.example"):
+    for host in ("evil.example", f"evil.example:{running.port}", "127.0.0.1.evil.example"):
         response = requests.get(f"{running.url}/api/v1/models", headers={"Host": host}, timeout=10)
         assert response.status_code == 403 and "api.allowed_hosts" in response.json()["error"]
     for host in (f"127.0.0.1:{running.port}", f"localhost:{running.port}", "localhost", "[::1]:9"):
