@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detector.httpclient import HttpClientConfig
+
 SCHEMA_VERSION = 1
 ENV_PREFIX = "BOXWATCH_"
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9875"
@@ -83,8 +85,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ReaderConfig(_Strict):
-    """Where data comes from: a Prometheus-compatible HTTP API."""
+class ReaderConfig(HttpClientConfig):
+    """Where data comes from: a Prometheus-compatible HTTP API (headers, TLS and credentials as in
+    Prometheus' client configuration: ``tls_config``, ``basic_auth``, ``bearer_token_file``)."""
 
     url: str = Field("http://127.0.0.1:9090", description="Base URL of the Prometheus HTTP API.")
     timeout: float = Field(30.0, description="Timeout of one HTTP request (duration).")
@@ -96,7 +99,6 @@ class ReaderConfig(_Strict):
     catch_up_max: float = Field(
         3600.0, description="After an outage, score at most this much of the missed range (duration)."
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. tenant IDs).")
 
     @field_validator("timeout", "backoff", "catch_up_max", mode="before")
     @classmethod
@@ -181,7 +183,9 @@ class ServerConfig(_Strict):
         return value
 
 
-class RemoteWriteConfig(_Strict):
+class RemoteWriteConfig(HttpClientConfig):
+    """Prometheus remote write, with headers (tenant IDs), TLS and credentials like the reader's."""
+
     url: str | None = Field(None, description="Prometheus remote-write URL (…/api/v1/write); off when empty.")
     timeout: float = Field(30.0, description="Timeout of one push (duration).")
 

@@ -26,6 +26,7 @@ import pandas as pd
 import requests
 
 from detector.config import ReaderConfig, format_duration
+from detector.httpclient import session_for
 
 log = logging.getLogger("boxwatch.detector.reader")
 
@@ -83,8 +84,7 @@ class PrometheusReader:
 
     def __init__(self, config: ReaderConfig, session: requests.Session | None = None, sleep=time.sleep):
         self.config = config
-        self._session = session or requests.Session()
-        self._session.headers.update(config.headers)
+        self._session = session_for(config, session)
         self._sleep = sleep
         self.last_request_seconds = 0.0
 

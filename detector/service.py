@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from detector.config import ConfigError, DetectorConfig, load_config
+from detector.httpclient import session_for
 from detector.models.base import Model
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
 from detector.scoring import (
@@ -276,7 +277,7 @@ class Detector:
     @staticmethod
     def _make_writer(config: DetectorConfig) -> RemoteWriter | None:
         remote = config.writer.remote_write
-        return RemoteWriter(remote.url, remote.timeout) if remote.url else None
+        return RemoteWriter(remote.url, remote.timeout, session=session_for(remote)) if remote.url else None
 
     # ------------------------------------------------------------------ scoring
 
