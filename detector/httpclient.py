@@ -7,52 +7,48 @@ The keys follow Prometheus' own client configuration (``tls_config``, ``basic_au
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _readable(path: str | None, what: str) -> None:
-    if path is not None and not Path(path).is_file():
-        raise ValueError(f"{what} {path!r} is not a readable file")
+def _readable(path: str) -> str:
+    if not Path(path).is_file():
+        raise ValueError(f"{path!r} is not a readable file")
+    return path
+
+
+ReadableFile = Annotated[str, AfterValidator(_readable)]
 
 
 class TLSConfig(_Strict):
-    ca_file: str | None = Field(None, description="CA certificate(s) to verify the server with (PEM).")
-    cert_file: str | None = Field(None, description="Client certificate for mutual TLS (PEM); needs key_file.")
-    key_file: str | None = Field(None, description="Private key of cert_file (PEM).")
+    ca_file: ReadableFile | None = Field(None, description="CA certificate(s) to verify the server with (PEM).")
+    cert_file: ReadableFile | None = Field(None, description="Client certificate for mutual TLS (PEM); needs key_file.")
+    key_file: ReadableFile | None = Field(None, description="Private key of cert_file (PEM).")
     insecure_skip_verify: bool = Field(False, description="Do not verify the server certificate (testing only).")
 
     @model_validator(mode="after")
     def _files(self) -> TLSConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
-        for what in ("ca_file", "cert_file", "key_file"):
-            _readable(getattr(self, what), what)
         return self
 
 
 class BasicAuth(_Strict):
     username: str = Field(min_length=1)
     password: str | None = Field(None, description="Prefer password_file: a config file is often world-readable.")
-    password_file: str | None = Field(None, description="File whose content (stripped) is the password.")
+    password_file: ReadableFile | None = Field(None, description="File whose content (stripped) is the password.")
 
     @model_validator(mode="after")
     def _one_password(self) -> BasicAuth:
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
         return self
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file(cls, value: str | None) -> str | None:
-        _readable(value, "password_file")
-        return value
 
 
 class HttpClientConfig(_Strict):
@@ -61,7 +57,7 @@ class HttpClientConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. tenant IDs).")
     tls_config: TLSConfig = Field(default_factory=TLSConfig)
     basic_auth: BasicAuth | None = Field(None, description="HTTP basic authentication.")
-    bearer_token_file: str | None = Field(
+    bearer_token_file: ReadableFile | None = Field(
         None, description="File holding a bearer token, read on every request (rotated tokens are picked up).",
     )
 
@@ -70,12 +66,6 @@ class HttpClientConfig(_Strict):
         if self.basic_auth is not None and self.bearer_token_file is not None:
             raise ValueError("give basic_auth or bearer_token_file, not both")
         return self
-
-    @field_validator("bearer_token_file")
-    @classmethod
-    def _token_file(cls, value: str | None) -> str | None:
-        _readable(value, "bearer_token_file")
-        return value
 
 
 class BearerTokenFile(requests.auth.AuthBase):
