@@ -276,7 +276,10 @@ def _backfill(args: argparse.Namespace) -> int:
     if args.remote_write_url:
         import requests
 
-        writer = RemoteWriter(args.remote_write_url, config.writer.remote_write.timeout)
+        from detector.httpclient import session_for
+
+        remote = config.writer.remote_write
+        writer = RemoteWriter(args.remote_write_url, remote.timeout, session=session_for(remote))
         try:
             samples = writer.write(points)
         except requests.RequestException as err:

@@ -11,7 +11,6 @@ key), the key path and the reason: :class:`ConfigError` carries the list.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -22,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detector.httpclient import HttpClientConfig
 
 SCHEMA_VERSION = 1
 ENV_PREFIX = "BOXWATCH_"
@@ -56,6 +57,21 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+MAX_STEP = 86400.0  # one point a day is the coarsest grid a range query is useful on
+MAX_FIT_WINDOW = 366 * 86400.0
+MAX_POINTS_PER_SERIES = 1_000_000  # fit_window / step: what one series' history may hold in memory
+
+
+def parse_bounded_duration(value: Any, low: float, high: float) -> float:
+    """:func:`parse_duration` that refuses values outside ``[low, high]`` seconds, saying so in units."""
+    seconds = parse_duration(value)
+    if seconds < low:
+        raise ValueError(f"must be at least {format_duration(low)}; got {value!r}")
+    if seconds > high:
+        raise ValueError(f"must be at most {format_duration(high)}; got {value!r}")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact Prometheus duration for ``seconds`` (``3600`` -> ``"1h"``)."""
     for unit in ("w", "d", "h", "m", "s"):
@@ -69,8 +85,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ReaderConfig(_Strict):
-    """Where data comes from: a Prometheus-compatible HTTP API."""
+class ReaderConfig(HttpClientConfig):
+    """Where data comes from: a Prometheus-compatible HTTP API (headers, TLS and credentials as in
+    Prometheus' client configuration: ``tls_config``, ``basic_auth``, ``bearer_token_file``)."""
 
     url: str = Field("http://127.0.0.1:9090", description="Base URL of the Prometheus HTTP API.")
     timeout: float = Field(30.0, description="Timeout of one HTTP request (duration).")
@@ -82,7 +99,6 @@ class ReaderConfig(_Strict):
     catch_up_max: float = Field(
         3600.0, description="After an outage, score at most this much of the missed range (duration)."
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. tenant IDs).")
 
     @field_validator("timeout", "backoff", "catch_up_max", mode="before")
     @classmethod
@@ -126,20 +142,28 @@ class QueryConfig(_Strict):
         False, description="The expr returns raw counters: convert to per-second rates, handling resets."
     )
 
-    @field_validator("step", "fit_window", "fit_every", mode="before")
+    @field_validator("step", mode="before")
     @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
+    def _step(cls, value: Any) -> float:
+        return parse_bounded_duration(value, 0.001, MAX_STEP)
+
+    @field_validator("fit_window", "fit_every", mode="before")
+    @classmethod
+    def _windows_bounded(cls, value: Any) -> float:
+        return parse_bounded_duration(value, 0.001, MAX_FIT_WINDOW)
 
     @field_validator("infer_every", mode="before")
     @classmethod
     def _optional_duration(cls, value: Any) -> float | None:
-        return None if value is None else parse_duration(value)
+        return None if value is None else parse_bounded_duration(value, 0.001, MAX_FIT_WINDOW)
 
     @model_validator(mode="after")
     def _windows(self) -> QueryConfig:
         if self.fit_window < 2 * self.step:
             raise ValueError("fit_window must span at least two steps")
+        if self.fit_window / self.step > MAX_POINTS_PER_SERIES:
+            raise ValueError(f"fit_window / step is {self.fit_window / self.step:.0f} points per series; "
+                             f"at most {MAX_POINTS_PER_SERIES} (use a longer step or a shorter fit_window)")
         return self
 
     @property
@@ -172,7 +196,9 @@ class ServerConfig(_Strict):
         return value
 
 
-class RemoteWriteConfig(_Strict):
+class RemoteWriteConfig(HttpClientConfig):
+    """Prometheus remote write, with headers (tenant IDs), TLS and credentials like the reader's."""
+
     url: str | None = Field(None, description="Prometheus remote-write URL (…/api/v1/write); off when empty.")
     timeout: float = Field(30.0, description="Timeout of one push (duration).")
 
@@ -180,6 +206,29 @@ class RemoteWriteConfig(_Strict):
     @classmethod
     def _durations(cls, value: Any) -> float:
         return parse_duration(value)
+
+
+class ApiConfig(_Strict):
+    """Limits and guards of the HTTP API (the server's TLS and basic auth come from --web.config.file)."""
+
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024,
+        description="Largest request body; a bigger one is refused with 413 before it is parsed.",
+    )
+    max_concurrent_scores: int = Field(
+        2, ge=1, le=64, description="POST /api/v1/score requests computed at once; more get 429 at once, "
+                                    "so /metrics and /healthz always find a free worker.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host header values accepted (shell patterns, e.g. '*.svc.cluster.local'; '*' for "
+                          "any), against DNS rebinding. Default: the listen host and localhost names when "
+                          "listening on a loopback or specific address; any host when listening on all "
+                          "addresses (:9875, 0.0.0.0:9875).",
+    )
+    mutations: bool = Field(
+        True, description="Allow the endpoints that change state (POST /-/reload, registry reload, drift "
+                          "check); false refuses them with 403 (SIGHUP still reloads).",
+    )
 
 
 class WriterConfig(_Strict):
@@ -365,6 +414,7 @@ class DetectorConfig(_Strict):
     state_dir: str = Field(".boxwatch/detector", description="Where fitted models are persisted.")
     writer: WriterConfig = Field(default_factory=WriterConfig)
     anomalies: AnomaliesConfig = Field(default_factory=AnomaliesConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     causes: CausesConfig = Field(default_factory=CausesConfig)
@@ -426,7 +476,7 @@ def load_config(
     """
     path = str(path)
     raw, problems = _read_yaml(path)
-    if problems:
+    if raw is None:
         raise ConfigError(problems)
     sources: dict[str, str] = {}
     flag_overrides = {key: (f"flag --set {key}", value) for key, value in (overrides or {}).items()}
@@ -436,9 +486,13 @@ def load_config(
         sources[key] = label
         if problem:
             problems.append(Problem(label, key, problem))
-    if problems:
+    try:
+        config = validate(raw, path, sources)
+    except ConfigError as err:
+        raise ConfigError(problems + err.problems) from None
+    if problems:  # duplicate keys, bad overrides: the rest was checked too, so every problem is listed
         raise ConfigError(problems)
-    return validate(raw, path, sources)
+    return config
 
 
 def validate(raw: Any, path: str = "<config>", sources: Mapping[str, str] | None = None) -> DetectorConfig:
@@ -474,7 +528,27 @@ def _read_yaml(path: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(path, "", "the file is empty")]
     if not isinstance(raw, dict):
         return None, [Problem(path, "", f"expected a mapping at the top level, got {type(raw).__name__}")]
-    return raw, []
+    return raw, [Problem(path, key, reason) for key, reason in _duplicate_keys(yaml.compose(text, yaml.SafeLoader))]
+
+
+def _duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[tuple[str, str]]:
+    """``(key path, reason)`` for every key given twice in one mapping: YAML keeps the last one
+    silently, so a second query with the same alias would replace the first without a word."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{prefix}.{key}" if prefix else key
+            line = key_node.start_mark.line + 1
+            if key in first_line and key != "<<":
+                problems.append((path, f"duplicate key (line {line}; first given on line {first_line[key]})"))
+            first_line.setdefault(key, line)
+            problems.extend(_duplicate_keys(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems.extend(_duplicate_keys(item, f"{prefix}.{i}"))
+    return problems
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -540,9 +614,8 @@ def _cross_problems_raw(raw: dict, path: str) -> list[Problem]:
     for alias, preset in presets.items():
         if isinstance(preset, dict) and isinstance(preset.get("name"), str):
             params = preset.get("params") if isinstance(preset.get("params"), dict) else {}
-            reason = _model_problem(preset["name"], params)
-            if reason:
-                key = f"models.{alias}.{'params' if 'parameter' in reason else 'name'}"
+            for key, reason in _model_problems(preset["name"], params, f"models.{alias}.params",
+                                               f"models.{alias}.name"):
                 problems.append(Problem(path, key, reason))
     for alias, query in queries.items():
         if not isinstance(query, dict) or not isinstance(query.get("model", "robust"), str):
@@ -553,10 +626,9 @@ def _cross_problems_raw(raw: dict, path: str) -> list[Problem]:
         if isinstance(preset, dict):
             if not isinstance(preset.get("name"), str):
                 continue
-            model, params = preset["name"], {**(preset.get("params") or {}), **params}
-        reason = _model_problem(model, params)
-        if reason:
-            key = f"queries.{alias}.{'params' if 'parameter' in reason else 'model'}"
+            model = preset["name"]
+        for key, reason in _model_problems(model, params, f"queries.{alias}.params", f"queries.{alias}.model",
+                                           only=set(params)):
             problems.append(Problem(path, key, reason))
     return problems
 
@@ -564,19 +636,19 @@ def _cross_problems_raw(raw: dict, path: str) -> list[Problem]:
 def _semantic_problems(config: DetectorConfig, path: str, sources: Mapping[str, str]) -> list[Problem]:
     problems = []
     for alias, preset in config.models.items():
-        reason = _model_problem(preset.name, preset.params)
-        if reason:
-            key = f"models.{alias}.{'params' if 'parameter' in reason else 'name'}"
+        for key, reason in _model_problems(preset.name, preset.params, f"models.{alias}.params",
+                                           f"models.{alias}.name"):
             problems.append(Problem(_source_of(key, path, sources), key, reason))
     for alias, query in config.queries.items():
         if not _ALIAS.match(alias):
             problems.append(Problem(path, f"queries.{alias}", "a query alias must match [A-Za-z_][A-Za-z0-9_:-]*"))
         name, params = config.model_for(alias)
-        reason = _model_problem(name, params)
-        if reason:
-            key = f"queries.{alias}.{'params' if 'parameter' in reason else 'model'}"
+        # A preset's own parameters are reported at the preset; the query answers for what it sets.
+        model_problems = _model_problems(name, params, f"queries.{alias}.params", f"queries.{alias}.model",
+                                         only=set(query.params))
+        for key, reason in model_problems:
             problems.append(Problem(_source_of(key, path, sources), key, reason))
-        elif _is_multivariate(name) and not query.group_by:
+        if not model_problems and name in _known_models() and _is_multivariate(name) and not query.group_by:
             key = f"queries.{alias}.group_by"
             problems.append(Problem(path, key, f"model {name!r} is multivariate: name the entity labels"))
         if query.infer_every is not None and query.infer_every > query.fit_every:
@@ -612,24 +684,27 @@ def _registry_problems(config: DetectorConfig, path: str, sources: Mapping[str, 
     return problems
 
 
-def _model_problem(name: str, params: Mapping[str, Any]) -> str | None:
-    from detector.models import MODELS, model_class
+def _model_problems(name: str, params: Mapping[str, Any], prefix: str, name_key: str,
+                    only: set[str] | None = None) -> list[tuple[str, str]]:
+    """``(key, reason)`` for an unknown model (at ``name_key``) or each bad parameter (below
+    ``prefix``, the params mapping's key path); ``only`` limits parameter problems to those names."""
+    from detector.models import MODELS
+    from detector.models.params import check_params
 
     if name not in MODELS:
-        return f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+        return [(name_key, f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")]
     try:
-        cls = model_class(name)
+        problems = check_params(name, dict(params))
     except ImportError as err:
-        return f"model {name!r} cannot be loaded: {err}"
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        return f"unknown parameter(s) {', '.join(unknown)} for model {name!r}; accepted: {', '.join(accepted)}"
-    try:
-        cls(**params)
-    except (TypeError, ValueError) as err:
-        return f"invalid parameter for model {name!r}: {err}"
-    return None
+        return [(name_key, f"model {name!r} cannot be loaded: {err}")]
+    return [(f"{prefix}.{key}" if key else prefix, reason) for key, reason in problems
+            if only is None or not key or key in only]
+
+
+def _known_models() -> set[str]:
+    from detector.models import MODELS
+
+    return set(MODELS)
 
 
 def _is_multivariate(name: str) -> bool:

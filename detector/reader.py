@@ -5,8 +5,9 @@ One query gives many series, each keyed by its label set (a sorted tuple of pair
 (``start + k * step``); a grid point without a sample is NaN, so gaps stay gaps.
 
 Long ranges are split so that no request asks for more than ``max_points_per_request``
-points per series (Prometheus refuses more than 11,000). Connection errors, timeouts, 5xx
-and 429 answers are retried with exponential backoff; a 4xx (a bad query) is not.
+points per series (Prometheus refuses more than 11,000). Connection errors, 5xx and 429
+answers are retried with exponential backoff within one ``timeout``; a 4xx (a bad query) is
+not, nor a read timeout (a hung server): either way a request fails within ``timeout``.
 
 Counters: prefer ``rate()`` in PromQL. For a query that returns raw counters, set
 ``counter: true`` and :func:`counter_rate` turns the values into per-second rates, reading a
@@ -25,6 +26,7 @@ import pandas as pd
 import requests
 
 from detector.config import ReaderConfig, format_duration
+from detector.httpclient import session_for
 
 log = logging.getLogger("boxwatch.detector.reader")
 
@@ -82,8 +84,7 @@ class PrometheusReader:
 
     def __init__(self, config: ReaderConfig, session: requests.Session | None = None, sleep=time.sleep):
         self.config = config
-        self._session = session or requests.Session()
-        self._session.headers.update(config.headers)
+        self._session = session_for(config, session)
         self._sleep = sleep
         self.last_request_seconds = 0.0
 
@@ -117,13 +118,26 @@ class PrometheusReader:
         return {key: pd.Series(values, index=index, name="value") for key, values in columns.items()}
 
     def _request(self, expr: str, start: float, end: float, step: float) -> list[tuple[dict, list]]:
+        """One range request, answered within ``timeout`` or failed.
+
+        Connection errors, 5xx and 429 are retried with backoff while the deadline (one
+        ``timeout`` from the first try) allows; a read timeout is not: a hung server (stopped,
+        deadlocked) would only hang again, and retrying it would report the outage several
+        timeouts late.
+        """
         params = {"query": expr, "start": _fmt(start), "end": _fmt(end), "step": format_duration(step)}
         url = f"{self.config.url}/api/v1/query_range"
         delay = self.config.backoff
+        deadline = time.monotonic() + self.config.timeout
+        tries = 0
         for attempt in range(self.config.retries + 1):
             began = time.perf_counter()
+            tries += 1
             try:
-                response = self._session.get(url, params=params, timeout=self.config.timeout)
+                response = self._session.get(url, params=params, timeout=max(deadline - time.monotonic(), 0.001))
+            except requests.exceptions.ReadTimeout:
+                raise PrometheusUnavailable(f"{self.config.url} did not answer within {self.config.timeout:g} s "
+                                            "(read timeout; not retried)") from None
             except requests.RequestException as err:
                 problem: str = f"{type(err).__name__}: {err}"
             else:
@@ -140,11 +154,12 @@ class PrometheusReader:
                 problem = f"HTTP {response.status_code}: {_error_text(response)}"
                 if response.status_code < 500 and response.status_code != 429:
                     raise QueryError(problem)
-            if attempt < self.config.retries:
-                log.debug("retrying query", extra={"fields": {"error": problem, "attempt": attempt + 1}})
-                self._sleep(delay)
-                delay *= 2
-        raise PrometheusUnavailable(f"{self.config.url} unreachable after {self.config.retries + 1} tries: {problem}")
+            if attempt == self.config.retries or time.monotonic() + delay >= deadline:
+                break
+            log.debug("retrying query", extra={"fields": {"error": problem, "attempt": attempt + 1}})
+            self._sleep(delay)
+            delay *= 2
+        raise PrometheusUnavailable(f"{self.config.url} unreachable after {tries} tries: {problem}")
 
 
 def _float(value: str) -> float:

@@ -29,6 +29,7 @@ import pandas as pd
 from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
 from detector.feedback import Feedback
+from detector.httpclient import session_for
 from detector.models.base import Model
 from detector.peers import is_cross_sectional, member_points, stand_in
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
@@ -286,7 +287,7 @@ class Detector:
     @staticmethod
     def _make_writer(config: DetectorConfig) -> RemoteWriter | None:
         remote = config.writer.remote_write
-        return RemoteWriter(remote.url, remote.timeout) if remote.url else None
+        return RemoteWriter(remote.url, remote.timeout, session=session_for(remote)) if remote.url else None
 
     # ------------------------------------------------------------------ scoring
 

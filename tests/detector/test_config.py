@@ -142,3 +142,62 @@ def test_help_lists_every_command_and_the_shard_flag_is_checked():
     assert "--shard I/N" in serve.stdout and "--web.listen-address" in serve.stdout
     bad = run_cli("serve", "--shard", "2/2")
     assert bad.returncode == 2 and "expected I/N with 0 <= I < N" in bad.stderr
+
+
+ISSUE_CONFIG = """\
+schema_version: 1
+models:
+  forest: {name: iforest, params: {n_estimators: 0}}
+  bins: {name: seasonal, params: {phase_bins: 1000000000}}
+queries:
+  a: {expr: up}
+  b: {expr: up, fit_window: 100y}
+  c: {expr: up, model: forest, group_by: [instance]}
+  a: {expr: up, params: {k: -3, window: "abc"}}
+  d: {expr: up, step: 1s, fit_window: 30d}
+  e: {expr: up, model: bins}
+"""
+
+
+def test_model_parameters_duplicate_keys_and_absurd_windows_are_each_named(tmp_path):
+    path = write(tmp_path, ISSUE_CONFIG)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    found = {p.key: p.reason for p in caught.value.problems}
+    assert all(p.source == str(path) for p in caught.value.problems)
+    assert "duplicate key (line 9; first given on line 6)" in found["queries.a"]
+    assert "greater than 0" in found["queries.a.params.k"] and "-3" in found["queries.a.params.k"]
+    assert "valid integer" in found["queries.a.params.window"]
+    assert "must be at most 366d" in found["queries.b.fit_window"]
+    assert "greater than or equal to 1" in found["models.forest.params.n_estimators"]
+    assert "less than or equal to 1440" in found["models.bins.params.phase_bins"]
+    assert "at most 1000000" in found["queries.d"]
+    assert len(found) == 7, found  # a preset's problem is not repeated for each query that uses it
+    result = run_cli("validate-config", str(path))
+    assert result.returncode == 1
+    assert "7 problem(s)" in result.stderr
+
+
+@pytest.mark.parametrize("params, key, reason", [
+    ({"seasonality": ["1D", "fortnight"]}, "seasonality", "pandas offset"),
+    ({"seasonality": "hourly"}, "seasonality", "'auto', 'daily', 'weekly' or 'none'"),
+    ({"level_alpha": 2}, "level_alpha", "less than or equal to 1"),
+    ({"clip_outliers": "yes"}, "clip_outliers", "valid boolean"),
+])
+def test_seasonal_parameters_are_typed_and_bounded(tmp_path, params, key, reason):
+    path = write(tmp_path, {"schema_version": 1, "queries": {"q": {"expr": "up", "model": "seasonal",
+                                                                    "params": params}}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    [problem] = caught.value.problems
+    assert problem.key == f"queries.q.params.{key}" and reason in problem.reason
+
+
+def test_every_model_parameter_has_a_declared_type_and_range():
+    from detector.models import MODELS
+    from detector.models.params import CONSTRAINTS, init_parameters, params_model
+
+    for name in MODELS:
+        assert set(CONSTRAINTS[name]) == set(init_parameters(name)), name
+        defaults = params_model(name)().model_dump()
+        assert defaults == {p: v.default for p, v in init_parameters(name).items()}, name

@@ -120,3 +120,35 @@ def test_unreachable_prometheus_is_retried_with_backoff():
     with pytest.raises(PrometheusUnavailable, match="after 4 tries"):
         reader.query_range("up", END - 600, END, STEP)
     assert delays == [0.2, 0.4, 0.8]
+
+
+def test_a_hung_prometheus_is_reported_within_one_timeout_and_scoring_resumes(loaded, tmp_path):
+    """SIGSTOP: the kernel still accepts connections, nothing answers. Not retried: one timeout, not four."""
+    import os
+    import signal
+
+    from detector.config import validate
+    from detector.service import Detector
+
+    reader = PrometheusReader(ReaderConfig(url=loaded.url, retries=3, timeout="2s", backoff="0.1s"))
+    config = validate({"schema_version": 1, "state_dir": str(tmp_path / "state"),
+                       "reader": {"url": loaded.url, "timeout": "2s", "retries": 3},
+                       "queries": {"q": {"expr": "reader_test_value", "step": f"{STEP}s"}}})
+    detector = Detector(config, clock=lambda: END)
+    os.kill(loaded.proc.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        with pytest.raises(PrometheusUnavailable, match="did not answer within 2 s"):
+            reader.query_range("reader_test_value", END - 3600, END, STEP)
+        assert time.monotonic() - began < 3.0
+        began = time.monotonic()
+        detector.run_cycle(END)
+        assert time.monotonic() - began < 3.0
+        stats, _ = detector.stats_copy()
+        assert stats.prometheus_up is False and stats.query_errors == {"q": 1}
+    finally:
+        os.kill(loaded.proc.pid, signal.SIGCONT)
+    assert len(reader.query_range("reader_test_value", END - 3600, END, STEP)) == 2
+    assert detector.run_cycle(END + STEP) == 2
+    assert detector.stats_copy()[0].prometheus_up is True
+    detector.stop()

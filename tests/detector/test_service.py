@@ -190,6 +190,15 @@ def test_reload_keeps_the_last_good_config_and_applies_a_good_one(history_promet
     response = requests.post(f"{detector.url}/-/reload", timeout=10)
     assert response.status_code == 400
     assert any("queries.temp.step" in p for p in response.json()["problems"])
+    detector.config_path.write_text("schema_version: 1\nqueries:\n  temp: {expr: up}\n"
+                                    "  temp: {expr: up, fit_window: 100y, params: {k: -3}}\n")
+    response = requests.post(f"{detector.url}/-/reload", timeout=10)
+    assert response.status_code == 400
+    problems = response.json()["problems"]
+    for key in ("queries.temp: duplicate key", "queries.temp.fit_window: must be at most",
+                "queries.temp.params.k: Input should be greater than 0"):
+        assert any(key in p for p in problems), problems
+    assert detector.sample("boxwatch_detector_config_last_reload_successful") == [0.0]
     served = {s.labels["query"] for s in detector.samples("boxwatch_anomaly_score")}
     assert served == {"temp"}  # still scoring with the last good configuration
     errors = detector.sample("boxwatch_detector_query_errors_total", query="temp")
