@@ -35,6 +35,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import queue
 import selectors
@@ -641,6 +642,19 @@ class _Handler(BaseHTTPRequestHandler):
             return  # the client went away or the deadline passed
         status, headers, payload = server.run_app(self._environ(body), self.exchange.connection)
         self._respond(status, headers, payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Refusals the server makes itself (before the app sees the request) are JSON, like the app's."""
+        reason = self.responses.get(code, ("error",))[0]
+        body = json.dumps({"status": "error", "error": message or reason}).encode()
+        self.log_error("code %d, message %s", code, message or reason)
+        self.send_response(code, reason)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
     def _environ(self, body: bytes) -> dict:
         server = self.exchange.server

@@ -68,6 +68,14 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
         "max_top_features": Annotated[int, Field(ge=0, le=100)],
         "random_state": Annotated[int, Field(ge=0, le=2**32 - 1)] | None,
     },
+    "peer": {
+        "target": Annotated[str, Field(min_length=1, max_length=500)] | None,
+        "covariate": Annotated[str, Field(min_length=1, max_length=500)] | None,
+        "k": Annotated[float, Field(gt=0, le=1000)],
+        "tolerance": Annotated[float, Field(ge=0, le=1e12)],
+        "min_members": Annotated[int, Field(ge=2, le=100_000)],
+        "explain_above": Annotated[float, Field(ge=0, allow_inf_nan=True)],  # inf: never explain
+    },
 }
 
 
