@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# run as a script, bench/ comes first on the path and bench/exporters.py would shadow the package
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from exporters.drain import to_generic  # noqa: E402
 from exporters.journald import new_miner  # noqa: E402
