@@ -20,6 +20,16 @@ suffix (``rhost=<*>``, ``[<*>]``), which is what the template strings of the Log
 
 ``Drain.to_dict()`` / ``Drain.from_dict()`` persist the whole state as plain JSON, so cluster ids stay
 stable across restarts. Clusters are capped (least recently used are dropped) so memory is bounded.
+
+Cost per message does not grow with the number of templates:
+
+- masking runs once per message; a message without a timestamp or size (the only masks that span
+  whitespace) is masked word by word through a bounded cache, as most words recur;
+- each leaf indexes its templates by (position, token), and a template whose share of equal tokens
+  can reach ``sim_threshold`` must equal the message in at least one of any ``n - need + 1``
+  positions, so only the templates listed under the message's rarest tokens are compared (the same
+  template wins as when comparing all of them: this is exact, not a heuristic);
+- template token shapes are kept with the index; a message token's shape is computed at most once.
 """
 
 from __future__ import annotations
@@ -68,15 +78,42 @@ def _mask_word(match: re.Match) -> str:
     return "<NUM>" if _VARIABLE_WORD.search(word) else word
 
 
-def mask(message: str) -> str:
-    """``message`` with its variable parts replaced by typed placeholders (``<IP>``, ``<NUM>``, ...)."""
+def _mask_text(message: str) -> str:
     for placeholder, needs, pattern in _MASK_RE:
-        if any(n in message for n in needs):
-            message = pattern.sub(placeholder, message)
+        for need in needs:
+            if need in message:
+                message = pattern.sub(placeholder, message)
+                break
     message = _DIGIT_WORD.sub(_mask_word, message)
     message = _NUMBER.sub("<NUM>", message)
     # a list of values of one kind (``delete blk_1 blk_2 ...``) is one variable, whatever its length
-    return _PLACEHOLDER_RUN.sub(r"\1", message)
+    return _PLACEHOLDER_RUN.sub(r"\1", message) if "> <" in message else message
+
+
+# Only the DATETIME and SIZE masks can match across a space (and the run of placeholders, which is
+# collapsed on the joined text), and each of their matches contains one of these. Every other mask
+# matches inside a word, and its look-arounds read a space as they read the start or end of a
+# string: without these, masking word by word gives exactly what masking the whole message gives.
+_SPANS_WORDS = re.compile(r"\d:\d\d:\d\d|\d\s?[KMGTP]")
+_WORD_CACHE_SIZE = 1 << 16
+_word_cache: dict[str, str] = {}
+
+
+def mask(message: str) -> str:
+    """``message`` with its variable parts replaced by typed placeholders (``<IP>``, ``<NUM>``, ...)."""
+    if _SPANS_WORDS.search(message):
+        return _mask_text(message)
+    words = message.split(" ")
+    cache = _word_cache
+    for i, word in enumerate(words):
+        masked = cache.get(word)
+        if masked is None:
+            if len(cache) >= _WORD_CACHE_SIZE:
+                cache.clear()
+            masked = cache[word] = _mask_text(word)
+        words[i] = masked
+    message = " ".join(words)
+    return _PLACEHOLDER_RUN.sub(r"\1", message) if "> <" in message else message
 
 
 def tokenize(message: str) -> list[str]:
@@ -158,7 +195,8 @@ def token_matches(template_token: str, token: str) -> bool:
 
 @dataclass
 class Cluster:
-    """One template. ``id`` is stable for the miner's life and across persistence."""
+    """One template. ``id`` is stable for the miner's life and across persistence; ``tokens`` are
+    the miner's to change (its index of the leaf follows them)."""
 
     id: int
     tokens: list[str]
@@ -170,10 +208,122 @@ class Cluster:
         return " ".join(self.tokens)
 
 
+class _Leaf:
+    """The clusters of one tree leaf (messages of one token count) and an index of their tokens.
+
+    ``exact[i]`` maps a token to the ids of the clusters whose template has exactly that token at
+    position ``i``. Tokens with a wildcard inside (``rhost=<*>``, ``[<*>]``) are in ``partial[i]``
+    under the lengths and text of their constant head and tail (what comes before the first and
+    after the last wildcard), so a message token finds them with one look-up per pair of lengths.
+    A token that is only a wildcard is not indexed: it never counts as an equal token."""
+
+    __slots__ = ("order", "wildcards", "shapes", "exact", "partial", "_next")
+
+    def __init__(self, length: int):
+        self.order: dict[int, int] = {}  # id -> rank in the leaf: on a tie the older cluster wins
+        self.wildcards: dict[int, int] = {}  # id -> number of wildcard-only tokens
+        self.shapes: dict[int, list[str]] = {}  # id -> shape of each template token
+        self.exact: list[dict[str, set[int]]] = [{} for _ in range(length)]
+        # position -> (head length, tail length) -> (head, tail) -> token -> ids
+        self.partial: list[dict[tuple[int, int], dict[tuple[str, str], dict[str, set[int]]]]] = \
+            [{} for _ in range(length)]
+        self._next = 0
+
+    def add(self, cluster: Cluster) -> None:
+        self.order[cluster.id] = self._next
+        self._next += 1
+        self.wildcards[cluster.id] = cluster.tokens.count(WILDCARD)
+        self.shapes[cluster.id] = [shape(t) for t in cluster.tokens]
+        for i, token in enumerate(cluster.tokens):
+            self._index(i, token, cluster.id)
+
+    def remove(self, cluster: Cluster) -> None:
+        if self.order.pop(cluster.id, None) is None:
+            return
+        del self.wildcards[cluster.id], self.shapes[cluster.id]
+        for i, token in enumerate(cluster.tokens):
+            self._unindex(i, token, cluster.id)
+
+    def retoken(self, cluster: Cluster, tokens: list[str]) -> None:
+        """Give ``cluster`` the template ``tokens`` (of the same length), keeping its rank."""
+        shapes = self.shapes[cluster.id]
+        for i, (old, new) in enumerate(zip(cluster.tokens, tokens, strict=True)):
+            if old != new:
+                self._unindex(i, old, cluster.id)
+                self._index(i, new, cluster.id)
+                shapes[i] = shape(new)
+        cluster.tokens = tokens
+        self.wildcards[cluster.id] = tokens.count(WILDCARD)
+
+    def _table(self, i: int, token: str, create: bool) -> dict[str, set[int]] | None:
+        if WILDCARD not in token:
+            return self.exact[i]
+        head, tail = token[:token.index(WILDCARD)], token[token.rindex(WILDCARD) + len(WILDCARD):]
+        by_affix = self.partial[i].get((len(head), len(tail)))
+        if by_affix is None:
+            if not create:
+                return None
+            by_affix = self.partial[i][(len(head), len(tail))] = {}
+        table = by_affix.get((head, tail))
+        if table is None and create:
+            table = by_affix[(head, tail)] = {}
+        return table
+
+    def _index(self, i: int, token: str, cid: int) -> None:
+        if token != WILDCARD:
+            self._table(i, token, create=True).setdefault(token, set()).add(cid)
+
+    def _unindex(self, i: int, token: str, cid: int) -> None:
+        if token == WILDCARD:
+            return
+        table = self._table(i, token, create=False)
+        ids = table[token]
+        ids.discard(cid)
+        if ids:
+            return
+        del table[token]
+        if WILDCARD in token and not table:
+            head, tail = token[:token.index(WILDCARD)], token[token.rindex(WILDCARD) + len(WILDCARD):]
+            by_affix = self.partial[i][(len(head), len(tail))]
+            del by_affix[(head, tail)]
+            if not by_affix:
+                del self.partial[i][(len(head), len(tail))]
+
+    def _matching(self, i: int, token: str) -> list[set[int]]:
+        """The id sets of the clusters whose template token at ``i`` matches ``token``."""
+        found = self.exact[i].get(token)
+        groups = [found] if found else []
+        for (head, tail), by_affix in self.partial[i].items():
+            if len(token) > head + tail:
+                table = by_affix.get((token[:head], token[len(token) - tail:]))
+                if table:
+                    groups.extend(ids for t, ids in table.items() if token_matches(t, token))
+        return groups
+
+    def candidates(self, tokens: list[str], probes: int) -> set[int]:
+        """Every cluster that matches ``tokens`` in at least one of the ``probes`` positions where
+        the fewest clusters do: with ``probes = n - need + 1``, every cluster that matches in
+        ``need`` positions."""
+        hits = []
+        for i, token in enumerate(tokens):
+            groups = self._matching(i, token)
+            hits.append((sum(len(g) for g in groups), i, groups))
+        hits.sort()
+        found: set[int] = set()
+        for _, _, groups in hits[:probes]:
+            for ids in groups:
+                found |= ids
+        return found
+
+
 @dataclass
 class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
-    clusters: list[int] = field(default_factory=list)
+    leaf: _Leaf | None = None
+
+
+# Below this many clusters in a leaf, comparing with each is cheaper than looking up the index.
+_SCAN_ALL = 4
 
 
 class Drain:
@@ -203,6 +353,7 @@ class Drain:
         self._clusters: OrderedDict[int, Cluster] = OrderedDict()
         self._root = _Node()
         self._next_id = 1
+        self._need: dict[int, int | None] = {}  # token count -> equal tokens needed to join
 
     # ----------------------------------------------------------------- public
 
@@ -222,10 +373,14 @@ class Drain:
         if best is None:
             cluster = self._new_cluster(tokens)
             cluster.path = path
-            leaf.clusters.append(cluster.id)
+            leaf.add(cluster)
             self._evict()
             return cluster, True
-        best.tokens = [merge_token(t, m) for t, m in zip(best.tokens, tokens, strict=True)]
+        if best.tokens != tokens:
+            merged = [t if t == m or (t == WILDCARD and WILDCARD not in m) else merge_token(t, m)
+                      for t, m in zip(best.tokens, tokens, strict=True)]
+            if merged != best.tokens:
+                leaf.retoken(best, merged)
         best.size += 1
         self._clusters.move_to_end(best.id)
         return best, False
@@ -251,7 +406,7 @@ class Drain:
             node = None if node is None else node.children.get(key)
         return path
 
-    def _leaf(self, path: list[str], create: bool) -> _Node | None:
+    def _leaf(self, path: list[str], create: bool) -> _Leaf | None:
         node = self._root
         for key in path:
             child = node.children.get(key)
@@ -260,34 +415,63 @@ class Drain:
                     return None
                 child = node.children[key] = _Node()
             node = child
-        return node
+        if node.leaf is None and create:
+            node.leaf = _Leaf(int(path[0]))
+        return node.leaf
 
-    def _best_match(self, leaf: _Node, tokens: list[str]) -> Cluster | None:
-        best, best_key = None, (-1.0, -1)
-        for cid in leaf.clusters:
-            cluster = self._clusters.get(cid)
-            if cluster is None:
-                continue
-            sim, params = self._similarity(cluster.tokens, tokens)
-            if (sim, params) > best_key:
-                best, best_key = cluster, (sim, params)
-        if best is not None and best_key[0] >= self.sim_threshold:
-            return best
-        return None
+    def _needed(self, length: int) -> int | None:
+        """Fewest equal tokens that make a message of ``length`` tokens join a cluster (None: none do)."""
+        if length not in self._need:
+            if length == 0:  # an empty message is equal to the empty template
+                self._need[length] = 0 if self.sim_threshold <= 1.0 else None
+            else:
+                self._need[length] = next((s for s in range(length + 1) if s / length >= self.sim_threshold), None)
+        return self._need[length]
+
+    def _best_match(self, leaf: _Leaf, tokens: list[str]) -> Cluster | None:
+        """The cluster with the most equal tokens (then the most wildcards, then the oldest), if it
+        reaches ``sim_threshold``; a cluster that differs from ``tokens`` in a token of another
+        shape never matches."""
+        need = self._needed(len(tokens))
+        if need is None or not leaf.order:
+            return None
+        if need == 0 or len(leaf.order) <= _SCAN_ALL:
+            ids: Iterable[int] = leaf.order
+        else:
+            ids = leaf.candidates(tokens, len(tokens) - need + 1)
+        best, best_key = None, (need, -1, 0)  # beaten by any cluster with `need` equal tokens
+        line_shapes: list[str | None] = [None] * len(tokens)
+        for cid in ids:
+            cluster = self._clusters[cid]
+            wildcards = leaf.wildcards[cid]
+            if cluster.tokens == tokens:
+                same = len(tokens) - wildcards
+            else:
+                same = self._equal_tokens(cluster.tokens, leaf.shapes[cid], tokens, line_shapes)
+            key = (same, wildcards, -leaf.order[cid])
+            if key > best_key:
+                best, best_key = cluster, key
+        return best
 
     @staticmethod
-    def _similarity(template: list[str], tokens: list[str]) -> tuple[float, int]:
-        if not tokens:
-            return 1.0, 0
-        same = params = 0
-        for t, m in zip(template, tokens, strict=True):
+    def _equal_tokens(template: list[str], shapes: list[str], tokens: list[str],
+                      line_shapes: list[str | None]) -> int:
+        """Tokens of ``tokens`` that ``template`` matches (wildcard-only tokens not counted), or -1
+        when a differing token has another shape than the template's."""
+        same = 0
+        for i, t in enumerate(template):
             if t == WILDCARD:
-                params += 1
-            elif token_matches(t, m):
+                continue
+            m = tokens[i]
+            if t == m or (WILDCARD in t and _token_pattern(t).match(m) is not None):
                 same += 1
-            elif shape(t) != shape(m):
-                return -1.0, 0
-        return same / len(tokens), params
+                continue
+            token_shape = line_shapes[i]
+            if token_shape is None:
+                token_shape = line_shapes[i] = shape(m)
+            if shapes[i] != token_shape:
+                return -1
+        return same
 
     def _new_cluster(self, tokens: list[str]) -> Cluster:
         cluster = Cluster(self._next_id, list(tokens), 1)
@@ -297,7 +481,10 @@ class Drain:
 
     def _evict(self) -> None:
         while len(self._clusters) > self.max_clusters:
-            self._clusters.popitem(last=False)  # leaves keep stale ids; _best_match skips them
+            _, cluster = self._clusters.popitem(last=False)
+            leaf = self._leaf(cluster.path, create=False)
+            if leaf is not None:
+                leaf.remove(cluster)
 
     # ----------------------------------------------------------------- persistence
 
@@ -313,16 +500,20 @@ class Drain:
 
     @classmethod
     def from_dict(cls, state: dict, **overrides) -> Drain:
-        """Rebuild a miner from ``to_dict()`` output; the tree is rebuilt from the templates."""
+        """Rebuild a miner from ``to_dict()`` output; the tree and its index are rebuilt from the templates."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported template state version {state.get('version')!r}")
         drain = cls(**{**state["config"], **overrides})
         for item in state["clusters"]:
             tokens = [str(t) for t in item["tokens"]]
-            path = [str(k) for k in item.get("path") or drain._path(tokens)]
+            path = [str(k) for k in item.get("path") or ()]
+            if not path or path[0] != str(len(tokens)):
+                path = drain._path(tokens)
             cluster = Cluster(int(item["id"]), tokens, int(item["size"]), path)
+            if cluster.id in drain._clusters:
+                raise ValueError(f"template state: cluster id {cluster.id} appears twice")
             drain._clusters[cluster.id] = cluster
-            drain._leaf(path, create=True).clusters.append(cluster.id)
+            drain._leaf(path, create=True).add(cluster)
         drain._next_id = max(int(state["next_id"]), max(drain._clusters, default=0) + 1)
         drain._evict()
         return drain
