@@ -34,9 +34,10 @@ Cost per message does not grow with the number of templates:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 WILDCARD = "<*>"
@@ -60,7 +61,6 @@ _MASKS: list[tuple[str, tuple[str, ...], str]] = [
     ("HEX", ("0x", "0X"), r"\b0[xX][0-9a-fA-F]+\b"),
     ("SIZE", ("B",), r"(?<![\w.])\d+(?:\.\d+)?\s?(?:[KMGTP]i?B)\b"),
 ]
-_MASK_RE = [(f"<{name}>", needs, re.compile(pattern)) for name, needs, pattern in _MASKS]
 # a word that carries a digit; _mask_word decides whether it is a variable
 _DIGIT_WORD = re.compile(r"(?<![^\s=:,(\[\"'#@<>/])[-+]?[\w.\-@]*\d(?:[\w.\-@]*\w)?(?![^\s=:,.)\]\"';>/])")
 _VARIABLE_WORD = re.compile(r"^[-+]?\d|\d{4}|[_.\-@]\d|\d[_.\-@]")
@@ -69,6 +69,7 @@ _PLACEHOLDER = re.compile(r"<[A-Z]+>|<\*>")
 _HAS_VARIABLE = re.compile(r"\d|<[A-Z]+>|<\*>")
 _DELIMITER = re.compile(r"[^A-Za-z0-9_]")
 _PLACEHOLDER_RUN = re.compile(r"(<[A-Z]+>)(?: \1)+")
+_ANY_DIGIT = re.compile(r"\d")
 
 
 def _mask_word(match: re.Match) -> str:
@@ -78,41 +79,91 @@ def _mask_word(match: re.Match) -> str:
     return "<NUM>" if _VARIABLE_WORD.search(word) else word
 
 
-def _mask_text(message: str) -> str:
-    for placeholder, needs, pattern in _MASK_RE:
+# One masking step: (substrings one of which a match needs, regex, replacement), in _MASKS' order,
+# then words with digits and plain numbers.
+_Step = tuple[tuple[str, ...], re.Pattern, str | Callable[[re.Match], str]]
+_STEPS: list[_Step] = [(needs, re.compile(pattern), f"<{name}>") for name, needs, pattern in _MASKS] + [
+    (("",), _DIGIT_WORD, _mask_word), (("",), _NUMBER, "<NUM>")]
+
+
+def _apply(steps: Iterable[_Step], text: str) -> str:
+    for needs, pattern, replacement in steps:
         for need in needs:
-            if need in message:
-                message = pattern.sub(placeholder, message)
+            if need in text:
+                text = pattern.sub(replacement, text)
                 break
-    message = _DIGIT_WORD.sub(_mask_word, message)
-    message = _NUMBER.sub("<NUM>", message)
-    # a list of values of one kind (``delete blk_1 blk_2 ...``) is one variable, whatever its length
-    return _PLACEHOLDER_RUN.sub(r"\1", message) if "> <" in message else message
+    return text
 
 
-# Only the DATETIME and SIZE masks can match across a space (and the run of placeholders, which is
-# collapsed on the joined text), and each of their matches contains one of these. Every other mask
-# matches inside a word, and its look-arounds read a space as they read the start or end of a
-# string: without these, masking word by word gives exactly what masking the whole message gives.
+# Only the DATETIME and SIZE masks can match across a space (and a run of placeholders, collapsed
+# last), and each of their matches contains one of these. Every other step matches inside a word,
+# and its look-arounds read a space as they read the start or end of a string: without these,
+# masking word by word gives exactly the text that masking the whole message gives.
 _SPANS_WORDS = re.compile(r"\d:\d\d:\d\d|\d\s?[KMGTP]")
+_SPANNING = {"<DATETIME>", "<SIZE>"}
 _WORD_CACHE_SIZE = 1 << 16
-_word_cache: dict[str, str] = {}
+# The masks tell digits apart only as 0 (``0x``), 1-7 and 8-9 (``[0-7]``, a PCI function): a word
+# masks like the word with each digit replaced by its class's first digit, wherever no digit
+# is left in the result. So new values of a known kind of word (a port, an IP) are cache hits.
+_DIGIT_CLASS = str.maketrans("0123456789", "0111111188")
+
+
+class _WordMasker:
+    """A run of word-local steps, applied to each space-separated word through a bounded cache."""
+
+    def __init__(self, steps: list[_Step]):
+        self.steps = steps
+        self.cache: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        words = text.split(" ")
+        cache = self.cache
+        for i, word in enumerate(words):
+            masked = cache.get(word)
+            words[i] = self._mask_new(word) if masked is None else masked
+        return " ".join(words)
+
+    def _mask_new(self, word: str) -> str:
+        cache = self.cache
+        key = word.translate(_DIGIT_CLASS)
+        if key != word:
+            masked = cache.get(key)
+            if masked is not None and not _ANY_DIGIT.search(masked):
+                return masked
+        masked = _apply(self.steps, word)
+        if len(cache) >= _WORD_CACHE_SIZE:
+            cache.clear()
+        cache[word if _ANY_DIGIT.search(masked) else key] = masked
+        return masked
+
+
+def _stages() -> list[Callable[[str], str]]:
+    """The steps as word maskers between the steps that may span words."""
+    stages: list[Callable[[str], str]] = []
+    local: list[_Step] = []
+    for step in _STEPS:
+        if step[2] in _SPANNING:
+            if local:
+                stages.append(_WordMasker(local))
+                local = []
+            stages.append(functools.partial(_apply, (step,)))
+        else:
+            local.append(step)
+    return [*stages, _WordMasker(local)] if local else stages
+
+
+_MASK_WORDS = _WordMasker([step for step in _STEPS if step[2] not in _SPANNING])
+_MASK_STAGES = _stages()
 
 
 def mask(message: str) -> str:
     """``message`` with its variable parts replaced by typed placeholders (``<IP>``, ``<NUM>``, ...)."""
     if _SPANS_WORDS.search(message):
-        return _mask_text(message)
-    words = message.split(" ")
-    cache = _word_cache
-    for i, word in enumerate(words):
-        masked = cache.get(word)
-        if masked is None:
-            if len(cache) >= _WORD_CACHE_SIZE:
-                cache.clear()
-            masked = cache[word] = _mask_text(word)
-        words[i] = masked
-    message = " ".join(words)
+        for stage in _MASK_STAGES:
+            message = stage(message)
+    else:
+        message = _MASK_WORDS(message)
+    # a list of values of one kind (``delete blk_1 blk_2 ...``) is one variable, whatever its length
     return _PLACEHOLDER_RUN.sub(r"\1", message) if "> <" in message else message
 
 
@@ -208,28 +259,69 @@ class Cluster:
         return " ".join(self.tokens)
 
 
+_MEMO_SIZE = 1 << 16
+
+
+def _memo(function: Callable[..., str]) -> Callable[..., str]:
+    """``function`` with its results kept, up to ``_MEMO_SIZE`` (then forgotten all at once)."""
+    results: dict = {}
+
+    def memoised(*args):
+        result = results.get(args)
+        if result is None:
+            if len(results) >= _MEMO_SIZE:
+                results.clear()
+            result = results[args] = function(*args)
+        return result
+
+    return functools.wraps(function)(memoised)
+
+
+@_memo
+def _delimited_head(token: str) -> str:
+    """What comes before the first wildcard in ``token``, cut after its last delimiter."""
+    head = token[:token.index(WILDCARD)]
+    cut = max((m.end() for m in _DELIMITER.finditer(head)), default=0)
+    return head[:cut]
+
+
+@_memo
+def _delimited_prefixes(token: str) -> tuple[str, ...]:
+    return ("", *(token[:m.end()] for m in _DELIMITER.finditer(token)))
+
+
+@_memo
+def _route_key(token: str) -> str:
+    """A token's key in the tree: itself, or the wildcard for a token that carries a variable."""
+    return WILDCARD if _HAS_VARIABLE.search(token) else token
+
+
+_merged = _memo(merge_token)
+
+
 class _Leaf:
     """The clusters of one tree leaf (messages of one token count) and an index of their tokens.
 
     ``exact[i]`` maps a token to the ids of the clusters whose template has exactly that token at
     position ``i``. Tokens with a wildcard inside (``rhost=<*>``, ``[<*>]``) are in ``partial[i]``
-    under the lengths and text of their constant head and tail (what comes before the first and
-    after the last wildcard), so a message token finds them with one look-up per pair of lengths.
-    A token that is only a wildcard is not indexed: it never counts as an equal token."""
+    under their constant head cut after its last delimiter (``rhost=``, ``[``): a message token that
+    one of them matches starts with that, so it finds them by looking up its own prefixes that end
+    at a delimiter. A token that is only a wildcard is not indexed: it never counts as equal."""
 
-    __slots__ = ("order", "wildcards", "shapes", "exact", "partial", "_next")
+    __slots__ = ("order", "wildcards", "shapes", "exact", "partial", "version", "_next")
 
     def __init__(self, length: int):
         self.order: dict[int, int] = {}  # id -> rank in the leaf: on a tie the older cluster wins
         self.wildcards: dict[int, int] = {}  # id -> number of wildcard-only tokens
         self.shapes: dict[int, list[str]] = {}  # id -> shape of each template token
         self.exact: list[dict[str, set[int]]] = [{} for _ in range(length)]
-        # position -> (head length, tail length) -> (head, tail) -> token -> ids
-        self.partial: list[dict[tuple[int, int], dict[tuple[str, str], dict[str, set[int]]]]] = \
-            [{} for _ in range(length)]
+        # position -> delimited head -> token -> ids
+        self.partial: list[dict[str, dict[str, set[int]]]] = [{} for _ in range(length)]
+        self.version = 0  # changes whenever a cluster comes, goes or changes its template
         self._next = 0
 
     def add(self, cluster: Cluster) -> None:
+        self.version += 1
         self.order[cluster.id] = self._next
         self._next += 1
         self.wildcards[cluster.id] = cluster.tokens.count(WILDCARD)
@@ -240,12 +332,14 @@ class _Leaf:
     def remove(self, cluster: Cluster) -> None:
         if self.order.pop(cluster.id, None) is None:
             return
+        self.version += 1
         del self.wildcards[cluster.id], self.shapes[cluster.id]
         for i, token in enumerate(cluster.tokens):
             self._unindex(i, token, cluster.id)
 
     def retoken(self, cluster: Cluster, tokens: list[str]) -> None:
         """Give ``cluster`` the template ``tokens`` (of the same length), keeping its rank."""
+        self.version += 1
         shapes = self.shapes[cluster.id]
         for i, (old, new) in enumerate(zip(cluster.tokens, tokens, strict=True)):
             if old != new:
@@ -255,47 +349,34 @@ class _Leaf:
         cluster.tokens = tokens
         self.wildcards[cluster.id] = tokens.count(WILDCARD)
 
-    def _table(self, i: int, token: str, create: bool) -> dict[str, set[int]] | None:
+    def _table(self, i: int, token: str) -> dict[str, set[int]]:
         if WILDCARD not in token:
             return self.exact[i]
-        head, tail = token[:token.index(WILDCARD)], token[token.rindex(WILDCARD) + len(WILDCARD):]
-        by_affix = self.partial[i].get((len(head), len(tail)))
-        if by_affix is None:
-            if not create:
-                return None
-            by_affix = self.partial[i][(len(head), len(tail))] = {}
-        table = by_affix.get((head, tail))
-        if table is None and create:
-            table = by_affix[(head, tail)] = {}
-        return table
+        return self.partial[i].setdefault(_delimited_head(token), {})
 
     def _index(self, i: int, token: str, cid: int) -> None:
         if token != WILDCARD:
-            self._table(i, token, create=True).setdefault(token, set()).add(cid)
+            self._table(i, token).setdefault(token, set()).add(cid)
 
     def _unindex(self, i: int, token: str, cid: int) -> None:
         if token == WILDCARD:
             return
-        table = self._table(i, token, create=False)
+        table = self._table(i, token)
         ids = table[token]
         ids.discard(cid)
-        if ids:
-            return
-        del table[token]
-        if WILDCARD in token and not table:
-            head, tail = token[:token.index(WILDCARD)], token[token.rindex(WILDCARD) + len(WILDCARD):]
-            by_affix = self.partial[i][(len(head), len(tail))]
-            del by_affix[(head, tail)]
-            if not by_affix:
-                del self.partial[i][(len(head), len(tail))]
+        if not ids:
+            del table[token]
+            if not table and WILDCARD in token:
+                del self.partial[i][_delimited_head(token)]
 
     def _matching(self, i: int, token: str) -> list[set[int]]:
         """The id sets of the clusters whose template token at ``i`` matches ``token``."""
         found = self.exact[i].get(token)
         groups = [found] if found else []
-        for (head, tail), by_affix in self.partial[i].items():
-            if len(token) > head + tail:
-                table = by_affix.get((token[:head], token[len(token) - tail:]))
+        partial = self.partial[i]
+        if partial:
+            for head in _delimited_prefixes(token):
+                table = partial.get(head)
                 if table:
                     groups.extend(ids for t, ids in table.items() if token_matches(t, token))
         return groups
@@ -324,6 +405,8 @@ class _Node:
 
 # Below this many clusters in a leaf, comparing with each is cheaper than looking up the index.
 _SCAN_ALL = 4
+# Masked messages a miner remembers the cluster of (see Drain._recent).
+_RECENT_SIZE = 1024
 
 
 class Drain:
@@ -354,6 +437,10 @@ class Drain:
         self._root = _Node()
         self._next_id = 1
         self._need: dict[int, int | None] = {}  # token count -> equal tokens needed to join
+        # masked message -> (its leaf, the leaf's version, its cluster), for a message that left
+        # its leaf as it was: until the leaf changes, the message matches that cluster again and
+        # leaves it as it is (a leaf's best match depends on its clusters' templates only)
+        self._recent: dict[str, tuple[_Leaf, int, Cluster]] = {}
 
     # ----------------------------------------------------------------- public
 
@@ -366,21 +453,27 @@ class Drain:
         return self.add_masked(mask(message))
 
     def add_masked(self, masked: str) -> tuple[Cluster, bool]:
-        tokens = tokenize(masked)
-        path = self._path(tokens)
-        leaf = self._leaf(path, create=True)
-        best = self._best_match(leaf, tokens)
-        if best is None:
-            cluster = self._new_cluster(tokens)
-            cluster.path = path
-            leaf.add(cluster)
-            self._evict()
-            return cluster, True
-        if best.tokens != tokens:
-            merged = [t if t == m or (t == WILDCARD and WILDCARD not in m) else merge_token(t, m)
-                      for t, m in zip(best.tokens, tokens, strict=True)]
+        recent = self._recent.get(masked)
+        if recent is not None and recent[0].version == recent[1]:
+            best = recent[2]
+        else:
+            tokens = tokenize(masked)
+            path = self._path(tokens)
+            leaf = self._leaf(path, create=True)
+            best = self._best_match(leaf, tokens)
+            if best is None:
+                cluster = self._new_cluster(tokens)
+                cluster.path = path
+                leaf.add(cluster)
+                self._evict()
+                return cluster, True
+            merged = self._merge(best.tokens, tokens)
             if merged != best.tokens:
                 leaf.retoken(best, merged)
+            else:
+                if len(self._recent) >= _RECENT_SIZE:
+                    self._recent.clear()
+                self._recent[masked] = (leaf, leaf.version, best)
         best.size += 1
         self._clusters.move_to_end(best.id)
         return best, False
@@ -398,7 +491,7 @@ class Drain:
         path = [str(len(tokens))]
         node: _Node | None = self._root.children.get(path[0])
         for token in tokens[: self.depth - 2]:
-            key = WILDCARD if _HAS_VARIABLE.search(token) else token
+            key = _route_key(token)
             if node is not None and key not in node.children and key != WILDCARD \
                     and len(node.children) + (WILDCARD not in node.children) > self.max_children:
                 key = WILDCARD
@@ -452,6 +545,13 @@ class Drain:
             if key > best_key:
                 best, best_key = cluster, key
         return best
+
+    @staticmethod
+    def _merge(template: list[str], tokens: list[str]) -> list[str]:
+        if template == tokens:
+            return template
+        return [t if t == m or (t == WILDCARD and WILDCARD not in m) else _merged(t, m)
+                for t, m in zip(template, tokens, strict=True)]
 
     @staticmethod
     def _equal_tokens(template: list[str], shapes: list[str], tokens: list[str],
