@@ -8,15 +8,18 @@ Drain configuration, one configuration for every set) and prints, per set found 
 - PA, parsing accuracy: share of lines whose mined template, with placeholders written ``<*>``,
   equals the ground-truth template string;
 
-then the lines per second over all sets and the resident memory after mining 1 million lines
-(synthesised by varying the numbers in the sets' lines, so new values keep arriving).
+then the miner's speed (lines per second of CPU time): per set, on a mixed corpus of all sets (1 million
+lines synthesised by varying the numbers in the sets' lines, so new values keep arriving; the resident
+memory is read after it), and on a corpus of 1,000 made-up templates that share one leaf of the tree
+(Drain's worst case; ``stress_corpus``).
 
 A set is a folder ``<DS>`` holding ``<DS>_2k.log`` and ``<DS>_2k.log_structured_corrected.csv``.
 Each raw line's header (timestamp, host, level, component) is removed the way the ground truth's
 Content column does: the line's Content is taken from the structured CSV after checking that the raw
 line ends with it (header parsing only; the ground truth templates are never looked at while mining).
 
-    python bench/loghub.py [--data ../shared/bench/loghub] [--json] [--lines 1000000]
+    python bench/loghub.py [--data ../shared/bench/loghub] [--json] [--lines 1000000] [--set-lines 100000]
+                           [--stress-lines 200000] [--stress-templates 1000]
 """
 
 from __future__ import annotations

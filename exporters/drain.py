@@ -23,13 +23,16 @@ stable across restarts. Clusters are capped (least recently used are dropped) so
 
 Cost per message does not grow with the number of templates:
 
-- masking runs once per message; a message without a timestamp or size (the only masks that span
-  whitespace) is masked word by word through a bounded cache, as most words recur;
+- masking runs once per message, word by word through bounded caches (most words recur, and a new
+  number masks like a known one: see ``_DIGIT_CLASS``), giving exactly the whole-message result;
 - each leaf indexes its templates by (position, token), and a template whose share of equal tokens
   can reach ``sim_threshold`` must equal the message in at least one of any ``n - need + 1``
   positions, so only the templates listed under the message's rarest tokens are compared (the same
   template wins as when comparing all of them: this is exact, not a heuristic);
-- template token shapes are kept with the index; a message token's shape is computed at most once.
+- template token shapes are kept with the index; a message token's shape is computed at most once;
+- a masked message seen before matches the same cluster without a search while its leaf is unchanged.
+
+Every cache is bounded. The persisted state is the same as before the index existed.
 """
 
 from __future__ import annotations
