@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from exporters.drain import Drain, mask, merge_token, to_generic
+from exporters import drain
+from exporters.drain import WILDCARD, Drain, mask, merge_token, shape, to_generic, token_matches
 from exporters.journald import new_miner
 from exporters.xid import CATALOG, describe, parse_xid
 
@@ -77,6 +79,78 @@ def test_clusters_are_capped_least_recently_used_first():
     assert {x.id for x in miner.clusters} == {a.id, c.id}
     again, new = miner.add("beta two words")
     assert new and again.id not in (a.id, b.id, c.id)
+
+
+def _word(template: int, position: int) -> str:
+    """A letters-only word of its own for each (template, position)."""
+    return "".join("abcdefghij"[int(d)] for d in f"{template:04d}") + "klmnopqrst"[position]
+
+
+def _line(template: int, value: int) -> str:
+    # ten tokens, the first two shared: every template lands in one leaf of the tree
+    return " ".join(["kernel:", "worker", *(_word(template, j) for j in range(7)), str(value)])
+
+
+def _shapes_computed_for_probes(monkeypatch, templates: int) -> int:
+    miner = new_miner()
+    for t in range(templates):
+        miner.add(_line(t, t))
+    assert len(miner.clusters) == templates
+    calls = []
+    monkeypatch.setattr(drain, "shape", lambda token: calls.append(token) or shape(token))
+    for t in range(10):  # lines of known templates, and lines of new ones, into the crowded leaf
+        cluster, new = miner.add(_line(t, 1000 + t))
+        assert not new and cluster.template == " ".join(["kernel:", "worker", *(_word(t, j) for j in range(7)), "<NUM>"])
+        assert miner.add(_line(5000 + t, 7))[1]
+    return len(calls)
+
+
+def test_work_per_line_does_not_grow_with_the_templates_in_a_leaf(monkeypatch):
+    """Comparing a line with every template of its leaf recomputed token shapes for each of them:
+    with 400 templates, 40 times the work of 10. The index compares only templates that can match."""
+    few = _shapes_computed_for_probes(monkeypatch, 10)
+    many = _shapes_computed_for_probes(monkeypatch, 400)
+    assert many == few
+    assert many <= 10 * 10, "a new template's shapes are computed once, a line's tokens at most once"
+
+
+def test_the_index_picks_the_cluster_that_comparing_with_every_template_picks():
+    """Reference: Drain's rule over all clusters of the leaf (most equal tokens, then most
+    wildcards, then the oldest; a differing token of another shape rules a cluster out)."""
+    rng = random.Random(5)
+    vocabulary = ["open", "close", "user=alice", "user=bob", "rhost=h.example.com", "rhost=", "(uid=0)",
+                  "LOGIN(uid=0)", "[foo]", "[bar]", "a<*>", "port", "7", "x", "y"]
+    miner = Drain(sim_threshold=0.4)
+    for _ in range(800):
+        tokens = mask(" ".join(["sshd", "session"] + rng.choices(vocabulary, k=4))).split()
+        best, best_key = None, (-1.0, -1)
+        for cluster in sorted(miner.clusters, key=lambda c: c.id):
+            if len(cluster.tokens) != len(tokens):  # another leaf
+                continue
+            same = params = 0
+            for t, m in zip(cluster.tokens, tokens, strict=True):
+                if t == WILDCARD:
+                    params += 1
+                elif token_matches(t, m):
+                    same += 1
+                elif shape(t) != shape(m):
+                    same = -len(tokens)
+                    break
+            if (same / len(tokens), params) > best_key:
+                best, best_key = cluster, (same / len(tokens), params)
+        expected = best.id if best is not None and best_key[0] >= 0.4 else None
+        cluster, new = miner.add(" ".join(tokens))
+        assert (None if new else cluster.id) == expected
+
+
+def test_a_state_file_without_leaf_paths_loads():
+    miner = Drain()
+    first, _ = miner.add("login of user alice succeeded")
+    state = miner.to_dict()
+    for item in state["clusters"]:
+        del item["path"]
+    again, new = Drain.from_dict(state).add("login of user bob succeeded")
+    assert not new and again.id == first.id
 
 
 def test_bad_state_is_refused():
