@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from boxwatch.log import kv
+
 log = logging.getLogger("boxwatch.web")
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -468,7 +470,7 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # e.g. EMFILE: leave the rest in the backlog for the next round
-                log.warning("accept failed", extra={"fields": {"error": err}})
+                log.warning("accept failed", extra=kv(error=err))
                 return
             with self._lock:
                 full = self._open >= self.limits.max_connections
@@ -549,7 +551,7 @@ class Server:
             try:
                 self._serve(connection)
             except Exception as err:  # a broken client must not end the worker
-                log.debug("connection failed", extra={"fields": {"client": connection.address[0], "error": err}})
+                log.debug("connection failed", extra=kv(client=connection.address[0], error=err))
             finally:
                 with self._lock:
                     self._busy.discard(connection)
@@ -565,7 +567,7 @@ class Server:
             try:
                 sock = connection.sock = self.config.tls.wrap_socket(sock, server_side=True)
             except (ssl.SSLError, OSError) as err:
-                log.debug("TLS handshake failed", extra={"fields": {"client": connection.address[0], "error": err}})
+                log.debug("TLS handshake failed", extra=kv(client=connection.address[0], error=err))
                 return
         _Handler(sock, connection.address, _Exchange(self, connection))
 
@@ -590,7 +592,7 @@ class Server:
                 if hasattr(result, "close"):
                     result.close()
         except Exception:
-            log.exception("request failed", extra={"fields": {"path": environ.get("PATH_INFO")}})
+            log.exception("request failed", extra=kv(path=environ.get("PATH_INFO")))
             return "500 Internal Server Error", [("Content-Type", "text/plain")], b"internal server error\n"
         connection.deadline = time.monotonic() + self.limits.write_timeout
         return response["status"], response["headers"], b"".join(chunks)
@@ -703,8 +705,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("http request", extra={"fields": {"client": self.client_address[0],
-                                                        "request": format % args}})
+            log.debug("http request", extra=kv(client=self.client_address[0], request=format % args))
 
 
 def serve(app: WSGIApp, listen_address: str, config: WebConfig | None = None, limits: Limits | None = None,

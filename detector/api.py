@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import threading
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -41,7 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException
 
-from detector import __version__, feedback
+from boxwatch import __version__, times
+from boxwatch.log import kv
+from detector import feedback
 from detector.models import MODELS, make_model
 from detector.models.base import NotFittedError
 from detector.models.params import check_params, params_schema
@@ -184,7 +185,7 @@ def create_app(detector: Detector, registry: CollectorRegistry) -> Flask:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        log.exception("request failed", extra={"fields": {"method": request.method, "path": request.path}})
+        log.exception("request failed", extra=kv(method=request.method, path=request.path))
         return error(500, f"internal error: {type(err).__name__}")
 
     @app.get("/")
@@ -279,18 +280,9 @@ def host_allowed(header: str, patterns: tuple[str, ...]) -> bool:
 def parse_time(text: str, name: str) -> float:
     """Unix seconds from RFC 3339 or a number; :class:`BadRequest` naming ``name`` otherwise."""
     try:
-        value = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(f"{name}: expected RFC 3339 time or unix seconds, got {text!r}") from None
-        if parsed.tzinfo is None:
-            raise BadRequest(f"{name}: RFC 3339 time needs a time zone (Z or +hh:mm), got {text!r}") from None
-        return parsed.timestamp()
-    if not math.isfinite(value):
-        raise BadRequest(f"{name}: expected a finite number, got {text!r}")
-    return value
+        return times.parse_time(text)
+    except ValueError as err:
+        raise BadRequest(f"{name}: {err}") from None
 
 
 # --------------------------------------------------------------------------- POST /api/v1/score

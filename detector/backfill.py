@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import pandas as pd
 
+from boxwatch.log import kv
 from detector.config import DetectorConfig
 from detector.reader import PrometheusReader, align
 from detector.scoring import build_units, fallback_model, fit_bundle, is_multivariate, score_online
@@ -43,9 +44,9 @@ def backfill_query(
         bundle = fit_bundle(config, alias, history, cut - query.fit_window, cut - query.step)
         segment = build_units(query, multivariate, reader.query_range(
             query.expr, cut - lead, segment_end, query.step), shard, alias)
-        log.info("backfilling segment", extra={"fields": {
-            "query": alias, "start": _iso(cut), "end": _iso(segment_end), "series": len(segment),
-            "fitted": len(bundle.models)}})
+        log.info("backfilling segment", extra=kv(
+            query=alias, start=_iso(cut), end=_iso(segment_end), series=len(segment),
+            fitted=len(bundle.models)))
         for key, frame in segment.items():
             frame = frame.loc[frame.index >= pd.Timestamp(cut, unit="s", tz="UTC")]
             model = bundle.models.get(key)

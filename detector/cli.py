@@ -1,106 +1,29 @@
 """``boxwatch-detector serve|backfill|validate-config`` (and the registry's train|models|promote|rollback).
 
-Each subcommand is an entry of :data:`COMMANDS` (help, how to add its flags, how to run it);
-another component adds its verbs with :func:`add_command`.
+Each subcommand is an entry of :data:`COMMANDS` (help, how to add its flags, how to run it): this
+module's own and the registry's (:data:`detector.registry_cli.COMMANDS`), listed here explicitly.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from boxwatch import __version__
+from boxwatch.log import kv, setup_logging
+from boxwatch.times import parse_duration, parse_time
 from boxwatch.web import Limits, Server, load_web_config, parse_listen_address
-from detector import __version__
-from detector.config import ConfigError, DetectorConfig, load_config
-from exporters.server import kv, setup_logging
+from detector import registry_cli
+from detector.cli_common import Command, add_config_flags, load_or_report, overrides_from, unknown_queries
 
 log = logging.getLogger("boxwatch.detector")
-
-DEFAULT_CONFIG = "boxwatch-detector.yml"
-
-
-@dataclass
-class Command:
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    description: str = ""
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def add_command(name: str, command: Command) -> None:
-    """Register a subcommand (``boxwatch-detector NAME``)."""
-    COMMANDS[name] = command
-
-
-# --------------------------------------------------------------------------- shared flags
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """--config, --set, --prometheus.url, --shard and logging flags, shared by every subcommand."""
-    parser.add_argument("--config", default=os.environ.get("BOXWATCH_CONFIG", DEFAULT_CONFIG),
-                        help="YAML configuration file (default: $BOXWATCH_CONFIG or %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a configuration key, e.g. --set reader.timeout=10s (repeatable)")
-    parser.add_argument("--prometheus.url", dest="prometheus_url",
-                        help="Prometheus HTTP API URL (overrides reader.url)")
-    parser.add_argument("--shard", default="0/1", type=parse_shard, metavar="I/N",
-                        help="score only the series whose label hash mod N is I (default: %(default)s)")
-    add_log_flags(parser)
-
-
-def add_log_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warn", "error"],
-                        help="only log messages with this severity or above (default: %(default)s)")
-    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
-                        help="output format of log messages (default: %(default)s)")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)/(\d+)", text)
-    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, str]:
-    """Key-path overrides from --set and the dedicated flags (flags win over the file and env)."""
-    overrides: dict[str, str] = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set: expected KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value
-    if getattr(args, "prometheus_url", None):
-        overrides["reader.url"] = args.prometheus_url
-    if getattr(args, "listen_address", None):
-        overrides["server.listen_address"] = args.listen_address
-    if getattr(args, "web_config_file", None):
-        overrides["server.web_config_file"] = args.web_config_file
-    return overrides
-
-
-def load_or_report(args: argparse.Namespace) -> DetectorConfig | None:
-    """The configuration, or ``None`` after printing every problem to stderr."""
-    try:
-        return load_config(args.config, overrides_from(args))
-    except ConfigError as err:
-        print(f"{args.config}: invalid configuration ({len(err.problems)} problem(s)):", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
 
 
 # --------------------------------------------------------------------------- validate-config
@@ -222,22 +145,12 @@ def _backfill_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_when(text: str) -> float:
     """Unix seconds from RFC 3339, a number, ``now`` or ``now-DURATION``."""
-    from detector.config import parse_duration
-
     text = text.strip()
     match = re.fullmatch(r"now(?:\s*-\s*(\S+))?", text)
     try:
         if match:
             return time.time() - (parse_duration(match.group(1)) if match.group(1) else 0.0)
-        try:
-            return float(text)
-        except ValueError:
-            from datetime import datetime
-
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if parsed.tzinfo is None:
-                raise ValueError("a time zone is required (Z or +hh:mm)") from None
-            return parsed.timestamp()
+        return parse_time(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected RFC 3339, unix seconds or now-DURATION, got {text!r}: {err}") from None
 
@@ -257,9 +170,7 @@ def _backfill(args: argparse.Namespace) -> int:
     config = load_or_report(args)
     if config is None:
         return 1
-    unknown = sorted(set(args.queries or []) - set(config.queries))
-    if unknown:
-        print(f"backfill: unknown query alias(es): {', '.join(unknown)}", file=sys.stderr)
+    if unknown_queries("backfill", config, args.queries):
         return 2
     reader = PrometheusReader(config.reader)
     try:
@@ -289,27 +200,28 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-add_command("serve", Command(
-    "score the configured queries continuously and serve /metrics and the API",
-    _serve_arguments, _serve,
-    "Fit models on a schedule, score new points as they arrive and serve the scores on /metrics, with a "
-    "JSON API. SIGHUP or POST /-/reload re-reads the configuration.",
-))
-add_command("backfill", Command(
-    "score a past range and write it for Prometheus (OpenMetrics file or remote write)",
-    _backfill_arguments, _backfill,
-    "Score [--from, --to] as the service would have (fit before, refit every fit_every) and write the scores "
-    "as OpenMetrics (load with: promtool tsdb create-blocks-from openmetrics FILE DATA_DIR) and/or push "
-    "them with remote write.",
-))
-add_command("validate-config", Command(
-    "check a configuration file and print every problem",
-    _validate_arguments, _validate,
-    "Parse and validate the configuration; print each problem with file, key and reason. Exit 1 if invalid.",
-))
-
-
-import detector.registry_cli  # noqa: E402,F401 - registers train, models, promote, rollback (mlflow loads lazily)
+COMMANDS: dict[str, Command] = {
+    "serve": Command(
+        "score the configured queries continuously and serve /metrics and the API",
+        _serve_arguments, _serve,
+        "Fit models on a schedule, score new points as they arrive and serve the scores on /metrics, with a "
+        "JSON API. SIGHUP or POST /-/reload re-reads the configuration.",
+    ),
+    "backfill": Command(
+        "score a past range and write it for Prometheus (OpenMetrics file or remote write)",
+        _backfill_arguments, _backfill,
+        "Score [--from, --to] as the service would have (fit before, refit every fit_every) and write the "
+        "scores as OpenMetrics (load with: promtool tsdb create-blocks-from openmetrics FILE DATA_DIR) and/or "
+        "push them with remote write.",
+    ),
+    "validate-config": Command(
+        "check a configuration file and print every problem",
+        _validate_arguments, _validate,
+        "Parse and validate the configuration; print each problem with file, key and reason. Exit 1 if "
+        "invalid.",
+    ),
+    **registry_cli.COMMANDS,
+}
 
 # --------------------------------------------------------------------------- entry point
 

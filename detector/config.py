@@ -17,68 +17,39 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from boxwatch.times import parse_bounded_duration, parse_duration, parse_rfc3339
+from boxwatch.web import parse_listen_address
 from detector.httpclient import HttpClientConfig
 
 SCHEMA_VERSION = 1
 ENV_PREFIX = "BOXWATCH_"
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9875"
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_:-]*$")
 RESERVED_OUTPUT_LABELS = ("query", "model")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a Prometheus duration (``"90s"``, ``"1h30m"``, ``"14d"``) or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 30s, 5m, 14d; got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        pos, seconds = 0, 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or not text:
-            raise ValueError(f"expected a duration like 30s, 5m, 1h30m, 14d; got {value!r}")
-    else:
-        raise ValueError(f"expected a duration like 30s, 5m, 14d; got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive; got {value!r}")
-    return seconds
 
 
 MAX_STEP = 86400.0  # one point a day is the coarsest grid a range query is useful on
 MAX_FIT_WINDOW = 366 * 86400.0
 MAX_POINTS_PER_SERIES = 1_000_000  # fit_window / step: what one series' history may hold in memory
 
-
-def parse_bounded_duration(value: Any, low: float, high: float) -> float:
-    """:func:`parse_duration` that refuses values outside ``[low, high]`` seconds, saying so in units."""
-    seconds = parse_duration(value)
-    if seconds < low:
-        raise ValueError(f"must be at least {format_duration(low)}; got {value!r}")
-    if seconds > high:
-        raise ValueError(f"must be at most {format_duration(high)}; got {value!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact Prometheus duration for ``seconds`` (``3600`` -> ``"1h"``)."""
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(round(seconds * 1000))}ms"
+# Duration fields: a Prometheus duration ("90s", "1h30m", "14d") or a number of seconds, positive.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+StepDuration = Annotated[float, BeforeValidator(lambda value: parse_bounded_duration(value, 0.001, MAX_STEP))]
+WindowDuration = Annotated[float, BeforeValidator(lambda value: parse_bounded_duration(value, 0.001, MAX_FIT_WINDOW))]
 
 
 class _Strict(BaseModel):
@@ -90,20 +61,15 @@ class ReaderConfig(HttpClientConfig):
     Prometheus' client configuration: ``tls_config``, ``basic_auth``, ``bearer_token_file``)."""
 
     url: str = Field("http://127.0.0.1:9090", description="Base URL of the Prometheus HTTP API.")
-    timeout: float = Field(30.0, description="Timeout of one HTTP request (duration).")
+    timeout: Duration = Field(30.0, description="Timeout of one HTTP request (duration).")
     retries: int = Field(3, ge=0, le=10, description="Retries of a failed request (connection error, 5xx, 429).")
-    backoff: float = Field(0.5, description="First retry delay (duration); doubles on each retry.")
+    backoff: Duration = Field(0.5, description="First retry delay (duration); doubles on each retry.")
     max_points_per_request: int = Field(
         11000, ge=2, le=11000, description="Points per series per request; longer ranges are chunked."
     )
-    catch_up_max: float = Field(
+    catch_up_max: Duration = Field(
         3600.0, description="After an outage, score at most this much of the missed range (duration)."
     )
-
-    @field_validator("timeout", "backoff", "catch_up_max", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
 
     @field_validator("url")
     @classmethod
@@ -124,10 +90,10 @@ class QueryConfig(_Strict):
     """One PromQL query to watch; each series it returns is modelled on its own."""
 
     expr: str = Field(min_length=1, description="PromQL expression (prefer rate() over raw counters).")
-    step: float = Field(60.0, description="Resolution of the range queries (duration).")
-    fit_window: float = Field(14 * 86400.0, description="History a model is fitted on (duration).")
-    fit_every: float = Field(86400.0, description="Refit interval (duration).")
-    infer_every: float | None = Field(None, description="Scoring interval (duration); default: step.")
+    step: StepDuration = Field(60.0, description="Resolution of the range queries (duration).")
+    fit_window: WindowDuration = Field(14 * 86400.0, description="History a model is fitted on (duration).")
+    fit_every: WindowDuration = Field(86400.0, description="Refit interval (duration).")
+    infer_every: WindowDuration | None = Field(None, description="Scoring interval (duration); default: step.")
     model: str = Field("robust", description="A key of `models:` or a registered model name.")
     params: dict[str, Any] = Field(default_factory=dict, description="Model parameters (override a preset's).")
     direction: Literal["both", "above", "below"] = Field(
@@ -141,21 +107,6 @@ class QueryConfig(_Strict):
     counter: bool = Field(
         False, description="The expr returns raw counters: convert to per-second rates, handling resets."
     )
-
-    @field_validator("step", mode="before")
-    @classmethod
-    def _step(cls, value: Any) -> float:
-        return parse_bounded_duration(value, 0.001, MAX_STEP)
-
-    @field_validator("fit_window", "fit_every", mode="before")
-    @classmethod
-    def _windows_bounded(cls, value: Any) -> float:
-        return parse_bounded_duration(value, 0.001, MAX_FIT_WINDOW)
-
-    @field_validator("infer_every", mode="before")
-    @classmethod
-    def _optional_duration(cls, value: Any) -> float | None:
-        return None if value is None else parse_bounded_duration(value, 0.001, MAX_FIT_WINDOW)
 
     @model_validator(mode="after")
     def _windows(self) -> QueryConfig:
@@ -190,9 +141,10 @@ class ServerConfig(_Strict):
     @field_validator("listen_address")
     @classmethod
     def _address(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT or :PORT; got {value!r}")
+        try:
+            parse_listen_address(value)
+        except ValueError:
+            raise ValueError(f"expected HOST:PORT or :PORT; got {value!r}") from None
         return value
 
 
@@ -200,12 +152,7 @@ class RemoteWriteConfig(HttpClientConfig):
     """Prometheus remote write, with headers (tenant IDs), TLS and credentials like the reader's."""
 
     url: str | None = Field(None, description="Prometheus remote-write URL (…/api/v1/write); off when empty.")
-    timeout: float = Field(30.0, description="Timeout of one push (duration).")
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
+    timeout: Duration = Field(30.0, description="Timeout of one push (duration).")
 
 
 class ApiConfig(_Strict):
@@ -283,42 +230,28 @@ class RegistryConfig(_Strict):
     )
     validation_max_points: int = Field(1440, ge=10, description="At most this many steps are held out.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
-    poll_interval: float | None = Field(
+    poll_interval: Duration | None = Field(
         None, description="How often serve checks the champion alias (duration); default: the shortest fit_every.",
     )
-    timeout: float = Field(10.0, description="Timeout of one request to an MLflow server (duration).")
+    timeout: Duration = Field(10.0, description="Timeout of one request to an MLflow server (duration).")
     incidents: dict[str, list[tuple[str, str]]] = Field(
         default_factory=dict,
         description="Labelled incident windows per query alias, [[start, end], ...] in RFC 3339, for nab_score.",
     )
 
-    @field_validator("poll_interval", mode="before")
-    @classmethod
-    def _optional_duration(cls, value: Any) -> float | None:
-        return None if value is None else parse_duration(value)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class DriftConfig(_Strict):
     """Evidently drift checks: the training window's data against the most recent window."""
 
     enabled: bool = Field(False, description="Run drift checks on a schedule while serving.")
-    interval: float = Field(3600.0, description="How often to check (duration).")
-    window: float = Field(3600.0, description="The recent window compared with the training data (duration).")
+    interval: Duration = Field(3600.0, description="How often to check (duration).")
+    window: Duration = Field(3600.0, description="The recent window compared with the training data (duration).")
     method: str = Field("ks", description="Evidently stat test: ks, wasserstein, psi, jensenshannon, anderson, ...")
     threshold: float | None = Field(None, gt=0, description="The test's threshold; default: Evidently's for it.")
     min_points: int = Field(30, ge=5, description="Fewer recent points than this and a query is not checked.")
     reference_max_points: int = Field(5000, ge=100, description="Sample size kept from the training window.")
     retrain_on_drift: bool = Field(False, description="Drift triggers a refit (through the promotion gate).")
-
-    @field_validator("interval", "window", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
 
     @field_validator("method")
     @classmethod
@@ -332,17 +265,13 @@ class CausesConfig(_Strict):
     """Cause hints: raw signals of the same GPU, container or journal unit around an anomaly (docs/causes.md)."""
 
     enabled: bool = Field(True, description="Look up causes for units scoring above the anomaly threshold.")
-    window: float = Field(600.0, description="How far before the anomaly began to look (duration).")
-    max_lookback: float = Field(7200.0, description="Longest window looked at for a long anomaly (duration).")
-    refresh: float = Field(60.0, description="How often the causes of a unit still anomalous are looked up again.")
-    timeout: float = Field(5.0, description="Timeout of one cause query (duration).")
+    window: Duration = Field(600.0, description="How far before the anomaly began to look (duration).")
+    max_lookback: Duration = Field(7200.0, description="Longest window looked at for a long anomaly (duration).")
+    refresh: Duration = Field(60.0, description="How often the causes of a unit still anomalous are looked up again.")
+    timeout: Duration = Field(5.0, description="Timeout of one cause query (duration).")
     max_causes: int = Field(5, ge=1, le=9, description="Most causes kept (and exported) per unit.")
     max_units: int = Field(20, ge=1, le=1000, description="Most units looked up per pass (worst scores first).")
 
-    @field_validator("window", "max_lookback", "refresh", "timeout", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class FeedbackWindow(_Strict):
@@ -362,32 +291,18 @@ class FeedbackWindow(_Strict):
 
         for text in self.matchers:
             parse_matcher(text)
-        begin, finish = (_rfc3339(t) for t in (self.start, self.end))
+        begin, finish = (parse_rfc3339(t) for t in (self.start, self.end))
         if finish <= begin:
             raise ValueError("end must be after start")
         return self
-
-
-def _rfc3339(text: str) -> float:
-    from datetime import datetime
-
-    parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"{text!r}: a time zone is required (Z or +hh:mm)")
-    return parsed.timestamp()
 
 
 class AlertmanagerConfig(_Strict):
     """Alertmanager whose silences count as ``expected`` feedback (off without a URL)."""
 
     url: str | None = Field(None, description="Base URL of Alertmanager (…:9093); its silences are read.")
-    timeout: float = Field(5.0, description="Timeout of one request (duration).")
-    poll_interval: float = Field(60.0, description="How often silences are read again (duration).")
-
-    @field_validator("timeout", "poll_interval", mode="before")
-    @classmethod
-    def _durations(cls, value: Any) -> float:
-        return parse_duration(value)
+    timeout: Duration = Field(5.0, description="Timeout of one request (duration).")
+    poll_interval: Duration = Field(60.0, description="How often silences are read again (duration).")
 
     @field_validator("url")
     @classmethod
@@ -660,8 +575,6 @@ def _semantic_problems(config: DetectorConfig, path: str, sources: Mapping[str, 
 
 def _registry_problems(config: DetectorConfig, path: str, sources: Mapping[str, str]) -> list[Problem]:
     """Incident windows must name a watched query and parse as times, start before end."""
-    from datetime import datetime
-
     problems = []
     for alias, windows in config.registry.incidents.items():
         key = f"registry.incidents.{alias}"
@@ -670,9 +583,7 @@ def _registry_problems(config: DetectorConfig, path: str, sources: Mapping[str, 
             continue
         for i, (start, end) in enumerate(windows):
             try:
-                begin, finish = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (start, end))
-                if begin.tzinfo is None or finish.tzinfo is None:
-                    raise ValueError("a time zone is required (Z or +hh:mm)")
+                begin, finish = (parse_rfc3339(t) for t in (start, end))
                 if finish <= begin:
                     raise ValueError("the end must be after the start")
             except (ValueError, TypeError) as err:

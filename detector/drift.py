@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from boxwatch.files import atomic_path
+from boxwatch.log import kv
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
 from detector.store import FitSink, LocalStore, ModelBundle
@@ -165,10 +166,8 @@ class DriftMonitor:
         path = reference_path(self.config.state_dir, bundle.query)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"config_hash": bundle.config_hash, "version": bundle.version, "frame": frame}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        pd.to_pickle(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pd.to_pickle(payload, tmp)
 
     def _reference(self, alias: str, bundle: dict[str, Any]) -> pd.DataFrame | None:
         path = reference_path(self.config.state_dir, alias)
@@ -212,21 +211,19 @@ class DriftMonitor:
         reference = self._reference(alias, bundle)
         current = self._read(alias, now - settings.window, now)
         if reference is None or current is None or len(current) < settings.min_points or len(reference) < 2:
-            log.debug("not enough data for a drift check", extra={"fields": {"query": alias}})
+            log.debug("not enough data for a drift check", extra=kv(query=alias))
             return None
         scores, drifted, snapshot = compare(reference, current, settings.method, settings.threshold)
         path = report_path(self.config.state_dir, alias, bundle["model"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")
-        os.close(fd)
-        snapshot.save_html(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".html.tmp") as tmp:
+            snapshot.save_html(str(tmp))
         result = DriftResult(alias, bundle["model"], scores, drifted, path, now, len(reference), len(current))
         with self._lock:
             self.results[alias] = result
         self._log_change(result)
         if result.detected and settings.retrain_on_drift:
-            log.info("drift detected: refitting", extra={"fields": {"query": alias}})
+            log.info("drift detected: refitting", extra=kv(query=alias))
             detector.request_fit(alias)
         return result
 
@@ -237,7 +234,7 @@ class DriftMonitor:
                 try:
                     result = self.check(alias)
                 except (ReaderError, ValueError) as err:
-                    log.warning("drift check failed", extra={"fields": {"query": alias, "error": err}})
+                    log.warning("drift check failed", extra=kv(query=alias, error=err))
                     continue
                 if result is not None:
                     results.append(result)
@@ -247,8 +244,8 @@ class DriftMonitor:
         if self._state.get(result.query) != result.detected:
             self._state[result.query] = result.detected
             message = "drift detected" if result.detected else "no drift"
-            log.info(message, extra={"fields": {"query": result.query, "model": result.model, **{
-                f"score_{k}": round(v, 6) for k, v in result.scores.items()}}})
+            log.info(message, extra=kv(query=result.query, model=result.model, **{
+                f"score_{k}": round(v, 6) for k, v in result.scores.items()}))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -13,7 +13,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from detector import __version__
+from boxwatch import __version__
 from detector.causes import cause_family, merged_gauge, top_feature_family
 from detector.causes import self_families as causes_self_families
 from detector.feedback import families as feedback_families

@@ -25,7 +25,10 @@ import numpy as np
 import pandas as pd
 import requests
 
-from detector.config import ReaderConfig, format_duration
+from boxwatch.backoff import Backoff
+from boxwatch.log import kv
+from boxwatch.times import format_duration
+from detector.config import ReaderConfig
 from detector.httpclient import session_for
 
 log = logging.getLogger("boxwatch.detector.reader")
@@ -127,7 +130,7 @@ class PrometheusReader:
         """
         params = {"query": expr, "start": _fmt(start), "end": _fmt(end), "step": format_duration(step)}
         url = f"{self.config.url}/api/v1/query_range"
-        delay = self.config.backoff
+        backoff = Backoff(maximum=math.inf, initial=self.config.backoff)
         deadline = time.monotonic() + self.config.timeout
         tries = 0
         for attempt in range(self.config.retries + 1):
@@ -154,11 +157,11 @@ class PrometheusReader:
                 problem = f"HTTP {response.status_code}: {_error_text(response)}"
                 if response.status_code < 500 and response.status_code != 429:
                     raise QueryError(problem)
+            delay = backoff.next_delay()
             if attempt == self.config.retries or time.monotonic() + delay >= deadline:
                 break
-            log.debug("retrying query", extra={"fields": {"error": problem, "attempt": attempt + 1}})
+            log.debug("retrying query", extra=kv(error=problem, attempt=attempt + 1))
             self._sleep(delay)
-            delay *= 2
         raise PrometheusUnavailable(f"{self.config.url} unreachable after {tries} tries: {problem}")
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
-from detector.cli import Command, add_command, add_config_flags, load_or_report
-from exporters.server import kv, setup_logging
+from boxwatch.log import kv, setup_logging
+from detector.cli_common import Command, add_config_flags, load_or_report, unknown_queries
 
 
 def _registry_or_report(args: argparse.Namespace):
@@ -23,6 +25,19 @@ def _registry_or_report(args: argparse.Namespace):
 def _print_error(verb: str, err: BaseException) -> int:
     print(f"{verb}: model registry error: {type(err).__name__}: {err}", file=sys.stderr)
     return 1
+
+
+def _on_registry(verb: str, args: argparse.Namespace, action: Callable[[Any], int]) -> int:
+    """Exit status of ``action(registry)``; 1 when the configuration is invalid or the registry fails."""
+    config, registry = _registry_or_report(args)
+    if config is None:
+        return 1
+    from detector.registry import registry_errors
+
+    try:
+        return action(registry)
+    except registry_errors() as err:
+        return _print_error(verb, err)
 
 
 # --------------------------------------------------------------------------- train
@@ -43,9 +58,7 @@ def _train(args: argparse.Namespace) -> int:
     config, registry = _registry_or_report(args)
     if config is None:
         return 1
-    unknown = sorted(set(args.queries or []) - set(config.queries))
-    if unknown:
-        print(f"train: unknown query alias(es): {', '.join(unknown)}", file=sys.stderr)
+    if unknown_queries("train", config, args.queries):
         return 2
     from detector.registry import RegistryHealth, RegistrySink, registry_errors
     from detector.service import Detector
@@ -89,20 +102,12 @@ def _models_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    config, registry = _registry_or_report(args)
-    if config is None:
-        return 1
-    from detector.registry import registry_errors
-
-    try:
+    def show(registry) -> int:
         rows = registry.versions([args.name] if args.name else None)
-    except registry_errors() as err:
-        return _print_error("models", err)
-    if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1) if args.json else format_table(rows))
         return 0
-    print(format_table(rows))
-    return 0
+
+    return _on_registry("models", args, show)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -126,22 +131,17 @@ def _promote_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    config, registry = _registry_or_report(args)
-    if config is None:
-        return 1
-    from detector.registry import registry_errors
-
-    try:
+    def promote(registry) -> int:
         known = {r["version"] for r in registry.versions([args.name])}
         if str(args.version) not in known:
             print(f"promote: {args.name} has no version {args.version} (versions: "
                   f"{', '.join(sorted(known, key=int)) or 'none'})", file=sys.stderr)
             return 2
         previous = registry.set_champion(args.name, str(args.version), manual=True, reason="promoted by hand")
-    except registry_errors() as err:
-        return _print_error("promote", err)
-    print(f"{args.name}: champion is now v{args.version}" + (f" (was v{previous})" if previous else ""))
-    return 0
+        print(f"{args.name}: champion is now v{args.version}" + (f" (was v{previous})" if previous else ""))
+        return 0
+
+    return _on_registry("promote", args, promote)
 
 
 def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,37 +150,36 @@ def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    config, registry = _registry_or_report(args)
-    if config is None:
-        return 1
-    from detector.registry import registry_errors
+    def rollback(registry) -> int:
+        try:
+            old, new = registry.rollback(args.name)
+        except ValueError as err:
+            print(f"rollback: {err}", file=sys.stderr)
+            return 2
+        print(f"{args.name}: champion rolled back from v{old} to v{new}")
+        return 0
 
-    try:
-        old, new = registry.rollback(args.name)
-    except ValueError as err:
-        print(f"rollback: {err}", file=sys.stderr)
-        return 2
-    except registry_errors() as err:
-        return _print_error("rollback", err)
-    print(f"{args.name}: champion rolled back from v{old} to v{new}")
-    return 0
+    return _on_registry("rollback", args, rollback)
 
 
-add_command("train", Command(
-    "fit every configured query now, log the runs to MLflow and gate promotion",
-    _train_arguments, _train,
-    "Fit each query on its fit_window, log an MLflow run and a model version per query and model, validate it "
-    "on the held-out end of the window and make it champion if it is no worse than the current one.",
-))
-add_command("models", Command(
-    "list registered model versions, their aliases and the promotion reasons",
-    _models_arguments, _models,
-))
-add_command("promote", Command(
-    "make VERSION the champion of NAME by hand", _promote_arguments, _promote,
-    "Point the alias champion at VERSION (the former champion becomes previous_champion). A champion chosen by hand "
-    "is not replaced by automatic refits while registry.promotion.respect_manual is true.",
-))
-add_command("rollback", Command(
-    "put the previous champion of NAME back", _rollback_arguments, _rollback,
-))
+# The registry's verbs; detector.cli lists them among its subcommands.
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "fit every configured query now, log the runs to MLflow and gate promotion",
+        _train_arguments, _train,
+        "Fit each query on its fit_window, log an MLflow run and a model version per query and model, validate it "
+        "on the held-out end of the window and make it champion if it is no worse than the current one.",
+    ),
+    "models": Command(
+        "list registered model versions, their aliases and the promotion reasons",
+        _models_arguments, _models,
+    ),
+    "promote": Command(
+        "make VERSION the champion of NAME by hand", _promote_arguments, _promote,
+        "Point the alias champion at VERSION (the former champion becomes previous_champion). A champion chosen by hand "
+        "is not replaced by automatic refits while registry.promotion.respect_manual is true.",
+    ),
+    "rollback": Command(
+        "put the previous champion of NAME back", _rollback_arguments, _rollback,
+    ),
+}

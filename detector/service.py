@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from boxwatch.log import kv as _fields
 from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
 from detector.feedback import Feedback
@@ -47,10 +48,6 @@ log = logging.getLogger("boxwatch.detector")
 
 CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 FIT_RETRY_SECONDS = 60.0
-
-
-def _fields(**values: Any) -> dict:
-    return {"fields": values}
 
 
 @dataclass

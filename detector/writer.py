@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from boxwatch.exposition import label_text
+
 SCORE_FAMILIES = {
     "score": ("boxwatch_anomaly_score", "Anomaly score: 0 normal, above 1 outside the expected band."),
     "expected": ("boxwatch_anomaly_expected", "Value the model expected."),
@@ -75,7 +77,7 @@ def openmetrics_lines(points: Iterable[ScoredPoint]) -> Iterator[str]:
         for point in points:
             value = point.field_value(column)
             if present(value):
-                yield f"{name}{{{_label_text(point.labels)}}} {_number(value)} {point.timestamp:.3f}"
+                yield f"{name}{{{label_text(point.labels)}}} {_number(value)} {point.timestamp:.3f}"
 
 
 def write_openmetrics(points: Iterable[ScoredPoint], handle) -> int:
@@ -86,14 +88,6 @@ def write_openmetrics(points: Iterable[ScoredPoint], handle) -> int:
         count += not line.startswith("#")
     handle.write("# EOF\n")
     return count
-
-
-def _label_text(labels: Iterable[tuple[str, str]]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _number(value: float) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.server import kv
+from boxwatch.log import kv
 
 log = logging.getLogger("boxwatch.gpu")
 

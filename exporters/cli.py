@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from exporters import __version__
+from boxwatch import __version__
 from exporters.server import add_common_flags, run_exporter
 
 # source name -> (module, default port, one-line description)

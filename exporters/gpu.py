@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import threading
 import time
@@ -37,9 +36,11 @@ from types import ModuleType
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
+from boxwatch.backoff import Backoff
+from boxwatch.log import kv
 from exporters.cgroups import ContainerNames, container_of_pid
 from exporters.exposition import Part, Prepared, Rendered, families_of
-from exporters.server import Source, add_collector_flag, kv
+from exporters.server import Source, add_collector_flag, non_negative_int, positive_float
 
 log = logging.getLogger("boxwatch.gpu")
 
@@ -394,7 +395,7 @@ class NvmlPoller:
         self._logged: set[tuple] = set()
         self._down: set[GpuIdentity] = set()
         self._last_init_error: str | None = None
-        self._retry_delay = config.retry_initial
+        self._retry = Backoff(config.retry_max, config.retry_initial)
         self._snapshot: Snapshot | None = None
         self._containers = ContainerNames(config.docker_host) if config.docker_host else None
         self.listeners: list[Callable[[Snapshot], None]] = []  # called with each new snapshot
@@ -427,7 +428,7 @@ class NvmlPoller:
                 if not self._init():
                     self._publish(Snapshot(nvml_up=False, taken_at=self._clock(), poll_duration=0.0,
                                            errors=self._error_counts()))
-                    self._stop.wait(self._next_retry_delay())
+                    self._stop.wait(self._retry.next_delay())
                     continue
                 # NVML is up but no GPU has been read yet: say so rather than nvml_up 0.
                 self._publish(Snapshot(nvml_up=True, taken_at=self._clock(), poll_duration=0.0,
@@ -536,7 +537,7 @@ class NvmlPoller:
             return self._init_failed(f"enumerating GPUs: {err}")
         log.info("NVML initialised", extra=kv(driver_version=self._driver_version, gpus=len(self._devices)))
         self._last_init_error = None
-        self._retry_delay = self._config.retry_initial
+        self._retry.reset()
         return True
 
     def _enumerate(self, nv: ModuleType) -> list[_Device]:
@@ -582,11 +583,6 @@ class NvmlPoller:
             log.debug("NVML still unavailable", extra=kv(reason=reason))
         self._last_init_error = reason
         return False
-
-    def _next_retry_delay(self) -> float:
-        delay = self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, self._config.retry_max)
-        return delay
 
     def _shutdown(self) -> None:
         if self._nv is None:
@@ -791,20 +787,6 @@ class GpuCollector:
 # --------------------------------------------------------------------------- CLI
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
 def _device_list(text: str) -> tuple[str, ...]:
     if text.strip().lower() in ("", "all"):
         return ()
@@ -815,16 +797,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """GPU exporter flags (besides the common --web.* and --log.* ones)."""
     add_collector_flag(parser, "processes",
                        "export per-process GPU memory (boxwatch_gpu_process_memory_used_bytes)")
-    parser.add_argument("--gpu.max-processes", dest="gpu_max_processes", type=_non_negative_int, default=10,
+    parser.add_argument("--gpu.max-processes", dest="gpu_max_processes", type=non_negative_int, default=10,
                         metavar="N",
                         help="per GPU, export the N process names using the most memory; the rest are "
                              "summed as process=\"other\" (default: %(default)s)")
-    parser.add_argument("--gpu.poll-interval", dest="gpu_poll_interval", type=_positive_float, default=5.0,
+    parser.add_argument("--gpu.poll-interval", dest="gpu_poll_interval", type=positive_float, default=5.0,
                         metavar="SECONDS",
                         help="how often the background thread polls NVML; scrapes read the latest poll "
                              "and never wait for NVML (like dcgm-exporter's --collect-interval) "
                              "(default: %(default)s)")
-    parser.add_argument("--gpu.max-snapshot-age", dest="gpu_max_snapshot_age", type=_positive_float,
+    parser.add_argument("--gpu.max-snapshot-age", dest="gpu_max_snapshot_age", type=positive_float,
                         default=30.0, metavar="SECONDS",
                         help="if the last completed poll is older than this (a hung driver call), "
                              "withhold readings and report boxwatch_gpu_up 0; at least twice the poll "
@@ -836,7 +818,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="volatile",
                         help="ECC counts since the last driver load (volatile) or over the board's "
                              "lifetime (aggregate) (default: %(default)s)")
-    parser.add_argument("--gpu.init-retry-max-interval", dest="gpu_init_retry_max", type=_positive_float,
+    parser.add_argument("--gpu.init-retry-max-interval", dest="gpu_init_retry_max", type=positive_float,
                         default=60.0, metavar="SECONDS",
                         help="when NVML cannot be initialised (no driver), retry with exponential "
                              "backoff from 1 s up to this interval (default: %(default)s)")

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -37,9 +36,12 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from boxwatch.backoff import Backoff
+from boxwatch.files import atomic_write
+from boxwatch.log import kv
 from exporters.drain import Drain
 from exporters.exposition import Part, Prepared, Rendered, families_of
-from exporters.server import Source, add_collector_flag, kv
+from exporters.server import Source, add_collector_flag
 from exporters.xid import parse_xid
 
 log = logging.getLogger("boxwatch.journald")
@@ -178,21 +180,7 @@ class StateStore:
                   extra=kv(file=str(self.path), moved_to=str(aside), error=reason))
 
     def save(self, state: dict) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(self.path, json.dumps(state, separators=(",", ":")))
 
 
 @dataclass
@@ -454,22 +442,20 @@ class JournalFollower:
     # ----------------------------------------------------------------- loop
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(maximum=30.0, initial=0.5)
         while not self._stop.is_set():
             try:
                 reader = self._open()
             except Exception as err:  # logged and counted; the loop retries with backoff
                 self._failed("cannot open the journal", err)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stop.wait(backoff.next_delay())
                 continue
             try:
-                backoff = 0.5
+                backoff.reset()
                 self._follow(reader)
             except Exception as err:  # logged and counted; the loop reopens with backoff
                 self._failed("journal read failed; reopening", err)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stop.wait(backoff.next_delay())
             finally:
                 self.up = False
                 reader.close()

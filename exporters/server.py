@@ -20,8 +20,8 @@ scrape. A scrape then serves those bytes instead of rebuilding every family.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import platform
 import signal
 import sys
@@ -34,6 +34,8 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
+from boxwatch import __version__
+from boxwatch.log import add_log_flags, kv, setup_logging
 from boxwatch.web import (
     Limits,
     Server,
@@ -43,7 +45,6 @@ from boxwatch.web import (
     serve,
     server_metrics,
 )
-from exporters import __version__
 from exporters.exposition import Part, Rendered, assemble, families_of, respond
 
 log = logging.getLogger("boxwatch")
@@ -56,60 +57,6 @@ class Source:
     collectors: dict[str, object]
     close: Callable[[], None] = field(default=lambda: None)
 
-
-# --------------------------------------------------------------------------- logging
-
-
-class LogfmtFormatter(logging.Formatter):
-    """One event per line: ``ts=... level=... logger=... msg="..." key=value ...``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            fields["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
-
-
-class JsonFormatter(LogfmtFormatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {
-            "ts": record.created,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            fields["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(fields, default=str)
-
-
-def _logfmt_value(value: object) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' ="\n'):
-        return json.dumps(text)
-    return text
-
-
-def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
-    """Structured logs to stderr. ``level`` is one of debug, info, warn, error."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel({"warn": "WARNING"}.get(level.lower(), level.upper()))
-
-
-def kv(**fields: object) -> dict:
-    """``log.info("msg", extra=kv(gpu=0))`` attaches key=value pairs to a log line."""
-    return {"fields": fields}
 
 # --------------------------------------------------------------------------- flags
 
@@ -128,20 +75,7 @@ def add_common_flags(parser: argparse.ArgumentParser, default_port: int) -> None
         help="path under which to expose metrics (default: %(default)s)",
     )
     add_web_config_flag(parser)
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warn", "error"],
-        help="only log messages with this severity or above (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log.format",
-        dest="log_format",
-        default="logfmt",
-        choices=["logfmt", "json"],
-        help="output format of log messages (default: %(default)s)",
-    )
+    add_log_flags(parser)
 
 
 def add_web_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +99,31 @@ def add_collector_flag(parser: argparse.ArgumentParser, name: str, help: str, de
         default=default,
         help=f"{help} (default: {state})",
     )
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a finite number above 0 (an interval, a timeout)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (a positive number), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1 (a limit, a concurrency)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 0 (0 turns the feature off)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    value = int(text)
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- self metrics

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import requests
 
-from exporters.server import kv, parse_listen_address, setup_logging
-from stack import __version__
+from boxwatch import __version__
+from boxwatch.log import add_log_flags, kv, setup_logging
+from boxwatch.web import parse_listen_address
 from stack.runtime import (
     COMPONENTS,
     DEFAULT_PORTS,
@@ -64,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where generated configs, data, logs and the stack's state live "
         "(default: $BOXWATCH_STATE_DIR or .boxwatch)",
     )
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warn", "error"], help="log level (default: info)")
+    add_log_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     up = sub.add_parser("up", help="start the stack in the foreground; Ctrl-C stops everything")
@@ -204,7 +204,7 @@ COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "webhook": cmd
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     return COMMANDS[args.command](args)
 
 

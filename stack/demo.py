@@ -51,6 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
+from boxwatch.exposition import label_text
+from boxwatch.jobs import JOBS
+from boxwatch.web import parse_listen_address
+
 DEMO_LABELS = (("boxwatch_demo", "1"), ("instance", "demo-box"))
 DEFAULT_SEED = 7
 DEFAULT_STEP = 60.0
@@ -462,8 +466,8 @@ class Scenario:
     # -- what the stack itself would produce (runtime=True) ----------------------------------
 
     def runtime_series(self, t: np.ndarray) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
-        for job in ("prometheus", "alertmanager", "boxwatch-node", "boxwatch-gpu", "boxwatch-containers",
-                    "boxwatch-journald", "boxwatch-detector"):
+        for job in (JOBS[c] for c in ("prometheus", "alertmanager", "node", "gpu", "containers", "journald",
+                                      "detector")):
             yield "up", "gauge", (("job", job),), np.ones_like(t)
         load = self.load(t)
         inc = self.incident
@@ -480,7 +484,7 @@ class Scenario:
         scores: list = []
         for query, members in watched.items():
             for gpu, expected, half_band in members:
-                labels = (("gpu", gpu.index), ("uuid", gpu.uuid), ("name", gpu.name), ("job", "boxwatch-gpu"),
+                labels = (("gpu", gpu.index), ("uuid", gpu.uuid), ("name", gpu.name), ("job", JOBS["gpu"]),
                           ("query", query), ("model", "robust"))
                 actual = observed[query][gpu.index]
                 score = np.round(np.abs(actual - expected) / half_band, 3)
@@ -530,13 +534,13 @@ class Scenario:
         hot, xid = self._in(t, inc.throttle, inc.end), self._in(t, inc.xid, inc.end)
         warm = self._in(t, inc.start, inc.end)
         for gpu in GPUS:
-            labels = (("gpu", gpu.index), ("uuid", gpu.uuid), ("name", gpu.name), ("job", "boxwatch-gpu"))
+            labels = (("gpu", gpu.index), ("uuid", gpu.uuid), ("name", gpu.name), ("job", JOBS["gpu"]))
             calm = np.round(np.abs(0.3 * self._n(f"peer-{gpu.index}", t)), 3)
             score = np.where(warm, 2.0 + 5.0 * np.clip((t - inc.start) / (inc.throttle - inc.start), 0, 1), calm) \
                 if gpu.index == inc.gpu else calm
             yield ("boxwatch_anomaly_score", "gauge", (*labels, ("query", "gpu_temperature_peers"), ("model", "peer")),
                    np.round(score, 3))
-        gpu0 = (("gpu", GPUS[0].index), ("uuid", GPUS[0].uuid), ("name", GPUS[0].name), ("job", "boxwatch-gpu"))
+        gpu0 = (("gpu", GPUS[0].index), ("uuid", GPUS[0].uuid), ("name", GPUS[0].name), ("job", JOBS["gpu"]))
         series = (*gpu0, ("query", "gpu_temperature"), ("model", "robust"))
         causes = [("1", "throttle sw_thermal_slowdown", hot & ~xid), ("1", "Xid 79 gpu_fallen_off_bus", xid),
                   ("2", "throttle sw_thermal_slowdown", xid), ("3", "throttle hw_thermal_slowdown", xid)]
@@ -554,8 +558,8 @@ class Scenario:
 
     # -- assembly ----------------------------------------------------------------------------
 
-    JOBS = {"gpu": "boxwatch-gpu", "container": "boxwatch-containers", "journal": "boxwatch-journald",
-            "host": "boxwatch-node", "exporter": None, "runtime": "boxwatch-detector"}
+    SOURCE_JOBS = {"gpu": JOBS["gpu"], "container": JOBS["containers"], "journal": JOBS["journald"],
+                   "host": JOBS["node"], "exporter": None, "runtime": JOBS["detector"]}
 
     def series(self, t: np.ndarray) -> Iterator[tuple[str, str, Labels, np.ndarray]]:
         """Every series of the scenario at times ``t``: (name, type, labels, values; NaN = absent)."""
@@ -565,11 +569,10 @@ class Scenario:
             sources.append(("runtime", self.runtime_series))
         for source, produce in sources:
             for name, kind, labels, values in produce(t):
-                job = self.JOBS[source]
+                job = self.SOURCE_JOBS[source]
                 if source == "exporter":
                     exporter = dict(labels).get("exporter") or dict(labels)["collector"]
-                    job = {"gpu": "boxwatch-gpu", "containers": "boxwatch-containers"}.get(
-                        exporter, "boxwatch-journald")
+                    job = JOBS[exporter] if exporter in ("gpu", "containers") else JOBS["journald"]
                 extra = () if any(k == "job" for k, _ in labels) else (("job", job),)
                 yield name, kind, (*labels, *extra, *DEMO_LABELS), values
 
@@ -588,7 +591,7 @@ class Scenario:
             out.write(f"# HELP {family} DEMO DATA (boxwatch demo scenario).\n")
             out.write(f"# TYPE {family} {kinds[family]}\n")
             for name, labels, values in members:
-                selector = f"{name}{{{_labels(labels)}}}"
+                selector = f"{name}{{{label_text(labels)}}}"
                 lines = [f"{selector} {_value(v)} {s}\n" for v, s in zip(values, stamps, strict=True)
                          if not np.isnan(v)]
                 count += len(lines)
@@ -609,7 +612,7 @@ class Scenario:
                 seen.add(family)
                 lines.append(f"# HELP {family} DEMO DATA (boxwatch demo scenario).")
                 lines.append(f"# TYPE {family} {kind}")
-            lines.append(f"{name}{{{_labels(labels)}}} {_value(values[-1])}")
+            lines.append(f"{name}{{{label_text(labels)}}} {_value(values[-1])}")
         return "\n".join(lines) + "\n"
 
 
@@ -624,14 +627,6 @@ def _family(name: str, kind: str) -> str:
 
 def _format_le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
-
-
-def _labels(labels: Labels) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _value(value: float) -> str:
@@ -706,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--runtime", action="store_true",
                      help="also synthesize up{} and detector metrics (for dashboards without a detector)")
     srv = sub.add_parser("serve", parents=[common], help="serve the scenario live on /metrics")
-    srv.add_argument("--listen", default="127.0.0.1:9877")
+    srv.add_argument("--listen", default="127.0.0.1:9877", help="HOST:PORT, or :PORT for all interfaces "
+                     "(default: %(default)s)")
     sub.add_parser("incident", parents=[common], help="print the incident's times as JSON")
     # `python -m stack.demo --out FILE` is short for `generate --out FILE`
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -727,8 +723,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"event": "demo_generated", "path": str(args.out), "samples": count,
                           "start": scenario.start, "end": scenario.end, "note": "DEMO DATA"}), file=sys.stderr)
     else:
-        host, _, port = args.listen.rpartition(":")
-        server = serve(scenario, host or "127.0.0.1", int(port))
+        try:
+            host, port = parse_listen_address(args.listen)
+        except ValueError as err:
+            parser.error(str(err))
+        server = serve(scenario, host, port)
         print(json.dumps({"event": "demo_serving", "listen": args.listen, "note": "DEMO DATA"}), file=sys.stderr)
         try:
             server.serve_forever(poll_interval=0.2)

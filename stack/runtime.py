@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from boxwatch.jobs import JOBS
 from stack.supervisor import Child
 
 DEFAULT_PORTS = {
@@ -32,17 +33,6 @@ DEFAULT_PORTS = {
 COMPONENTS = ["prometheus", "alertmanager", "webhook", "node", "gpu", "containers", "journald", "detector"]
 # With --demo, a seeded scenario stands in for the exporters (stack/demo.py).
 DEMO_COMPONENTS = ["prometheus", "alertmanager", "webhook", "demo", "detector"]
-# Prometheus job name of each boxwatch component in prometheus/prometheus.yml.
-JOBS = {
-    "prometheus": "prometheus",
-    "alertmanager": "alertmanager",
-    "gpu": "boxwatch-gpu",
-    "containers": "boxwatch-containers",
-    "journald": "boxwatch-journald",
-    "detector": "boxwatch-detector",
-    "demo": "boxwatch-demo",
-    "node": "boxwatch-node",
-}
 # node_exporter's collectors for a GPU box: sensors (hwmon, thermal_zone), pressure stall
 # information, filesystems, memory, CPU, boot time (stat); the defaults that only add series
 # here (arp, bonding, nfs, ipvs, zfs, ...) stay off. docker-compose.yml and

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import requests
 
-from exporters.server import kv
+from boxwatch.backoff import Backoff
+from boxwatch.files import atomic_write
+from boxwatch.log import kv
 
 log = logging.getLogger("boxwatch.stack")
 
@@ -54,7 +56,7 @@ class Child:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
-    backoff: float = BACKOFF_START_S
+    backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_MAX_S, BACKOFF_START_S))
     next_start: float = 0.0
     last_exit: int | None = None
     healthy: bool | None = None
@@ -111,14 +113,14 @@ class Supervisor:
         child.proc = None
         child.healthy = False
         if now - child.started_at >= STABLE_AFTER_S:
-            child.backoff = BACKOFF_START_S
-        child.next_start = now + child.backoff
+            child.backoff.reset()
+        delay = child.backoff.next_delay()
+        child.next_start = now + delay
         log.warning(
             "child exited; restarting after backoff",
-            extra=kv(child=child.name, exit_code=child.last_exit, backoff_seconds=child.backoff,
+            extra=kv(child=child.name, exit_code=child.last_exit, backoff_seconds=delay,
                      log=self.log_dir / f"{child.name}.log"),
         )
-        child.backoff = min(child.backoff * 2, BACKOFF_MAX_S)
 
     def check_health(self, child: Child) -> None:
         was = child.healthy
@@ -182,9 +184,7 @@ class Supervisor:
             "updated": time.time(),
             "children": {c.name: c.to_json() for c in self.children},
         }
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self._state_file)
+        atomic_write(self._state_file, json.dumps(state, indent=2), durable=False)
 
 
 def read_state(state_dir: Path) -> dict | None:

@@ -19,6 +19,8 @@ import pytest
 import requests
 import yaml
 
+from boxwatch.exposition import label_text
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BENCH = REPO.parent / "shared" / "bench"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -208,15 +210,11 @@ def openmetrics(series: Mapping[tuple[str, tuple[tuple[str, str], ...]], Iterabl
         family = name.removesuffix("_total") if kind == "counter" else name
         lines.append(f"# TYPE {family} {kind}")
         for labels, samples in members:
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            selector = f"{name}{{{label_text}}}" if label_text else name
+            text = label_text(labels)
+            selector = f"{name}{{{text}}}" if text else name
             lines.extend(f"{selector} {value!r} {ts:.3f}" for ts, value in samples)
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def backfill(data_dir: Path, text: str, max_block_duration: str = "24h") -> None:

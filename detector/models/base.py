@@ -34,6 +34,7 @@ import pandas as pd
 
 Direction = Literal["both", "above", "below"]
 SCORE_COLUMNS = ["expected", "lower", "upper", "score"]
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
 
 class NotFittedError(RuntimeError):

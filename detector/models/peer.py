@@ -18,9 +18,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, band_score, empty_scores
+from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
 
-MAD_TO_SIGMA = 1.4826
 RESULT_COLUMNS = ["expected", "lower", "upper", "score", "top_features"]
 
 

@@ -7,9 +7,7 @@ from collections import deque
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, band_score, empty_scores
-
-MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
 
 
 class RobustModel(Model):

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, band_score, empty_scores
+from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
 
-MAD_TO_SIGMA = 1.4826
 DAY = 86_400.0
 WEEK = 7 * DAY
 STL_OUTER = 5  # robustness iterations (statsmodels' default is 15; 5 down-weights outliers as well here)

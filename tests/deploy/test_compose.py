@@ -100,7 +100,7 @@ def test_exporter_commands_parse_with_the_cli_and_listen_on_its_default_port(
     _cli(f"exporters.{source}")
     cli = _cli("exporters.cli")
     args = cli.build_parser(source).parse_args(argv[1:])
-    from exporters.server import parse_listen_address
+    from boxwatch.web import parse_listen_address
 
     host, port = parse_listen_address(args.listen_address)
     assert host == "0.0.0.0", f"{service} must listen on all interfaces inside its container"
@@ -112,7 +112,7 @@ def test_webhook_command_matches_the_alertmanager_receiver(config):
     argv = _argv(config["services"]["webhook"])
     assert argv[:2] == ["boxwatch-stack", "webhook"]
     args = _cli("stack.cli").build_parser().parse_args(argv[1:])
-    from exporters.server import parse_listen_address
+    from boxwatch.web import parse_listen_address
 
     host, port = parse_listen_address(args.listen)
     am = yaml.safe_load((REPO / "alertmanager" / "alertmanager.yml").read_text())

@@ -12,6 +12,7 @@ import requests
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
+from boxwatch.web import parse_listen_address
 from exporters.exposition import ClockGauge, Prepared
 from exporters.server import (
     InstrumentedCollector,
@@ -19,7 +20,6 @@ from exporters.server import (
     add_collector_flag,
     build_registry,
     make_app,
-    parse_listen_address,
     serve_forever,
 )
 from tests.harness import free_port

@@ -9,7 +9,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack.runtime import JOBS, NODE_EXPORTER_COLLECTORS, node_exporter_flags
+from boxwatch.jobs import JOBS
+from stack.runtime import NODE_EXPORTER_COLLECTORS, node_exporter_flags
 from tests.harness import REPO, Process, free_port, require_binary, wait_http
 
 
