@@ -27,6 +27,8 @@ from typing import Any
 import requests
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from boxwatch.log import kv
+from boxwatch.loop import Loop
 from boxwatch.xid import CATALOG
 from detector.config import CausesConfig, ReaderConfig
 from detector.writer import ScoredPoint
@@ -193,9 +195,7 @@ class CauseFinder:
         self._session = session or requests.Session()
         self._lock = threading.Lock()
         self._runs: dict[Labels, Run] = {}
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("detector-causes", self._pass, error_message="cause lookup pass failed")
         self.query_errors = 0
         self.lookups = 0
 
@@ -220,7 +220,7 @@ class CauseFinder:
                     run.ended = point.timestamp
             self._forget(config)
         if woke:
-            self._wake.set()
+            self._loop.wake()
 
     def _forget(self, config: CausesConfig) -> None:
         horizon = self._clock() - config.max_lookback
@@ -234,25 +234,17 @@ class CauseFinder:
     # ------------------------------------------------------------------ background thread
 
     def start(self) -> CauseFinder:
-        self._thread = threading.Thread(target=self._loop, name="detector-causes", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         self._session.close()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:  # a bug here must never stop scoring or this thread: log it, go on
-                log.exception("cause lookup pass failed")
-            self._wake.wait(1.0)
-            self._wake.clear()
+    def _pass(self) -> float:
+        """One pass of the thread; woken early when a new run begins."""
+        self.refresh()
+        return 1.0
 
     def refresh(self) -> int:
         """Look up causes of the open runs that are due (worst first, bounded); return how many."""
@@ -266,7 +258,7 @@ class CauseFinder:
                          key=lambda r: -r.score)[: config.max_units]
             jobs = [(r.labels, r.started) for r in due]
         for labels, started in jobs:
-            if self._stop.is_set():
+            if self._loop.stopping:
                 break
             lookback = f"{int(min(config.max_lookback, max(now - started, 0.0) + config.window))}s"
             causes = self.lookup(dict(labels), lookback, now, config, reader)
@@ -287,7 +279,7 @@ class CauseFinder:
             except (requests.RequestException, ValueError, KeyError) as err:
                 with self._lock:
                     self.query_errors += 1
-                log.debug("cause query failed", extra={"fields": {"kind": kind, "error": err}})
+                log.debug("cause query failed", extra=kv(kind=kind, error=err))
                 continue
             for cause in to_causes(kind, result):
                 if cause.cause not in found or found[cause.cause].weight < cause.weight:

@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 import requests
 
+from boxwatch.log import kv
+from boxwatch.loop import Loop
 from detector.config import DetectorConfig, FeedbackWindow
 from detector.matchers import Matcher, matches_all, parse_matcher
 from detector.reader import SeriesKey
@@ -125,8 +127,8 @@ class Feedback:
         self.false_positives: dict[tuple[str, str], int] = {}
         self.excluded: dict[str, dict[str, Any]] = {}
         self._parsed_config: tuple[Any, list[Mark]] = (None, [])
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("detector-feedback", self._poll, error_message="reading silences failed",
+                          error_delay=60.0)
 
     # ------------------------------------------------------------------ marks
 
@@ -137,7 +139,7 @@ class Feedback:
             return []
         except (OSError, ValueError) as err:
             log.error("cannot read feedback marks; starting without them",
-                      extra={"fields": {"path": str(self.path), "error": err}})
+                      extra=kv(path=str(self.path), error=err))
             return []
         marks = []
         for item in raw.get("marks", []):
@@ -146,7 +148,7 @@ class Feedback:
                                        id=item.get("id", ""), comment=item.get("comment", ""),
                                        created=item.get("created", 0.0)))
             except (KeyError, TypeError, ValueError) as err:
-                log.warning("skipping a bad feedback mark", extra={"fields": {"path": str(self.path), "error": err}})
+                log.warning("skipping a bad feedback mark", extra=kv(path=str(self.path), error=err))
         return marks
 
     def _config_marks(self) -> list[Mark]:
@@ -180,22 +182,18 @@ class Feedback:
     # ------------------------------------------------------------------ Alertmanager silences
 
     def start(self) -> Feedback:
-        self._thread = threading.Thread(target=self._loop, name="detector-feedback", daemon=True)
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         self._session.close()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            settings = self._config().alertmanager
-            if settings.url:
-                self.read_silences()
-            self._stop.wait(settings.poll_interval)
+    def _poll(self) -> float:
+        settings = self._config().alertmanager
+        if settings.url:
+            self.read_silences()
+        return settings.poll_interval
 
     def read_silences(self) -> bool:
         """Read Alertmanager's silences now; on failure keep the last ones read and count the error."""
@@ -210,7 +208,7 @@ class Feedback:
             with self._lock:
                 self.alertmanager_errors += 1
             log.warning("cannot read Alertmanager silences; keeping the last ones read",
-                        extra={"fields": {"url": settings.url, "error": err}})
+                        extra=kv(url=settings.url, error=err))
             return False
         with self._lock:
             self._silences = marks
@@ -255,8 +253,8 @@ class Feedback:
             self.excluded[alias] = {"points": points, "windows": [
                 {"source": s, "id": i, "start": a, "end": b} for s, i, a, b in sorted(windows, key=lambda w: w[2])]}
         if points:
-            log.info("left known events out of training", extra={"fields": {"query": alias, "points": points,
-                                                                             "windows": len(windows)}})
+            log.info("left known events out of training", extra=kv(query=alias, points=points,
+                                                                         windows=len(windows)))
         return masked_units
 
     def summary(self) -> dict[str, Any]:
@@ -278,7 +276,7 @@ def _safe_silence(silence: Any) -> Mark | None:
     try:
         return silence_mark(silence)
     except (KeyError, TypeError, ValueError) as err:
-        log.warning("skipping a silence boxwatch cannot read", extra={"fields": {"error": err}})
+        log.warning("skipping a silence boxwatch cannot read", extra=kv(error=err))
         return None
 
 

@@ -31,8 +31,11 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from boxwatch.backoff import Backoff
+from boxwatch.log import kv
+from boxwatch.loop import Loop
 from exporters.exposition import ClockGauge, Part, Prepared, Rendered, families_of
-from exporters.server import Source, kv
+from exporters.server import Source, positive_float, positive_int
 
 log = logging.getLogger("boxwatch.containers")
 
@@ -63,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--docker.timeout",
         dest="docker_timeout",
         metavar="SECONDS",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         help="seconds to wait for one Docker API call before giving up on it (default: %(default)s)",
     )
@@ -71,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--docker.poll-interval",
         dest="docker_poll_interval",
         metavar="SECONDS",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="seconds between two refreshes of the container list, state and stats; a scrape "
         "serves the latest refresh (default: %(default)s)",
@@ -80,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--docker.stats-concurrency",
         dest="docker_stats_concurrency",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         help="inspect/stats requests in flight at once during a refresh. The daemon answers a "
         "stats request at its next 1 s collection tick, so a refresh of N running containers "
@@ -90,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--docker.retry-max-backoff",
         dest="docker_retry_max_backoff",
         metavar="SECONDS",
-        type=_positive_float,
+        type=positive_float,
         default=30.0,
         help="longest wait, in seconds, between two attempts to reach an unreachable daemon; the "
         "wait starts at 0.5 s and doubles (default: %(default)s)",
@@ -99,25 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--docker.events-max-names",
         dest="docker_events_max_names",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="container names whose event counters are kept; beyond it the least recently active "
         "name's series are dropped, which bounds cardinality (default: %(default)s)",
     )
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- data
@@ -221,23 +210,6 @@ def container_from_inspect(attrs: dict, stats: Stats | None) -> Container:
 # --------------------------------------------------------------------------- connection
 
 
-class Backoff:
-    """Exponential backoff: 0.5 s, 1 s, 2 s, ... up to ``maximum``; ``reset()`` after a success."""
-
-    def __init__(self, maximum: float, initial: float = 0.5):
-        self._initial = min(initial, maximum)
-        self._maximum = maximum
-        self._next = self._initial
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self._maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self._initial
-
-
 class DaemonState:
     """Whether a thread can reach the daemon; logs each change of state once, not each attempt."""
 
@@ -298,36 +270,32 @@ class StatsPoller:
         self._backoff = Backoff(max_backoff)
         self._errors = errors
         self._state = DaemonState("stats")
-        self._stop = threading.Event()
         self._client: Any = None
         self._one_shot = True
         self._last_stats: dict[str, Stats] = {}
         self._last: dict[str, Container] = {}
         self.snapshot = Snapshot(up=False)
         self.listeners: list[Callable[[Snapshot], None]] = []  # called with each new snapshot
-        self._thread = threading.Thread(target=self._run, name="docker-poller", daemon=True)
+        self._loop = Loop("docker-poller", self._poll)
 
     def start(self) -> StatsPoller:
-        self._thread.start()
+        self._loop.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._loop.stop(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception as err:  # the daemon went away or answered nonsense
-                self._on_failure(err)
-                self._stop.wait(self._backoff.next_delay())
-                continue
-            self._backoff.reset()
-            self._stop.wait(self._interval)
+    def _poll(self) -> float:
+        try:
+            self.refresh()
+        except Exception as err:  # the daemon went away or answered nonsense
+            self._on_failure(err)
+            return self._backoff.next_delay()
+        self._backoff.reset()
+        return self._interval
 
     def _on_failure(self, err: BaseException) -> None:
         self._state.mark_down(err)
@@ -463,39 +431,38 @@ class EventFollower:
         self.counts = counts
         self._errors = errors
         self._state = DaemonState("events")
-        self._stop = threading.Event()
         self._stream: Any = None
         self._client: Any = None
         self._since: str | None = None
         self._oom_seen: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
+        self._loop = Loop("docker-events", self._follow_until_lost)
 
     def start(self) -> EventFollower:
-        self._thread.start()
+        self._loop.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
+        self._loop.request_stop()
         stream = self._stream
         if stream is not None:
-            stream.close()
-        self._thread.join(timeout=5)
+            stream.close()  # ends the blocking read of the stream
+        self._loop.stop(timeout=5)
         if self._client is not None:
             self._client.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._follow()
-                error: BaseException = ConnectionError("event stream ended")
-            except Exception as err:  # connection refused, reset, daemon restarting
-                error = err
-            if self._stop.is_set():
-                break
-            self._state.mark_down(error)
-            self._errors.add("events")
-            self._close_client()
-            self._stop.wait(self._backoff.next_delay())
+    def _follow_until_lost(self) -> float:
+        """Follow the event stream until it breaks; the delay before reconnecting."""
+        try:
+            self._follow()
+            error: BaseException = ConnectionError("event stream ended")
+        except Exception as err:  # connection refused, reset, daemon restarting
+            error = err
+        if self._loop.stopping:
+            return 0.0
+        self._state.mark_down(error)
+        self._errors.add("events")
+        self._close_client()
+        return self._backoff.next_delay()
 
     def _close_client(self) -> None:
         if self._client is not None:
