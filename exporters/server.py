@@ -1,4 +1,5 @@
-"""What every boxwatch exporter shares: flags, logging, self-metrics and the HTTP server.
+"""What every boxwatch exporter shares: flags, self-metrics and serving ``/metrics`` (logging, the
+HTTP server and the other process plumbing come from ``boxwatch``).
 
 A source module (``gpu``, ``containers``, ``journald``) provides two functions:
 
