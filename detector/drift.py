@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -36,7 +37,7 @@ import pandas as pd
 
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
-from detector.store import FitSink, LocalStore, ModelBundle
+from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, _atomic_write
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -165,17 +166,22 @@ class DriftMonitor:
         path = reference_path(self.config.state_dir, bundle.query)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"config_hash": bundle.config_hash, "version": bundle.version, "frame": frame}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        pd.to_pickle(payload, tmp)
-        os.replace(tmp, path)
+        key = ModelKey.for_config(self.config.state_dir, self.config.model_key_file)
+        _atomic_write(path, key.sign(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def _reference(self, alias: str, bundle: dict[str, Any]) -> pd.DataFrame | None:
         path = reference_path(self.config.state_dir, alias)
+        payload = None
         if path.exists():
-            payload = pd.read_pickle(path)
-            if (payload.get("config_hash"), payload.get("version")) == (bundle.get("config_hash"), bundle.get("version")):
-                return payload["frame"]
+            try:
+                payload = ModelKey.for_config(self.config.state_dir, self.config.model_key_file).load(path)
+            except UntrustedModel as err:  # pickles run code: only the detector's own signed files are read
+                STATS.reject("store")
+                log.error("refusing a drift reference that this detector did not write; reading the window again",
+                          extra={"fields": {"query": alias, "path": str(path), "reason": str(err)}})
+        if payload is not None and (payload.get("config_hash"), payload.get("version")) == (
+                bundle.get("config_hash"), bundle.get("version")):
+            return payload["frame"]
         start, end = bundle.get("training_start"), bundle.get("training_end")
         if start is None or end is None:
             return None
