@@ -246,8 +246,9 @@ class LocalStore:
         with self._lock:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-            except OSError:
+            except OSError as err:
                 STATS.persist_failed()
+                log.error("cannot write to the state directory", extra={"fields": {"path": str(self.root), "error": err}})
                 raise
             payload = pickle.dumps({"format": FORMAT_VERSION, "bundle": bundle}, protocol=pickle.HIGHEST_PROTOCOL)
             _atomic_write(self._path(bundle.query), self.key.sign(payload))

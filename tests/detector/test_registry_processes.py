@@ -218,3 +218,20 @@ def test_a_foreign_pickle_registered_as_champion_is_refused(history, tmp_path):
     rows = json.loads(cli(tmp_path / "serve" / "detector.yml", tmp_path, "models", "--json").stdout)
     champion = next(r for r in rows if "champion" in r["aliases"])
     assert champion["version"] == "2" and "v1 was refused" in champion["reason"]
+
+
+def test_a_state_dir_that_cannot_be_written_is_counted_and_the_fit_still_serves(history, tmp_path):
+    """Disk full, read-only, another owner: each write fails with an OSError; here ``models`` is a file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "models").write_text("in the way")
+    config = _config(history, state)
+    config["registry"]["enabled"] = False
+    detector = DetectorProcess(tmp_path / "serve", config)
+    try:
+        detector.wait_for(lambda: detector.sample("boxwatch_detector_models_ready") == [1.0], 60, "a fit")
+        assert detector.sample("boxwatch_detector_persist_errors_total") == [1.0]
+        assert len(detector.samples("boxwatch_anomaly_score")) == len(INSTANCES)  # served from memory
+        assert "cannot write to the state directory" in detector.output()
+    finally:
+        detector.stop()
