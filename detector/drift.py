@@ -222,11 +222,15 @@ class DriftMonitor:
             return None
         scores, drifted, snapshot = compare(reference, current, settings.method, settings.threshold)
         path = report_path(self.config.state_dir, alias, bundle["model"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")
-        os.close(fd)
-        snapshot.save_html(tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".html.tmp")
+            os.close(fd)
+            snapshot.save_html(tmp)
+            os.replace(tmp, path)
+        except OSError:
+            STATS.persist_failed()  # the state dir is full or read-only: boxwatch_detector_persist_errors_total
+            raise
         result = DriftResult(alias, bundle["model"], scores, drifted, path, now, len(reference), len(current))
         with self._lock:
             self.results[alias] = result
