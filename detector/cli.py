@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
         return 1
     extensions = load_extensions(config)
-    store = LocalStore(config.state_dir)
+    store = LocalStore(config.state_dir, config.model_key_file)
     sink = store.save
     load_bundle = store.load
     for ext in extensions:

@@ -327,6 +327,11 @@ class DetectorConfig(_Strict):
     queries: dict[str, QueryConfig] = Field(min_length=1)
     server: ServerConfig = Field(default_factory=ServerConfig)
     state_dir: str = Field(".boxwatch/detector", description="Where fitted models are persisted.")
+    model_key_file: str | None = Field(
+        None, description="HMAC key that signs every model file the detector writes and is checked before one "
+                          "is loaded (local store and registry); default <state_dir>/model.key, created 0600. "
+                          "Replicas sharing a registry share it (e.g. a Kubernetes Secret).",
+    )
     writer: WriterConfig = Field(default_factory=WriterConfig)
     anomalies: AnomaliesConfig = Field(default_factory=AnomaliesConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)

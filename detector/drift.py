@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 from collections.abc import Mapping
@@ -37,7 +38,7 @@ from boxwatch.files import atomic_path
 from boxwatch.log import kv
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
-from detector.store import FitSink, LocalStore, ModelBundle
+from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, _atomic_write
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -166,15 +167,22 @@ class DriftMonitor:
         path = reference_path(self.config.state_dir, bundle.query)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"config_hash": bundle.config_hash, "version": bundle.version, "frame": frame}
-        with atomic_path(path) as tmp:
-            pd.to_pickle(payload, tmp)
+        key = ModelKey.for_config(self.config.state_dir, self.config.model_key_file)
+        _atomic_write(path, key.sign(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def _reference(self, alias: str, bundle: dict[str, Any]) -> pd.DataFrame | None:
         path = reference_path(self.config.state_dir, alias)
+        payload = None
         if path.exists():
-            payload = pd.read_pickle(path)
-            if (payload.get("config_hash"), payload.get("version")) == (bundle.get("config_hash"), bundle.get("version")):
-                return payload["frame"]
+            try:
+                payload = ModelKey.for_config(self.config.state_dir, self.config.model_key_file).load(path)
+            except UntrustedModel as err:  # pickles run code: only the detector's own signed files are read
+                STATS.reject("store")
+                log.error("refusing a drift reference that this detector did not write; reading the window again",
+                          extra={"fields": {"query": alias, "path": str(path), "reason": str(err)}})
+        if payload is not None and (payload.get("config_hash"), payload.get("version")) == (
+                bundle.get("config_hash"), bundle.get("version")):
+            return payload["frame"]
         start, end = bundle.get("training_start"), bundle.get("training_end")
         if start is None or end is None:
             return None
@@ -215,9 +223,13 @@ class DriftMonitor:
             return None
         scores, drifted, snapshot = compare(reference, current, settings.method, settings.threshold)
         path = report_path(self.config.state_dir, alias, bundle["model"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".html.tmp") as tmp:
-            snapshot.save_html(str(tmp))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, suffix=".html.tmp") as tmp:
+                snapshot.save_html(str(tmp))
+        except OSError:
+            STATS.persist_failed()  # the state dir is full or read-only: boxwatch_detector_persist_errors_total
+            raise
         result = DriftResult(alias, bundle["model"], scores, drifted, path, now, len(reference), len(current))
         with self._lock:
             self.results[alias] = result

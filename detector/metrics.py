@@ -18,6 +18,7 @@ from detector.causes import cause_family, merged_gauge, top_feature_family
 from detector.causes import self_families as causes_self_families
 from detector.feedback import families as feedback_families
 from detector.service import CYCLE_BUCKETS, Detector
+from detector.store import model_file_families
 from detector.writer import SCORE_FAMILIES, present
 
 
@@ -37,6 +38,7 @@ class DetectorCollector:
         yield from self._self_metrics()
         yield from causes_self_families(self._detector.causes)
         yield from feedback_families(self._detector.feedback)
+        yield from model_file_families()
 
     def _scores(self) -> Iterable[Metric]:
         # Series of different queries have different label names: merged_gauge makes one family per name.

@@ -17,6 +17,8 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from detector.store import signed_payload
+
 REQUIREMENTS = ("numpy", "pandas", "scikit-learn", "statsmodels", "cloudpickle", "mlflow")
 
 
@@ -35,8 +37,10 @@ class BundlePythonModel(mlflow.pyfunc.PythonModel):
     """Loads ``bundle.pkl`` from the model's artifacts and scores frames with it."""
 
     def load_context(self, context) -> None:
+        # The detector checks the file's signature with its key before it unpickles it; loading through
+        # mlflow.pyfunc is a choice of whoever calls it, like loading any pickled model, and needs no key.
         with open(context.artifacts["bundle"], "rb") as handle:
-            self.bundle = pickle.load(handle)
+            self.bundle = pickle.loads(signed_payload(handle.read(), "bundle.pkl"))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from detector.scoring import score_online

@@ -42,7 +42,7 @@ from detector.feedback import false_positive_counts
 from detector.models import make_model
 from detector.reader import SeriesKey
 from detector.scoring import score_online
-from detector.store import FitSink, LocalStore, ModelBundle
+from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, check_owner
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -59,6 +59,8 @@ TAG_QUERY = "boxwatch.query"
 TAG_MODEL = "boxwatch.model"
 TAG_CONFIG_HASH = "boxwatch.config_hash"
 TAG_MANUAL = "boxwatch.manual"
+TAG_SHARD = "boxwatch.shard"
+TAG_SHARDS = "boxwatch.shards"
 BUNDLE_ARTIFACT = "bundle"
 RETRY_SECONDS = 60.0  # while the registry is unreachable, serve checks it at least this often
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -68,9 +70,19 @@ class RegistryUnavailable(RuntimeError):
     """The tracking store or the model registry could not be reached (or refused a request)."""
 
 
-def registered_name(alias: str, model: str) -> str:
-    """``boxwatch.<query>.<model>`` with anything outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
-    return f"boxwatch.{_NAME_UNSAFE.sub('_', alias)}.{_NAME_UNSAFE.sub('_', model)}"
+class RejectedModel(RuntimeError):
+    """A registered version whose model file this detector refuses to load (see :class:`UntrustedModel`)."""
+
+
+def registered_name(alias: str, model: str, shard: tuple[int, int] = (0, 1)) -> str:
+    """``boxwatch.<query>.<model>`` (``...<model>.shard<i>of<N>`` when sharded), outside ``[A-Za-z0-9_.-]`` -> ``_``.
+
+    Each shard fits only its own series, so each has its own registered model: a replica never
+    sees, let alone installs, another shard's partial bundle.
+    """
+    name = f"boxwatch.{_NAME_UNSAFE.sub('_', alias)}.{_NAME_UNSAFE.sub('_', model)}"
+    index, total = shard
+    return name if total == 1 else f"{name}.shard{index}of{total}"
 
 
 def default_tracking_uri(state_dir: str | os.PathLike) -> str:
@@ -270,13 +282,16 @@ class VersionRef:
 class Registry:
     """MLflow client for boxwatch: log fits, gate promotion, load and move the ``champion`` alias."""
 
-    def __init__(self, config: DetectorConfig):
+    def __init__(self, config: DetectorConfig, shard: tuple[int, int] = (0, 1)):
         self.config = config
         self.settings = config.registry
+        self.shard = shard
         self.state_dir = Path(config.state_dir)
         self.tracking_uri = self.settings.tracking_uri or default_tracking_uri(self.state_dir)
         self.embedded = self.settings.tracking_uri is None
         self.cache_dir = self.state_dir / "registry-cache"
+        self.key = ModelKey.for_config(self.state_dir, config.model_key_file)
+        self._refused: dict[tuple[str, str], str] = {}
         self._client = None
         self._experiment_id: str | None = None
         self._lock = threading.RLock()
@@ -330,27 +345,68 @@ class Registry:
             raise
         return VersionRef(str(mv.version), dict(mv.tags or {}))
 
-    def load_version(self, name: str, version: str) -> ModelBundle:
-        """The bundle of ``name`` version ``version`` (downloaded once into the state dir's cache)."""
-        target = self.cache_dir / name / str(version)
+    def name(self, alias: str, model: str) -> str:
+        """The registered model of query ``alias`` and ``model`` for this replica's shard."""
+        return registered_name(alias, model, self.shard)
+
+    def load_version(self, name: str, version: str, shard: tuple[int, int] | None = None) -> ModelBundle:
+        """The bundle of ``name`` version ``version`` (downloaded once into the state dir's cache).
+
+        The file is unpickled only if its signature checks out with this detector's key and the
+        cached copy is the service user's; otherwise :class:`RejectedModel` (counted and logged once
+        per version). A bundle fitted for another shard than ``shard`` (default: this replica's) is
+        refused the same way.
+        """
+        version = str(version)
+        shard = tuple(shard or self.shard)
+        refused = self._refused.get((name, version))
+        if refused is not None:
+            raise RejectedModel(refused)
+        target = self.cache_dir / name / version
         bundle_file = target / "bundle.pkl"
         if not bundle_file.exists():
-            target.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                local = self.mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri)
-                found = next(Path(local).rglob("bundle.pkl"), None)
-                if found is None:
-                    raise RegistryUnavailable(f"model {name} v{version} has no bundle.pkl artifact")
-                os.replace(found, bundle_file)
-        bundle: ModelBundle = pickle.loads(bundle_file.read_bytes())
-        bundle.version = str(version)
+            self._download(name, version, target, bundle_file)
+        try:
+            check_owner(bundle_file)
+            bundle: ModelBundle = pickle.loads(self.key.verify(bundle_file.read_bytes(), f"model {name} v{version}"))
+            if tuple(bundle.shard) != shard:
+                raise UntrustedModel(f"model {name} v{version} was fitted for shard {bundle.shard[0]}/"
+                                     f"{bundle.shard[1]}, this replica is {shard[0]}/{shard[1]}")
+        except UntrustedModel as err:
+            with self._lock:
+                first = (name, version) not in self._refused
+                self._refused[(name, version)] = str(err)
+            if first:
+                STATS.reject("registry")
+                log.error("refusing a registered model version", extra={"fields": {
+                    "name": name, "version": version, "reason": str(err)}})
+            bundle_file.unlink(missing_ok=True)
+            raise RejectedModel(str(err)) from err
+        bundle.version = version
         return bundle
+
+    def _download(self, name: str, version: str, target: Path, bundle_file: Path) -> None:
+        """The version's ``bundle.pkl`` into ``bundle_file``, resolved through this registry's client.
+
+        ``models:/`` URIs are resolved by MLflow through its process-wide registry URI (which is
+        set only while a run is active, and otherwise defaults to ``./mlflow.db``): the source is
+        asked of the explicit client instead.
+        """
+        source = self.client().get_model_version_download_uri(name, version)
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            local = self.mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
+                                                             tracking_uri=self.tracking_uri)
+            found = next(Path(local).rglob("bundle.pkl"), None)
+            if found is None:
+                raise RegistryUnavailable(f"model {name} v{version} has no bundle.pkl artifact")
+            os.chmod(found, 0o600)
+            os.replace(found, bundle_file)
 
     def load_champion(self, alias: str) -> ModelBundle | None:
         """The champion bundle of query ``alias`` for its configured model, or ``None``."""
         model, _ = self.config.model_for(alias)
-        name = registered_name(alias, model)
+        name = self.name(alias, model)
         version = self.champion_version(name)
         return None if version is None else self.load_version(name, version.version)
 
@@ -387,7 +443,7 @@ class Registry:
     def _log_fit(self, bundle: ModelBundle, metrics: dict[str, float], tags: dict[str, str]) -> tuple[str, str]:
         mlflow = self.mlflow
         client = self.client()
-        name = registered_name(bundle.query, bundle.model_name)
+        name = registered_name(bundle.query, bundle.model_name, bundle.shard)
         query = self.config.queries.get(bundle.query)
         params = {
             "query": bundle.query, "model": bundle.model_name, "config_hash": bundle.config_hash,
@@ -398,19 +454,20 @@ class Registry:
             params.update({"expr": query.expr[:500], "step_seconds": query.step, "direction": query.direction,
                            "min_deviation": query.min_deviation})
         params.update({f"model.{k}": v for k, v in sorted(bundle.params.items())})
+        identity = {TAG_QUERY: bundle.query, TAG_MODEL: bundle.model_name, TAG_CONFIG_HASH: bundle.config_hash,
+                    TAG_SHARD: str(bundle.shard[0]), TAG_SHARDS: str(bundle.shard[1])}
         run = client.create_run(self.experiment_id(), run_name=f"{bundle.query}-{bundle.model_name}",
-                                tags={TAG_QUERY: bundle.query, TAG_MODEL: bundle.model_name,
-                                      TAG_CONFIG_HASH: bundle.config_hash, **tags})
+                                tags={**identity, **tags})
         run_id = run.info.run_id
         try:
             client.log_batch(run_id, metrics=_metric_entities(mlflow, metrics),
                              params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "bundle.pkl"
-                path.write_bytes(pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL))
+                path.write_bytes(self.key.sign(pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL)))
                 model_uri, model_id = self._log_pyfunc(mlflow, run_id, path)
-            version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id, tags={
-                TAG_QUERY: bundle.query, TAG_MODEL: bundle.model_name, TAG_CONFIG_HASH: bundle.config_hash, **tags})
+            version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
+                                                  tags={**identity, **tags})
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
@@ -498,10 +555,15 @@ class Registry:
             Decision, ModelBundle]:
         """Validate, log and register ``bundle``, promote it if it passes; return the decision and what serves."""
         query = self.config.queries[bundle.query]
-        name = registered_name(bundle.query, bundle.model_name)
+        name = registered_name(bundle.query, bundle.model_name, bundle.shard)
         self.ensure_model(name)
         champion_mv = self.champion_version(name)
-        champion = self.load_version(name, champion_mv.version) if champion_mv is not None else None
+        champion, refused = None, None
+        if champion_mv is not None:
+            try:
+                champion = self.load_version(name, champion_mv.version, bundle.shard)
+            except RejectedModel as err:  # not ours: the fit replaces it, whatever its validation
+                refused = f"champion v{champion_mv.version} was refused: {err}"
         candidate_val, champion_val, false_positives = Validation(), None, None
         incidents = self._incidents(bundle.query)
         if units:
@@ -514,10 +576,12 @@ class Registry:
                                                query.min_deviation, incidents)
             false_positives = false_positive_counts(self.config, bundle.query, bundle.model_name, units, split,
                                                     validation_models, champion.models if champion else None)
-        manual = champion_mv is not None and champion_mv.tags.get(TAG_MANUAL) == "true"
+        manual = champion is not None and champion_mv.tags.get(TAG_MANUAL) == "true"
         stale = champion is not None and champion.config_hash != bundle.config_hash
         promoted, reason = gate(candidate_val, champion_val if champion is not None else None, self.settings,
                                 champion_mv.version if champion_mv else None, manual, stale, false_positives)
+        if refused is not None:
+            promoted, reason = True, refused
         metrics = {"fit_seconds": bundle.fit_seconds, "series": float(len(bundle.models)),
                    **candidate_val.metrics()}
         if champion_val is not None:
@@ -656,6 +720,7 @@ class ChampionWatcher:
 
     def start(self, detector: Detector) -> None:
         self.detector = detector
+        self.registry.shard = detector.shard
         self._thread = threading.Thread(target=self._loop, name="registry-watch", daemon=True)
         self._thread.start()
 
@@ -673,7 +738,10 @@ class ChampionWatcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.sync()
+            try:
+                self.sync()
+            except Exception as err:  # e.g. a store mid-migration: the watcher must outlive it and try again
+                self.health.failed("check champions", err)
             wait = self.interval() if self.health.up else min(self.interval(), RETRY_SECONDS)
             self._wake.wait(wait)
             self._wake.clear()
@@ -689,6 +757,9 @@ class ChampionWatcher:
             for alias in list(detector.config.queries):
                 try:
                     bundle = self._champion_if_new(alias, serving.get(alias))
+                except RejectedModel as err:
+                    errors.append(f"{alias}: {err}")
+                    continue
                 except registry_errors() as err:
                     self.health.failed("load champion", err)
                     return {"installed": installed, "error": f"{type(err).__name__}: {err}"[:500]}
@@ -707,7 +778,7 @@ class ChampionWatcher:
         model, _ = self.registry.config.model_for(alias) if alias in self.registry.config.queries else (None, None)
         if self.detector is not None:
             model, _ = self.detector.config.model_for(alias)
-        name = registered_name(alias, model)
+        name = self.registry.name(alias, model)
         mv = self.registry.champion_version(name)
         if mv is None or mv.version == serving:
             return None
@@ -724,7 +795,7 @@ def extension(config: DetectorConfig):
 
     registry = Registry(config)
     health = RegistryHealth()
-    store = LocalStore(config.state_dir)
+    store = LocalStore(config.state_dir, config.model_key_file)
     watcher = ChampionWatcher(registry, store, health)
     blueprint = Blueprint("registry", __name__)
 

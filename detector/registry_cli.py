@@ -19,7 +19,7 @@ def _registry_or_report(args: argparse.Namespace):
         return None, None
     from detector.registry import Registry
 
-    return config, Registry(config)
+    return config, Registry(config, args.shard)
 
 
 def _print_error(verb: str, err: BaseException) -> int:
@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
         registry.ping()
     except registry_errors() as err:
         return _print_error("train", err)
-    store = LocalStore(config.state_dir)
+    store = LocalStore(config.state_dir, config.model_key_file)
     health = RegistryHealth()
     sink = RegistrySink(registry, store.save, store, health)
     detector = Detector(config, shard=args.shard, fit_sink=sink, load_bundle=store.load)

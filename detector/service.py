@@ -119,7 +119,7 @@ class Detector:
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self.shard = shard
-        self.store = LocalStore(config.state_dir)
+        self.store = LocalStore(config.state_dir, config.model_key_file)
         self.fit_sink: FitSink = fit_sink or self.store.save
         self.load_bundle = load_bundle or self.store.load
         self.clock = clock
@@ -212,6 +212,11 @@ class Detector:
                 log.warning("ignoring models fitted for another configuration",
                             extra=_fields(query=bundle.query, config_hash=bundle.config_hash))
                 return False
+            if tuple(bundle.shard) != tuple(self.shard):
+                log.warning("ignoring models fitted for another shard", extra=_fields(
+                    query=bundle.query, shard=f"{bundle.shard[0]}/{bundle.shard[1]}",
+                    this_shard=f"{self.shard[0]}/{self.shard[1]}"))
+                return False
             state.bundle = bundle
             state.fallback.clear()  # units the bundle lacks get a fresh stand-in at the next cycle
             state.next_fit = bundle.fitted_at + self.config.queries[bundle.query].fit_every
@@ -274,7 +279,7 @@ class Detector:
                 continue
             state = self._states[alias] = QueryState(alias, config.query_hash(alias))
             bundle = self.load_bundle(alias)
-            if bundle is not None and bundle.config_hash == state.config_hash:
+            if bundle is not None and bundle.config_hash == state.config_hash and tuple(bundle.shard) == tuple(self.shard):
                 state.bundle = bundle
                 state.next_fit = bundle.fitted_at + config.queries[alias].fit_every
                 self.stats.fit_seconds[(alias, bundle.model_name)] = bundle.fit_seconds
@@ -538,6 +543,7 @@ class Detector:
         units = build_units(query, is_multivariate(config, alias), raw, self.shard, alias)
         units = self.feedback.mask_training(alias, config.model_for(alias)[0], units)  # known events: not normal
         bundle = fit_bundle(config, alias, units, start, end)
+        bundle.shard = self.shard
         if not bundle.models and units:
             self._fit_failed(state, "no series could be fitted")
             return None

@@ -205,6 +205,28 @@ def test_mlflow_is_the_detectors_registry_and_accepts_its_host_name(config):
     assert detector_env["BOXWATCH_REGISTRY__ENABLED"] == "true"
 
 
+def _networks(service: dict) -> set[str]:
+    networks = service.get("networks") or {"default": None}
+    return set(networks)
+
+
+def test_mlflow_is_reachable_only_by_the_detector(config):
+    """MLflow has no authentication: an internal network with the detector alone, and no published port."""
+    mlflow = config["services"]["mlflow"]
+    assert "ports" not in mlflow
+    assert _networks(mlflow) == {"registry"} and config["networks"]["registry"]["internal"] is True
+    members = {name for name, service in config["services"].items() if "registry" in _networks(service)}
+    assert members == {"mlflow", "detector"}
+
+
+def test_the_mlflow_ui_override_publishes_on_loopback_only():
+    override = REPO / "docker-compose.mlflow-ui.yml"
+    result = _compose("-f", str(override), "config", env={"BOXWATCH_GRAFANA_ADMIN_PASSWORD": "s3cret"})
+    assert result.returncode == 0, result.stderr
+    ports = yaml.safe_load(result.stdout)["services"]["mlflow"]["ports"]
+    assert ports == ["127.0.0.1:5000:5000/tcp"]
+
+
 def test_grafana_is_provisioned_with_anonymous_viewers(config):
     grafana = config["services"]["grafana"]
     env = grafana["environment"]

@@ -25,6 +25,7 @@ MODELS = {  # kind -> kubernetes.client model
     "Deployment": "V1Deployment",
     "Service": "V1Service",
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
+    "NetworkPolicy": "V1NetworkPolicy",
 }
 JOB_PORTS = {"boxwatch-gpu": 9872, "boxwatch-containers": 9873, "boxwatch-journald": 9874, "boxwatch-detector": 9875,
              "boxwatch-node": 9100}
@@ -247,6 +248,24 @@ def _validate_detector_config(text: str, env: dict[str, str]) -> None:
         result = subprocess.run([sys.executable, "-m", "detector", "validate-config", "--config", f.name],
                                 env={**environ, **env}, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_detector_pods_reach_mlflow(objects):
+    """MLflow has no authentication: its pods admit connections from the detector pods alone."""
+    policy = _one(objects, "NetworkPolicy", "boxwatch-mlflow")["spec"]
+    mlflow = _one(objects, "Deployment", "boxwatch-mlflow")
+    detector = _one(objects, "StatefulSet", "boxwatch-detector")
+    assert policy["podSelector"]["matchLabels"].items() <= mlflow["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector or ipBlock: not other namespaces, not the node
+    assert source["podSelector"]["matchLabels"].items() <= detector["spec"]["template"]["metadata"]["labels"].items()
+    for obj in objects:  # and no other pod carries those labels
+        if obj["kind"] in ("DaemonSet", "StatefulSet", "Deployment") and obj is not detector:
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert not source["podSelector"]["matchLabels"].items() <= labels.items(), obj["metadata"]["name"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
 
 
 def test_detector_mounts_the_config_its_args_name(objects):
