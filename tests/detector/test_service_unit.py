@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from boxwatch.times import parse_duration
 from detector.config import validate
 from detector.metrics import build_registry
+from detector.scoring import shard_of
 from detector.service import Detector
 from tests.detector.conftest import detector_config, wave
 
@@ -33,7 +35,7 @@ LOOKBACK = 300.0  # Prometheus' default: an instant sees the latest sample at mo
 class RangeServer:
     """``/api/v1/query_range`` over ``series``: ``{(metric, ((label, value), ...)): [(ts, value), ...]}``.
 
-    A query is a bare metric name. ``status`` set to an HTTP code answers every request with it
+    A query is a bare metric name or ``{__name__=~"a|b"}``. ``status`` set to an HTTP code answers every request with it
     (an outage as a proxy in front of Prometheus reports it).
     """
 
@@ -73,8 +75,10 @@ class RangeServer:
 
     def matrix(self, metric: str, start: float, end: float, step: float) -> list[dict]:
         result = []
+        wanted = re.fullmatch(r'\{__name__=~"([^"]*)"\}', metric)
+        pattern = re.compile(wanted.group(1) if wanted else re.escape(metric))
         for (name, labels), samples in self.series.items():
-            if name != metric:
+            if not pattern.fullmatch(name):
                 continue
             values = []
             t = start
@@ -104,11 +108,11 @@ def source():
     server.stop()
 
 
-def make_detector(source: RangeServer, tmp_path, clock=lambda: NOW, **query) -> Detector:
+def make_detector(source: RangeServer, tmp_path, clock=lambda: NOW, shard=(0, 1), **query) -> Detector:
     queries = {"temp": {"expr": "unit_test_temp", "step": f"{STEP}s", "fit_window": "1h", "fit_every": "1h",
                         "infer_every": f"{STEP}s", **query}}
     config = validate(detector_config(source.url, tmp_path / "state", queries))
-    return Detector(config, clock=clock)
+    return Detector(config, shard=shard, clock=clock)
 
 
 def exposition(detector: Detector) -> dict[tuple[str, frozenset], float]:
@@ -237,5 +241,56 @@ def test_a_raw_counter_is_scored_as_a_rate_across_a_reset(tmp_path):
         [point] = [p for points in detector.snapshot().values() for p in points]
         assert point.value == pytest.approx(0.5)
         assert not math.isnan(point.score) and point.score < 1
+    finally:
+        source.stop()
+
+
+def test_two_shards_score_every_series_exactly_once(tmp_path):
+    labels = [(("gpu", str(i)),) for i in range(8)]
+    source = RangeServer({("unit_test_temp", lab): wave(NOW - 3600, NOW, STEP, seed=i)
+                          for i, lab in enumerate(labels)})
+    try:
+        expected = [{lab[0][1] for lab in labels if shard_of(lab, 2) == i} for i in range(2)]
+        assert expected[0] and expected[1]  # the hash does split these eight series
+        scored = []
+        for index in range(2):
+            detector = make_detector(source, tmp_path / f"shard-{index}", shard=(index, 2))
+            detector.run_cycle(NOW)
+            metrics = exposition(detector)
+            scored.append({dict(labels)["gpu"] for labels in score_labels(metrics)})
+            assert metrics[("boxwatch_detector_shard", frozenset({"total": "2"}.items()))] == index
+        assert scored == expected
+    finally:
+        source.stop()
+
+
+def test_a_multivariate_query_scores_each_entity_and_names_the_features(tmp_path):
+    series = {}
+    for gpu in ("0", "1"):
+        series[("mv_temp", (("gpu", gpu),))] = wave(NOW - 6 * 3600, NOW, STEP, base=60, seed=int(gpu))
+        series[("mv_power", (("gpu", gpu),))] = wave(NOW - 6 * 3600, NOW, STEP, base=200, amplitude=20, noise=5,
+                                                     seed=10 + int(gpu))
+    source = RangeServer(series)
+    try:
+        detector = make_detector(source, tmp_path, expr='{__name__=~"mv_temp|mv_power"}', model="iforest",
+                                 group_by=["gpu"], fit_window="6h")
+        detector.fit_query("temp", NOW)
+        after = NOW - 37 + STEP
+        for (name, labels) in list(series):
+            calm = series[(name, labels)][-1][1]
+            hot = name == "mv_temp" and labels == (("gpu", "1"),)
+            append(source, (name, labels), after, after, lambda t, v=calm, h=hot: v + (30.0 if h else 0.0))
+        assert detector.run_cycle(NOW + STEP) == 2
+        metrics = exposition(detector)
+        scores = {dict(labels)["gpu"]: v for (name, labels), v in metrics.items() if name == "boxwatch_anomaly_score"}
+        assert score_labels(metrics) == {
+            frozenset({"gpu": g, "query": "temp", "model": "iforest"}.items()) for g in ("0", "1")}
+        assert scores["1"] > 1 > scores["0"]
+        assert not any(name == "boxwatch_anomaly_expected" for name, _ in metrics)  # a forest has no band
+        [anomaly] = detector.anomalies()
+        assert anomaly["labels"] == {"gpu": "1"} and anomaly["top_features"][0] == "mv_temp"
+        tops = {dict(labels)["rank"]: dict(labels)["feature"] for (name, labels) in metrics
+                if name == "boxwatch_anomaly_top_feature" and dict(labels)["gpu"] == "1"}
+        assert tops["1"] == "mv_temp" and set(tops) <= {"1", "2", "3"}
     finally:
         source.stop()
