@@ -7,6 +7,17 @@ import pytest
 from stack.webhook import WebhookSink
 from tests.harness import Alertmanager, Prometheus
 
+# Fixtures that start a process (directly or through another fixture): a test using one belongs to the
+# slow tier even where its file forgot the marker, so `-m "not slow"` stays quick as tests are added.
+PROCESS_FIXTURES = frozenset({"start_prometheus", "start_alertmanager", "history_prometheus", "start_detector",
+                              "start_exporter"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def start_prometheus(tmp_path):

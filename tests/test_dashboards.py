@@ -156,6 +156,7 @@ def _variable_values(prom: Prometheus, dashboard: dict) -> dict[str, str]:
     return values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "title", "tgt"), all_targets(), ids=lambda x: x if isinstance(x, str) else "")
 def test_panel_query_returns_data(demo_prometheus, name, title, tgt):
     prom, scenario = demo_prometheus

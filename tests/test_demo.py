@@ -45,6 +45,7 @@ def test_every_series_is_labelled_as_demo_data():
     assert "DEMO DATA" in text
 
 
+@pytest.mark.slow
 def test_promtool_backfills_a_week(tmp_path, start_prometheus):
     scenario = Scenario(END, days=7, step=300)
     path = tmp_path / "week.om"
@@ -151,6 +152,7 @@ def test_serve_answers_metrics_over_http():
         server.server_close()
 
 
+@pytest.mark.slow
 def test_cli_generate_and_incident(tmp_path):
     out = tmp_path / "demo.om"
     result = subprocess.run(python_module("stack.demo", "--out", str(out), "--days", "0.1", "--end", str(END)),
@@ -196,6 +198,7 @@ def test_backfill_then_live_scrape_is_one_continuous_series(tmp_path, start_prom
         server.server_close()
 
 
+@pytest.mark.slow
 def test_cli_serve(tmp_path):
     port = free_port()
     proc = subprocess.Popen(python_module("stack.demo", "serve", "--listen", f"127.0.0.1:{port}", "--days", "0.05"),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import requests
 
 from tests.harness import backfill, openmetrics
+
+pytestmark = pytest.mark.slow  # Prometheus and Alertmanager processes
 
 
 def test_days_of_history_backfilled_with_promtool(start_prometheus, tmp_path):

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import require_binary
+
+pytestmark = pytest.mark.slow  # the benchmark starts exporter processes
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "exporters.py"

@@ -48,6 +48,7 @@ def _write_set(root: Path, name: str, rows: list[tuple[str, str, str]]) -> None:
             writer.writerow([i, content, templates.setdefault(template, f"E{len(templates) + 1}"), template])
 
 
+@pytest.mark.slow
 def test_cli_reports_ga_and_pa_per_set(tmp_path):
     rows = []
     for i in range(6):
@@ -69,6 +70,7 @@ def test_cli_reports_ga_and_pa_per_set(tmp_path):
     assert scores == {"Split": {"GA": 0.0, "PA": 0.0}, "Tiny": {"GA": 1.0, "PA": 1.0}}
 
 
+@pytest.mark.slow
 def test_cli_reports_speed_per_set_on_the_mixed_corpus_and_on_many_templates(tmp_path):
     rows = [(f"h sshd[{i}]: Connection closed by 10.1.0.{i} port {5000 + i}",
              f"Connection closed by 10.1.0.{i} port {5000 + i}", "Connection closed by <*> port <*>") for i in range(5)]
@@ -91,12 +93,14 @@ def test_cli_reports_speed_per_set_on_the_mixed_corpus_and_on_many_templates(tmp
     assert stress["clusters"] == 40 and stress["GA"] == 1.0, "the made-up templates share one leaf and stay apart"
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_negative_size(tmp_path):
     result = subprocess.run([sys.executable, "bench/loghub.py", "--data", str(tmp_path), "--stress-lines", "-1"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--stress-lines" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_names_the_line_whose_content_does_not_match(tmp_path):
     _write_set(tmp_path, "Bad", [("header one thing", "another thing", "another thing")])
     result = subprocess.run([sys.executable, "bench/loghub.py", "--data", str(tmp_path), "--lines", "0",
@@ -106,6 +110,7 @@ def test_cli_names_the_line_whose_content_does_not_match(tmp_path):
     assert "Bad_2k.log:1" in result.stderr
 
 
+@pytest.mark.slow
 def test_reaches_drains_published_ga_on_loghub_2k():
     data = require_path(LOGHUB, "Loghub-2k data (../shared/bench/loghub)")
     result = subprocess.run([sys.executable, "bench/loghub.py", "--data", str(data), "--json", "--lines", "0",

@@ -46,6 +46,7 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_bench_runs_end_to_end_on_a_hand_made_corpus(tmp_path):
     data, windows = write_corpus(tmp_path)
     results = tmp_path / "results"
@@ -70,6 +71,7 @@ def test_bench_runs_end_to_end_on_a_hand_made_corpus(tmp_path):
     assert set(scores["robust"]) >= {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
 
 
+@pytest.mark.slow
 def test_bench_reports_a_missing_data_folder(tmp_path):
     done = run_bench("--data", str(tmp_path / "nope"), "--windows", str(tmp_path / "w.json"))
     assert done.returncode == 2

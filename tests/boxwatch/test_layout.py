@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("exporters", "detector", "stack")
 
@@ -113,6 +115,7 @@ def test_detector_modules_have_no_import_cycle():
     assert cycles(import_graph("detector")) == []
 
 
+@pytest.mark.slow
 def test_each_detector_module_imports_on_its_own():
     """Import every module of detector/ first, in a fresh set of detector modules each time (the
     third-party libraries stay loaded, so this takes seconds, not minutes). ``__main__`` runs the CLI."""

@@ -116,6 +116,7 @@ def _curl(*args: str) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------- TLS and basic auth
 
 
+@pytest.mark.slow
 def test_curl_with_client_certificate_and_password_gets_metrics(tls_exporter, pki):
     result = _curl("--cacert", str(pki["ca"]), "--cert", str(pki["client"]), "--key", str(pki["client_key"]),
                    "-u", f"prometheus:{PASSWORD}", "--compressed", "-D", "/dev/stderr", tls_exporter)
@@ -126,6 +127,7 @@ def test_curl_with_client_certificate_and_password_gets_metrics(tls_exporter, pk
     assert "x-content-type-options: nosniff" in result.stderr.lower()
 
 
+@pytest.mark.slow
 def test_requests_with_client_certificate_and_password_gets_openmetrics(tls_exporter, pki):
     response = requests.get(tls_exporter, verify=str(pki["ca"]), cert=(str(pki["client"]), str(pki["client_key"])),
                             auth=("prometheus", PASSWORD), timeout=10,
@@ -135,6 +137,7 @@ def test_requests_with_client_certificate_and_password_gets_openmetrics(tls_expo
     assert response.text.endswith("# EOF\n")
 
 
+@pytest.mark.slow
 def test_without_password_or_with_a_wrong_one_gets_401(tls_exporter, pki):
     client = ("--cacert", str(pki["ca"]), "--cert", str(pki["client"]), "--key", str(pki["client_key"]))
     for auth in ((), ("-u", "prometheus:wrong"), ("-u", f"intruder:{PASSWORD}")):
@@ -143,6 +146,7 @@ def test_without_password_or_with_a_wrong_one_gets_401(tls_exporter, pki):
         assert "boxwatch_" not in result.stdout
 
 
+@pytest.mark.slow
 def test_without_client_certificate_the_handshake_fails(tls_exporter, pki):
     result = _curl("--cacert", str(pki["ca"]), "-u", f"prometheus:{PASSWORD}", tls_exporter)
     assert result.returncode != 0 and result.stdout.rsplit("\n", 1)[1] == "000", result
@@ -150,6 +154,7 @@ def test_without_client_certificate_the_handshake_fails(tls_exporter, pki):
         requests.get(tls_exporter, verify=str(pki["ca"]), auth=("prometheus", PASSWORD), timeout=10)
 
 
+@pytest.mark.slow
 def test_plain_http_to_the_tls_port_gets_nothing(tls_exporter):
     result = _curl(tls_exporter.replace("https://", "http://"))
     assert result.stdout.rsplit("\n", 1)[1] != "200"
@@ -185,6 +190,7 @@ def test_bad_web_config_names_the_file_and_the_key(pki, content, key):
     assert any(str(path) in problem and key in problem for problem in caught.value.problems), caught.value.problems
 
 
+@pytest.mark.slow
 def test_exporter_refuses_to_start_with_a_bad_web_config(tmp_path):
     bad = tmp_path / "web.yml"
     bad.write_text("basic_auth_users:\n  alice: plain-text-password\n")

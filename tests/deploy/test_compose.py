@@ -129,6 +129,7 @@ def test_detector_command_parses_with_the_cli(config, prometheus_targets):
     assert prometheus_targets["boxwatch-detector"] == "detector:9875"
 
 
+@pytest.mark.slow
 def test_detector_config_is_mounted_and_valid_with_the_services_environment(config):
     detector = config["services"]["detector"]
     mounts = [v.split(":") for v in detector["volumes"]]

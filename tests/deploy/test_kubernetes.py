@@ -227,6 +227,7 @@ def test_detector_shards_follow_the_replica_count(objects, tmp_path):
         assert result.stdout.split()[-2:] == ["--shard", f"{last}/{statefulset['spec']['replicas']}"]
 
 
+@pytest.mark.slow
 def test_detector_config_is_valid_with_the_statefulsets_environment(objects):
     """The real `validate-config` on the ConfigMap's file, with the pod's overrides."""
     cli = importlib.import_module("detector.cli")

@@ -14,6 +14,8 @@ import requests
 from tests.detector.conftest import detector_config, wave
 from tests.harness import require_binary
 
+pytestmark = pytest.mark.slow  # a detector process (and Prometheus) per module or test
+
 STEP = 5
 
 

@@ -7,10 +7,13 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 import yaml
 
 from tests.detector.conftest import detector_config, wave
 from tests.harness import REPO, backfill, python_module, require_binary
+
+pytestmark = pytest.mark.slow  # promtool, Prometheus and the detector CLI as processes
 
 STEP = 60
 END = (int(time.time()) // 3600 - 1) * 3600

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import requests
 
 from detector.causes import CauseFinder, checks
@@ -45,6 +46,7 @@ def incident_history(now: float) -> dict:
     return series
 
 
+@pytest.mark.slow
 def test_an_overheating_gpu_is_published_with_its_xid_and_throttle_as_causes(
         history_prometheus, start_detector, tmp_path):
     now = time.time()

@@ -27,6 +27,7 @@ def write(tmp_path: Path, document: dict | str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_example_config_is_valid_and_watches_the_contract_metrics():
     config = load_config(EXAMPLE, environ={})
     exprs = " ".join(q.expr for q in config.queries.values())
@@ -39,6 +40,7 @@ def test_example_config_is_valid_and_watches_the_contract_metrics():
     assert "valid configuration" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_problem_is_listed_with_file_key_and_reason(tmp_path):
     path = write(tmp_path, {
         "schema_version": 2,
@@ -69,6 +71,7 @@ def test_every_problem_is_listed_with_file_key_and_reason(tmp_path):
     assert len(lines) == len(expected), result.stderr
 
 
+@pytest.mark.slow
 def test_overrides_from_environment_and_flags_are_named_when_wrong(tmp_path):
     path = write(tmp_path, {"schema_version": 1, "queries": {"up": {"expr": "up"}}})
     config = load_config(path, overrides={"reader.url": "http://flag:9090"},
@@ -101,6 +104,7 @@ def test_missing_file_and_missing_queries(tmp_path):
     assert [p.key for p in err.value.problems] == ["queries"]
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_bad_config(tmp_path):
     path = write(tmp_path, {"schema_version": 1, "queries": {"x": {"expr": "up", "fit_window": "1m"}}})
     result = run_cli("serve", "--config", str(path))
@@ -133,6 +137,7 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
+@pytest.mark.slow
 def test_help_lists_every_command_and_the_shard_flag_is_checked():
     result = run_cli("--help")
     assert result.returncode == 0
@@ -159,6 +164,7 @@ queries:
 """
 
 
+@pytest.mark.slow
 def test_model_parameters_duplicate_keys_and_absurd_windows_are_each_named(tmp_path):
     path = write(tmp_path, ISSUE_CONFIG)
     with pytest.raises(ConfigError) as caught:

@@ -24,6 +24,7 @@ def series(end: float, seed: int, shift: float = 0.0, hours: float = 12.0, shift
     return [(float(t), round(float(v), 3)) for t, v in zip(stamps, values, strict=True)]
 
 
+@pytest.mark.slow
 def test_compare_flags_a_shift_and_not_noise_of_the_same_distribution():
     rng = np.random.default_rng(7)
     reference = pd.DataFrame({"value": rng.normal(50, 1, 3000)})

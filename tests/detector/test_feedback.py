@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 import requests
 
 from detector.config import validate
@@ -22,6 +23,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@pytest.mark.slow
 def test_a_silence_in_a_real_alertmanager_keeps_its_window_out_of_the_next_fit(
         history_prometheus, start_alertmanager, tmp_path):
     # Alertmanager starts a silence now at the earliest, so the history reaches past now: GPU 0 runs
@@ -67,6 +69,7 @@ def test_a_silence_in_a_real_alertmanager_keeps_its_window_out_of_the_next_fit(
     assert STRESS in {dict(k)["gpu"]: m for k, m in bundle.models.items()}["0"].window_
 
 
+@pytest.mark.slow
 def test_posted_marks_are_persisted_counted_and_keep_expected_points_out_of_anomalies(
         history_prometheus, start_detector, tmp_path):
     now = time.time()

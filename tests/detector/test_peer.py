@@ -112,6 +112,7 @@ def test_peer_needs_peers_and_a_named_target():
     assert np.isnan(scores["gpu=0"].iloc[5]) and not np.isnan(scores["gpu=0"].iloc[6])
 
 
+@pytest.mark.slow
 def test_service_publishes_one_score_per_member_with_the_group_and_member_labels(
         history_prometheus, start_detector, tmp_path):
     now = time.time()

@@ -50,6 +50,7 @@ def loaded(tmp_path_factory):
     prom.stop()
 
 
+@pytest.mark.slow
 def test_long_range_is_chunked_and_lands_on_the_step_grid(loaded):
     session = CountingSession()
     reader = PrometheusReader(ReaderConfig(url=loaded.url), session=session)
@@ -65,6 +66,7 @@ def test_long_range_is_chunked_and_lands_on_the_step_grid(loaded):
     np.testing.assert_array_equal(first.to_numpy(), expected)
 
 
+@pytest.mark.slow
 def test_smaller_chunks_give_the_same_answer(loaded):
     small = CountingSession()
     reader = PrometheusReader(ReaderConfig(url=loaded.url, max_points_per_request=500), session=small)
@@ -76,6 +78,7 @@ def test_smaller_chunks_give_the_same_answer(loaded):
         np.testing.assert_array_equal(chunked[key].to_numpy(), series.to_numpy())
 
 
+@pytest.mark.slow
 def test_gaps_stay_nan(loaded):
     reader = PrometheusReader(ReaderConfig(url=loaded.url))
     series = reader.query_range('reader_test_value{gpu="1"}', END - 8 * 3600, END, STEP)
@@ -89,6 +92,7 @@ def test_gaps_stay_nan(loaded):
     assert not missing[stamps >= END - 3 * 3600].any()
 
 
+@pytest.mark.slow
 def test_raw_counter_resets_become_rates(loaded):
     reader = PrometheusReader(ReaderConfig(url=loaded.url))
     raw = next(iter(reader.query_range("reader_test_bytes_total", END - 2 * 86400, END, STEP).values()))
@@ -99,6 +103,7 @@ def test_raw_counter_resets_become_rates(loaded):
     assert rates.loc[raw.index[reset]] == pytest.approx(3.0 / STEP)
 
 
+@pytest.mark.slow
 def test_bad_query_is_not_retried(loaded):
     session = CountingSession()
     reader = PrometheusReader(ReaderConfig(url=loaded.url, retries=3), session=session, sleep=lambda s: None)
@@ -107,6 +112,7 @@ def test_bad_query_is_not_retried(loaded):
     assert len(session.calls) == 1
 
 
+@pytest.mark.slow
 def test_instant_vector_only_queries_are_refused(loaded):
     reader = PrometheusReader(ReaderConfig(url=loaded.url))
     with pytest.raises(QueryError):
@@ -122,6 +128,7 @@ def test_unreachable_prometheus_is_retried_with_backoff():
     assert delays == [0.2, 0.4, 0.8]
 
 
+@pytest.mark.slow
 def test_a_hung_prometheus_is_reported_within_one_timeout_and_scoring_resumes(loaded, tmp_path):
     """SIGSTOP: the kernel still accepts connections, nothing answers. Not retried: one timeout, not four."""
     import os

@@ -7,12 +7,15 @@ import json
 import signal
 import time
 
+import pytest
 import requests
 import yaml
 
 from detector.scoring import shard_of
 from tests.detector.conftest import detector_config, wave
 from tests.harness import Process, wait_http
+
+pytestmark = pytest.mark.slow  # a detector process (and Prometheus) per module or test
 
 STEP = 5  # seconds: a fast grid so the service moves on within a test
 

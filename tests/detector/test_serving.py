@@ -17,6 +17,8 @@ from tests.boxwatch.test_web import write_certificates
 from tests.detector.conftest import detector_config
 from tests.harness import Process, free_port, python_module
 
+pytestmark = pytest.mark.slow  # a detector process per test
+
 QUERY = {"expr": "svc_test_value", "step": "5s", "fit_window": "1h", "fit_every": "1h", "infer_every": "1s"}
 NO_PROMETHEUS = "http://127.0.0.1:9"  # nothing listens: the detector serves and keeps retrying
 

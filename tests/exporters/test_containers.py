@@ -166,6 +166,7 @@ def scenario(engine, client, exporter):
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_help_documents_every_flag():
     declared: dict[str, str] = {}
 
@@ -185,6 +186,7 @@ def test_help_documents_every_flag():
     assert "127.0.0.1:9873" in result.stdout, "default listen address"
 
 
+@pytest.mark.slow
 def test_no_daemon_is_reported_and_served(tmp_path):
     """Without a daemon the exporter starts, serves docker_up 0 and logs it once."""
     port = free_port()
@@ -205,6 +207,7 @@ def test_no_daemon_is_reported_and_served(tmp_path):
     assert proc.output().count("stats: docker daemon unreachable") == 1, proc.output()
 
 
+@pytest.mark.slow
 def test_bad_flag_value_is_a_clear_error():
     result = subprocess.run(python_module("exporters", "containers", "--docker.poll-interval=0"),
                             capture_output=True, text=True, timeout=60)

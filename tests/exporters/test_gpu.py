@@ -25,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.exporters import fake_nvml
 from tests.harness import Process, free_port, python_module, require_binary, wait_http
 
+pytestmark = pytest.mark.slow  # every test runs the exporter (or its CLI) as a process
+
 GOLDEN = Path(__file__).parent / "golden" / "gpu.prom"
 UPDATE_GOLDEN = os.environ.get("BOXWATCH_UPDATE_GOLDEN") == "1"
 GPU0 = {"gpu": "0", "uuid": "GPU-5eed0000-1b2c-4d3e-8f40-000000000000", "name": "NVIDIA RTX A5000"}

@@ -75,6 +75,7 @@ def _container_series(text: str) -> dict[tuple[str, str, str], float]:
             for s in series(text, "boxwatch_gpu_process_memory_used_bytes") if s["gpu"] == "0"}
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_gpu_process_in_a_container_carries_the_containers_name(engine, llm, start_exporter):  # noqa: F811
     container, pid = llm
@@ -83,6 +84,7 @@ def test_gpu_process_in_a_container_carries_the_containers_name(engine, llm, sta
     assert _container_series(text) == {("sleep", "llm-server", "ollama"): 3 * GIB}
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_without_the_docker_api_the_container_is_named_by_its_short_id(llm, start_exporter, tmp_path):  # noqa: F811
     container, pid = llm

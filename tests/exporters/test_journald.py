@@ -105,6 +105,7 @@ def series(metrics: dict, name: str) -> dict[tuple, float]:
 # --------------------------------------------------------------------------- counting
 
 
+@pytest.mark.slow
 def test_counts_entries_per_unit_and_priority_written_after_start(start, journal):
     write_journal(journal / "system.journal", [unit_entry("old.service", "before the exporter started")] * 3)
     exporter = start()
@@ -132,6 +133,7 @@ def test_counts_entries_per_unit_and_priority_written_after_start(start, journal
     assert value(m, "boxwatch_exporter_scrape_collector_success", collector="journal") == 1
 
 
+@pytest.mark.slow
 def test_from_start_backfills_a_journal_on_first_start(start, journal):
     write_journal(journal / "system.journal", [unit_entry("old.service", f"old entry {i}") for i in range(4)])
     exporter = start("--journal.from-start")
@@ -142,6 +144,7 @@ def test_from_start_backfills_a_journal_on_first_start(start, journal):
 # --------------------------------------------------------------------------- templates
 
 
+@pytest.mark.slow
 def test_templates_ids_stay_stable_across_a_restart(start, journal, tmp_path):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start()
@@ -179,6 +182,7 @@ def test_templates_ids_stay_stable_across_a_restart(start, journal, tmp_path):
         "only the listening message is a never-seen template after the restart"
 
 
+@pytest.mark.slow
 def test_template_series_are_capped_per_unit(start, journal):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start("--templates.max-per-unit=2")
@@ -195,6 +199,7 @@ def test_template_series_are_capped_per_unit(start, journal):
     assert value(m, "boxwatch_journal_new_templates_total", unit="noisy.service") == 4
 
 
+@pytest.mark.slow
 def test_units_are_capped(start, journal):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start("--journal.max-units=2")
@@ -206,6 +211,7 @@ def test_units_are_capped(start, journal):
     assert value(m, "boxwatch_journal_template_entries_total", unit="other", template_id="other") == 3
 
 
+@pytest.mark.slow
 def test_template_mining_can_be_switched_off(start, journal):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start("--no-collector.templates")
@@ -220,6 +226,7 @@ def test_template_mining_can_be_switched_off(start, journal):
 # --------------------------------------------------------------------------- Xid
 
 
+@pytest.mark.slow
 def test_gpu_xid_events_are_parsed_from_kernel_lines(start, journal):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start()
@@ -243,6 +250,7 @@ def test_gpu_xid_events_are_parsed_from_kernel_lines(start, journal):
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_bad_entries_are_counted_and_reading_goes_on(start, journal):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start("--templates.max-line-length=1000")
@@ -270,6 +278,7 @@ def test_bad_entries_are_counted_and_reading_goes_on(start, journal):
 # --------------------------------------------------------------------------- cursor and rotation
 
 
+@pytest.mark.slow
 def test_restart_neither_skips_nor_double_counts(start, journal, tmp_path):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start()
@@ -288,6 +297,7 @@ def test_restart_neither_skips_nor_double_counts(start, journal, tmp_path):
     assert total_entries(m) == 10
 
 
+@pytest.mark.slow
 def test_crash_falls_back_to_the_last_save_consistently(start, journal, tmp_path):
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])
     exporter = start("--state.save-interval=0")
@@ -304,6 +314,7 @@ def test_crash_falls_back_to_the_last_save_consistently(start, journal, tmp_path
     assert entries(exporter.metrics(), "app.service", "info") == 7
 
 
+@pytest.mark.slow
 def test_crash_during_a_burst_never_publishes_a_lower_counter(start, journal):
     """A SIGKILL between two saves: the restarted exporter must never serve less than was served
     before, or Prometheus reads a counter reset and increase() counts the re-read entries twice."""
@@ -333,6 +344,7 @@ def test_crash_during_a_burst_never_publishes_a_lower_counter(start, journal):
     assert entries(exporter.metrics(), "app.service", "info") == burst
 
 
+@pytest.mark.slow
 def test_rotation_new_files_and_vacuumed_files(start, journal):
     first = journal / "system.journal"
     write_journal(first, [unit_entry("init.service", "boot")])
@@ -359,6 +371,7 @@ def test_rotation_new_files_and_vacuumed_files(start, journal):
     assert value(m, "boxwatch_journal_read_errors_total") == 0
 
 
+@pytest.mark.slow
 def test_journal_files_reads_exactly_the_given_files(start, journal):
     chosen, ignored = journal / "chosen.journal", journal / "ignored.journal"
     write_journal(chosen, [unit_entry("init.service", "boot")])
@@ -371,6 +384,7 @@ def test_journal_files_reads_exactly_the_given_files(start, journal):
     assert entries(exporter.metrics(), "other.service", "info") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--journal.max-units=0", "--templates.max-per-unit=-1"])
 def test_invalid_flag_values_stop_the_exporter_with_a_clear_error(tmp_path, flag):
     result = subprocess.run([sys.executable, "-m", "exporters", "journald", f"--state.directory={tmp_path}",
@@ -380,6 +394,7 @@ def test_invalid_flag_values_stop_the_exporter_with_a_clear_error(tmp_path, flag
     assert flag.split("=")[0] in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_journal_directory_is_reported_not_fatal(tmp_path):
     port = free_port()
     argv = [sys.executable, "-m", "exporters", "journald", f"--journal.directory={tmp_path / 'absent'}",
@@ -396,6 +411,7 @@ def test_missing_journal_directory_is_reported_not_fatal(tmp_path):
     assert "not a directory" in process.output()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": [["only-two", 3]]}',
                                      '{"version": 7}'])
 def test_unusable_state_file_is_moved_aside(start, journal, tmp_path, content):
@@ -411,6 +427,7 @@ def test_unusable_state_file_is_moved_aside(start, journal, tmp_path, content):
 # --------------------------------------------------------------------------- exposition
 
 
+@pytest.mark.slow
 def test_exposition_passes_promtool(start, journal, tmp_path):
     promtool = require_binary("promtool", "/usr/bin/promtool")
     write_journal(journal / "system.journal", [unit_entry("init.service", "boot")])

@@ -33,6 +33,7 @@ def _samples(text: str) -> dict[tuple[str, frozenset], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+@pytest.mark.slow
 def test_only_the_chosen_collectors_run_and_the_host_signals_are_there(node_exporter):
     _, url = node_exporter
     samples = _samples(requests.get(url, timeout=10).text)
