@@ -38,7 +38,7 @@ from boxwatch.files import atomic_path
 from boxwatch.log import kv
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
-from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, _atomic_write
+from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, write_state_file
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -168,7 +168,7 @@ class DriftMonitor:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"config_hash": bundle.config_hash, "version": bundle.version, "frame": frame}
         key = ModelKey.for_config(self.config.state_dir, self.config.model_key_file)
-        _atomic_write(path, key.sign(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)))
+        write_state_file(path, key.sign(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def _reference(self, alias: str, bundle: dict[str, Any]) -> pd.DataFrame | None:
         path = reference_path(self.config.state_dir, alias)
@@ -179,7 +179,7 @@ class DriftMonitor:
             except UntrustedModel as err:  # pickles run code: only the detector's own signed files are read
                 STATS.reject("store")
                 log.error("refusing a drift reference that this detector did not write; reading the window again",
-                          extra={"fields": {"query": alias, "path": str(path), "reason": str(err)}})
+                          extra=kv(query=alias, path=str(path), reason=str(err)))
         if payload is not None and (payload.get("config_hash"), payload.get("version")) == (
                 bundle.get("config_hash"), bundle.get("version")):
             return payload["frame"]

@@ -39,7 +39,7 @@ from boxwatch.loop import Loop
 from detector.config import DetectorConfig, FeedbackWindow
 from detector.matchers import Matcher, matches_all, parse_matcher
 from detector.reader import SeriesKey
-from detector.store import _atomic_write
+from detector.store import write_state_file
 
 log = logging.getLogger("boxwatch.detector.feedback")
 
@@ -170,7 +170,7 @@ class Feedback:
                 raise ValueError(f"at most {MAX_MARKS} marks are kept; delete old ones from {self.path}")
             marks = [*self._api_marks, mark]
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.path, json.dumps({"marks": [m.as_dict() for m in marks]}, indent=1).encode())
+            write_state_file(self.path, json.dumps({"marks": [m.as_dict() for m in marks]}, indent=1).encode())
             self._api_marks = marks
         if mark.kind == "false_positive":
             for record in anomalies:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from boxwatch.files import atomic_write
+from boxwatch.log import kv
 from detector.models.base import Model
 
 log = logging.getLogger("boxwatch.detector.store")
@@ -136,7 +137,7 @@ class ModelKey:
             handle.write(secrets.token_hex(KEY_BYTES) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        log.info("created the model signing key", extra={"fields": {"path": str(self.path)}})
+        log.info("created the model signing key", extra=kv(path=str(self.path)))
         return self._read()
 
     def _read(self) -> bytes:
@@ -248,13 +249,13 @@ class LocalStore:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 STATS.persist_failed()
-                log.error("cannot write to the state directory", extra={"fields": {"path": str(self.root), "error": err}})
+                log.error("cannot write to the state directory", extra=kv(path=str(self.root), error=err))
                 raise
             payload = pickle.dumps({"format": FORMAT_VERSION, "bundle": bundle}, protocol=pickle.HIGHEST_PROTOCOL)
-            _atomic_write(self._path(bundle.query), self.key.sign(payload))
+            write_state_file(self._path(bundle.query), self.key.sign(payload))
             index = self._read_index()
             index[bundle.query] = bundle.summary()
-            _atomic_write(self.root / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
+            write_state_file(self.root / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
         return bundle
 
     def load(self, query: str) -> ModelBundle | None:
@@ -267,15 +268,15 @@ class LocalStore:
         except UntrustedModel as err:
             STATS.reject("store")
             log.error("refusing a model file that this detector did not write; it will be refitted",
-                      extra={"fields": {"query": query, "path": str(path), "reason": str(err)}})
+                      extra=kv(query=query, path=str(path), reason=str(err)))
             return None
         except Exception as err:  # a corrupt or incompatible file must not stop the service: refit instead
             log.warning("cannot load persisted models; they will be refitted",
-                        extra={"fields": {"query": query, "path": str(path), "error": err}})
+                        extra=kv(query=query, path=str(path), error=err))
             return None
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
             log.warning("persisted models have an unknown format; they will be refitted",
-                        extra={"fields": {"query": query, "path": str(path)}})
+                        extra=kv(query=query, path=str(path)))
             return None
         return data["bundle"]
 
@@ -284,7 +285,7 @@ class LocalStore:
             self._path(query).unlink(missing_ok=True)
             index = self._read_index()
             if index.pop(query, None) is not None:
-                _atomic_write(self.root / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
+                write_state_file(self.root / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
 
     def index(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -299,15 +300,15 @@ class LocalStore:
         except FileNotFoundError:
             return {}
         except ValueError:
-            log.warning("models index is corrupt; rewriting it", extra={"fields": {"path": str(self.root)}})
+            log.warning("models index is corrupt; rewriting it", extra=kv(path=str(self.root)))
             return {}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def write_state_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all (mode 0600); a failure is counted as a persist error."""
     try:
         atomic_write(path, data)
     except OSError as err:
         STATS.persist_failed()
-        log.error("cannot write to the state directory", extra={"fields": {"path": str(path), "error": err}})
+        log.error("cannot write to the state directory", extra=kv(path=str(path), error=err))
         raise
