@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python grafana/render_preview.py [--out docs/img/anomaly-overview.png]
 
-No Grafana is needed: the picture is drawn with matplotlib from the demo scenario (stack/demo.py,
+No Grafana is needed: the picture is drawn with matplotlib from the demo scenario (stack/demo/,
 seed 7) and the detector's real robust model (an hour's window, k 4, direction above, 5 °C minimum
 deviation), fitted on the history before the window and then scoring minute by minute as the
 service does (score, then learn only normal points). It shows what the dashboard shows: the observed

@@ -31,7 +31,7 @@ DEFAULT_PORTS = {
 }
 # Start order; the supervisor stops in reverse.
 COMPONENTS = ["prometheus", "alertmanager", "webhook", "node", "gpu", "containers", "journald", "detector"]
-# With --demo, a seeded scenario stands in for the exporters (stack/demo.py).
+# With --demo, a seeded scenario stands in for the exporters (stack/demo/).
 DEMO_COMPONENTS = ["prometheus", "alertmanager", "webhook", "demo", "detector"]
 # node_exporter's collectors for a GPU box: sensors (hwmon, thermal_zone), pressure stall
 # information, filesystems, memory, CPU, boot time (stat); the defaults that only add series

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from stack.demo import Scenario
+from stack.demo import Scenario, write_openmetrics
 from tests.harness import REPO, backfill, require_binary
 
 CONFIG_PATH = REPO / "alertmanager" / "alertmanager.yml"
@@ -122,7 +122,7 @@ def test_alerts_reach_the_webhook_with_inhibitions(tmp_path, start_prometheus, s
     scenario = Scenario(now, days=0.25, step=60)
     history = tmp_path / "history.om"
     with history.open("w") as out:
-        scenario.write_openmetrics(out)
+        write_openmetrics(scenario, out)
     data_dir = tmp_path / "data"
     backfill(data_dir, history.read_text(), max_block_duration="2h")
     backfill(data_dir, _extra_history(now) + "# EOF\n", max_block_duration="2h")  # overlapping blocks merge

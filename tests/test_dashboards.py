@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from stack.demo import Scenario
+from stack.demo import Scenario, write_openmetrics
 from tests.harness import REPO, Prometheus, backfill
 
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"
@@ -111,7 +111,7 @@ def demo_prometheus(tmp_path_factory):
     scenario = Scenario(time.time(), days=1, step=STEP, runtime=True)
     history = workdir / "demo.om"
     with history.open("w") as out:
-        scenario.write_openmetrics(out)
+        write_openmetrics(scenario, out)
     backfill(workdir / "data", history.read_text(), max_block_duration="2h")
     prom = Prometheus(workdir, config={"global": {"scrape_interval": "15s", "evaluation_interval": "1s"}},
                       rule_files=sorted((REPO / "prometheus" / "rules").glob("*.yml")), data_dir=workdir / "data")

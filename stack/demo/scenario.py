@@ -1,4 +1,4 @@
-"""Seeded demo scenario: a week of a GPU workstation's metrics, ending in an incident.
+"""The demo box's week, ending in an incident: every series' values as a function of time (no I/O).
 
 THIS IS DEMO DATA. Every series carries ``boxwatch_demo="1"`` and ``instance="demo-box"``, so it
 never mixes with a real machine's series and every panel or alert shows where it came from.
@@ -20,40 +20,29 @@ Scenario (all times relative to ``end``, the scenario's "now"):
   ~92 °C, software then hardware thermal slowdown engage and the SM clock falls. At ``end - 20m``
   the driver logs **Xid 79** (GPU fallen off the bus) on gpu 0; the ``ollama`` container crashes and
   restarts every 4 minutes, turns unhealthy, and the kernel and docker units log an error burst with
-  new log templates. The incident lasts until ``end + 60m``: :class:`Scenario` also serves the
-  scenario at wall-clock time (``python -m stack.demo serve``), so after a backfill the incident
-  is still going on at "now" and alerts with ``for:`` durations fire in real time.
+  new log templates. The incident lasts until ``end + 60m``: :class:`Scenario` is defined after
+  ``end`` too (the live server, :mod:`stack.demo.metrics`, serves it at wall-clock time), so after a
+  backfill the incident is still going on at "now" and alerts with ``for:`` durations fire in real time.
 
 Values are a pure function of (seed, series, time): the noise is a counter-based hash of the
 step index, and counters are cumulative sums from the scenario's start, so a backfill and a live
 scrape of the same scenario agree exactly where they meet.
 
-Use::
-
-    python -m stack.demo generate --out demo.om --days 7 --end now      # OpenMetrics for promtool
-    promtool tsdb create-blocks-from openmetrics demo.om DATA_DIR
-    python -m stack.demo serve --listen 127.0.0.1:9877 --end <same end>  # live continuation
-    python -m stack.demo incident --end <same end>                       # incident times as JSON
+:meth:`Scenario.series` is the whole interface: (name, type, labels, values) per series, values an
+array over the requested times with NaN where the series is absent. Turning that into exposition
+(live ``/metrics``, an OpenMetrics history for promtool) is :mod:`stack.demo.metrics`' job.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from boxwatch.exposition import label_text
 from boxwatch.jobs import JOBS
-from boxwatch.web import parse_listen_address
 
 DEMO_LABELS = (("boxwatch_demo", "1"), ("instance", "demo-box"))
 DEFAULT_SEED = 7
@@ -576,167 +565,7 @@ class Scenario:
                 extra = () if any(k == "job" for k, _ in labels) else (("job", job),)
                 yield name, kind, (*labels, *extra, *DEMO_LABELS), values
 
-    def write_openmetrics(self, out, until: float | None = None) -> int:
-        """Write the history (start..``until``) as OpenMetrics for promtool; return the sample count."""
-        t = self.times(until)
-        families: dict[str, list[tuple[Labels, np.ndarray]]] = {}
-        kinds: dict[str, str] = {}
-        for name, kind, labels, values in self.series(t):
-            family = _family(name, kind)
-            kinds[family] = kind
-            families.setdefault(family, []).append((name, labels, values))
-        stamps = [f"{x:.0f}" for x in t]
-        count = 0
-        for family, members in families.items():
-            out.write(f"# HELP {family} DEMO DATA (boxwatch demo scenario).\n")
-            out.write(f"# TYPE {family} {kinds[family]}\n")
-            for name, labels, values in members:
-                selector = f"{name}{{{label_text(labels)}}}"
-                lines = [f"{selector} {_value(v)} {s}\n" for v, s in zip(values, stamps, strict=True)
-                         if not np.isnan(v)]
-                count += len(lines)
-                out.writelines(lines)
-        out.write("# EOF\n")
-        return count
-
-    def exposition_at(self, now: float) -> str:
-        """Prometheus text exposition of the scenario at ``now`` (a live scrape; counters cumulative)."""
-        t = self.times(max(now, self.start))
-        lines: list[str] = []
-        seen: set[str] = set()
-        for name, kind, labels, values in self.series(t):
-            if np.isnan(values[-1]):
-                continue
-            family = name if kind == "counter" else _family(name, kind)  # text format 0.0.4 keeps _total
-            if family not in seen:
-                seen.add(family)
-                lines.append(f"# HELP {family} DEMO DATA (boxwatch demo scenario).")
-                lines.append(f"# TYPE {family} {kind}")
-            lines.append(f"{name}{{{label_text(labels)}}} {_value(values[-1])}")
-        return "\n".join(lines) + "\n"
-
-
-def _family(name: str, kind: str) -> str:
-    if kind == "counter":
-        return name.removesuffix("_total")
-    if kind == "histogram":
-        for suffix in ("_bucket", "_count", "_sum"):
-            name = name.removesuffix(suffix)
-    return name
-
 
 def _format_le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
 
-
-def _value(value: float) -> str:
-    return repr(float(value)) if value != int(value) else str(int(value))
-
-
-# ------------------------------------------------------------------------------- public API
-
-
-def generate(start: float, end: float, step: float = DEFAULT_STEP, seed: int = DEFAULT_SEED,
-             runtime: bool = False) -> str:
-    """OpenMetrics text of the demo scenario from ``start`` to ``end`` (unix seconds), for promtool.
-
-    The incident is placed relative to ``end`` (see :func:`incident`).
-    """
-    import io
-
-    buffer = io.StringIO()
-    Scenario(end, days=(end - start) / DAY, step=step, seed=seed, runtime=runtime).write_openmetrics(buffer)
-    return buffer.getvalue()
-
-
-def write(path: Path, end: float, days: float = 7.0, step: float = DEFAULT_STEP, seed: int = DEFAULT_SEED,
-          runtime: bool = False) -> Scenario:
-    """Write the scenario's history to ``path`` (OpenMetrics); return the scenario."""
-    scenario = Scenario(end, days=days, step=step, seed=seed, runtime=runtime)
-    with open(path, "w", encoding="utf-8") as out:
-        scenario.write_openmetrics(out)
-    return scenario
-
-
-def serve(scenario: Scenario, host: str, port: int) -> ThreadingHTTPServer:
-    """An HTTP server whose ``/metrics`` is the scenario at wall-clock time (call serve_forever)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            if self.path.split("?")[0] not in ("/metrics", "/healthz"):
-                self.send_error(404)
-                return
-            body = (scenario.exposition_at(time.time()) if self.path.startswith("/metrics") else "ok\n").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return ThreadingHTTPServer((host, port), Handler)
-
-
-def _parse_end(value: str) -> float:
-    if value == "now":
-        return time.time()
-    try:
-        return float(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--end {value!r}: expected 'now' or unix seconds") from err
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--end", type=_parse_end, default="now", help="scenario end: 'now' or unix seconds")
-    common.add_argument("--days", type=float, default=7.0, help="length of the history (default 7)")
-    common.add_argument("--step", type=float, default=DEFAULT_STEP, help="seconds between samples (default 60)")
-    common.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    gen = sub.add_parser("generate", parents=[common], help="write the history as OpenMetrics")
-    gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("--runtime", action="store_true",
-                     help="also synthesize up{} and detector metrics (for dashboards without a detector)")
-    srv = sub.add_parser("serve", parents=[common], help="serve the scenario live on /metrics")
-    srv.add_argument("--listen", default="127.0.0.1:9877", help="HOST:PORT, or :PORT for all interfaces "
-                     "(default: %(default)s)")
-    sub.add_parser("incident", parents=[common], help="print the incident's times as JSON")
-    # `python -m stack.demo --out FILE` is short for `generate --out FILE`
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0].startswith("-") and args_list[0] not in ("-h", "--help"):
-        args_list.insert(0, "generate")
-    args = parser.parse_args(args_list)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    scenario = Scenario(args.end, days=args.days, step=args.step, seed=args.seed,
-                        runtime=getattr(args, "runtime", False))
-    if args.command == "incident":
-        print(json.dumps({"scenario_start": scenario.start, "scenario_end": scenario.end,
-                          **asdict(scenario.incident)}, indent=2))
-    elif args.command == "generate":
-        with open(args.out, "w", encoding="utf-8") as out:
-            count = scenario.write_openmetrics(out)
-        print(json.dumps({"event": "demo_generated", "path": str(args.out), "samples": count,
-                          "start": scenario.start, "end": scenario.end, "note": "DEMO DATA"}), file=sys.stderr)
-    else:
-        try:
-            host, port = parse_listen_address(args.listen)
-        except ValueError as err:
-            parser.error(str(err))
-        server = serve(scenario, host, port)
-        print(json.dumps({"event": "demo_serving", "listen": args.listen, "note": "DEMO DATA"}), file=sys.stderr)
-        try:
-            server.serve_forever(poll_interval=0.2)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
