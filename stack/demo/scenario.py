@@ -11,8 +11,11 @@ the demo unchanged.
 
 Scenario (all times relative to ``end``, the scenario's "now"):
 
-* A daily LLM-serving load: quiet nights, a working-day peak around 14:00 UTC and an evening bump
-  around 21:00 UTC, lower at weekends, bursty minute to minute. GPU utilisation, power, temperature,
+* A daily LLM-serving load: quiet nights, a working-day peak around 14:00 and an evening bump
+  around 21:00, lower at weekends, bursty minute to minute. The hours are the scenario's own clock,
+  which puts ``end`` at 00:00 (for an ``end`` at 00:00 UTC it is UTC): the incident always falls in
+  the quiet night, whatever the hour the demo is started, so what the models see of it does not
+  depend on the time of day. GPU utilisation, power, temperature,
   clocks, memory, the containers' CPU and network and the journal's info lines follow it.
 * Day-to-day background: one Xid 13 on gpu 1 (an application fault) and one OOM kill of
   ``open-webui`` mid-week, so the Xid and OOM panels have history.
@@ -171,6 +174,7 @@ class Scenario:
         self.seed = seed
         self.runtime = runtime
         self.incident = incident(self.end)
+        self.clock_shift = self.end % DAY  # the scenario's clock reads 00:00 at its end
         self.oom_at = self.start + 0.47 * (self.end - self.start)
         self.xid13_at = self.start + 0.23 * (self.end - self.start)
 
@@ -193,8 +197,9 @@ class Scenario:
 
     def load(self, t: np.ndarray) -> np.ndarray:
         """LLM-serving load 0..1: daily and weekly shape, bursty."""
-        hours = (t % DAY) / 3600.0
-        weekday = ((t // DAY) + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        local = t - self.clock_shift
+        hours = (local % DAY) / 3600.0
+        weekday = ((local // DAY) + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
         shape = 0.05 + 0.6 * _bump(hours, 14.0, 3.5) + 0.35 * _bump(hours, 21.0, 1.6)
         shape = np.where(weekday >= 5, 0.55 * shape, shape)
         burst = 1.0 + 0.25 * self._n("load", t)
