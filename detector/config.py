@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -237,9 +238,36 @@ class WriterConfig(_Strict):
     remote_write: RemoteWriteConfig = Field(default_factory=RemoteWriteConfig)
 
 
+class CalibrationConfig(_Strict):
+    """Per-series calibration of the raw band distance into the published score (docs/models.md)."""
+
+    enabled: bool = Field(True, description="false publishes the raw band distance as the score.")
+    target_rate: float = Field(0.03, gt=0, lt=0.5,
+                               description="Rate of normal points whose calibrated score exceeds 1.")
+    window: int = Field(4000, ge=10, le=1_000_000, description="Recent points the level is learned from.")
+    min_points: int = Field(200, ge=1, le=1_000_000,
+                            description="Normal points seen before the fitted level replaces the band.")
+    tail_quantile: float = Field(0.9, gt=0, lt=1, description="Where the exponential tail starts.")
+    min_raw: float = Field(1.0, ge=0, description="Raw score a point must exceed to alert (1: outside the band).")
+    hold: int = Field(10, ge=0, le=100_000,
+                      description="Points after a score above 1 during which the score stays above 1.")
+    learn_below: float = Field(math.inf, gt=1, description="Points scoring above this are not learned (inf: all).")
+    refit_every: int = Field(1, ge=1, le=100_000, description="Learned points between two fits of the tail.")
+
+    def make(self):
+        """A fresh :class:`~detector.calibration.Calibration` with these settings (None when disabled)."""
+        from detector.calibration import Calibration
+
+        if not self.enabled:
+            return None
+        return Calibration(self.target_rate, self.window, self.min_points, self.tail_quantile, self.min_raw,
+                           self.hold, self.refit_every, self.learn_below)
+
+
 class AnomaliesConfig(_Strict):
     max_kept: int = Field(1000, ge=1, le=1_000_000, description="Size of the recent-anomalies buffer.")
     threshold: float = Field(1.0, gt=0, description="A point with a score above this is an anomaly.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
 class OpenSection(BaseModel):
