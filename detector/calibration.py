@@ -26,10 +26,11 @@ The same score on a quiet series and on a noisy one then means the same rarity. 
 1 exactly when the raw score is.
 
 Points scoring above ``learn_below`` are not learned (default: every point is, so an
-incident's peak raises the bar for the rest of the incident instead of firing again). After
-a crossing the score is held: for ``hold`` points after the last point above 1, the published
-score stays at least just above 1 (``1 + 1e-6``), so an incident that dips back for a few points
-is one incident (one rising edge of ``score > 1``), and the rule's ``for:`` sees it as one.
+incident's peak raises the bar for the next incident instead of firing again). After a
+crossing the score is held: while the points stay outside the band (raw > ``min_raw``), and for
+``hold`` points after the last of them, the published score stays at least just above 1
+(``1 + 1e-6``), so an incident is one incident (one rising edge of ``score > 1``) however long it
+lasts and even when it dips back for a few points, and the rule's ``for:`` sees it as one.
 
 The state is small (the recent ``log(1 + raw)`` values, the level, the hold) and is pickled
 with the query's models, so a restart keeps it; a refit keeps the learned values and
@@ -63,7 +64,8 @@ class Calibration:
     min_raw : float
         Raw score a point must exceed to alert at all (1: outside the band).
     hold : int
-        Points after the last score above 1 during which the score stays above 1.
+        Points after an incident (a score above 1, then points outside the band) during which the
+        score stays above 1.
     refit_every : int
         Learned points between two fits of the tail.
     learn_below : float
@@ -77,7 +79,7 @@ class Calibration:
         The current alert level in ``log(1 + raw)`` units.
     """
 
-    def __init__(self, target_rate: float = 0.03, window: int = 4000, min_points: int = 200,
+    def __init__(self, target_rate: float = 0.1, window: int = 4000, min_points: int = 200,
                  tail_quantile: float = 0.9, min_raw: float = 1.0, hold: int = 10, refit_every: int = 1,
                  learn_below: float = math.inf):
         self.target_rate = target_rate
@@ -119,8 +121,9 @@ class Calibration:
             if score <= self.learn_below:
                 self.values_.append(x)
                 self.unfitted_ += 1
-            if score > 1.0:
-                self.hold_left_ = self.hold
+            if score > 1.0 or self.hold_left_ > 0 and value > self.min_raw:
+                self.hold_left_ = self.hold  # an incident lasts while its points are outside the band
+                score = max(score, HELD)
             elif self.hold_left_ > 0:
                 self.hold_left_ -= 1
                 score = HELD

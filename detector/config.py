@@ -242,7 +242,7 @@ class CalibrationConfig(_Strict):
     """Per-series calibration of the raw band distance into the published score (docs/models.md)."""
 
     enabled: bool = Field(True, description="false publishes the raw band distance as the score.")
-    target_rate: float = Field(0.03, gt=0, lt=0.5,
+    target_rate: float = Field(0.1, gt=0, lt=0.5,
                                description="Rate of normal points whose calibrated score exceeds 1.")
     window: int = Field(4000, ge=10, le=1_000_000, description="Recent points the level is learned from.")
     min_points: int = Field(200, ge=1, le=1_000_000,
@@ -280,14 +280,17 @@ class OpenSection(BaseModel):
 class PromotionConfig(_Strict):
     """When a freshly fitted version replaces the ``champion`` (see docs/registry.md)."""
 
-    metric: Literal["anomaly_rate", "nab_score"] = Field(
-        "anomaly_rate",
-        description="anomaly_rate: share of validation points scored > 1 (lower is better); "
-                    "nab_score: NAB standard-profile score on registry.incidents (higher is better).",
+    metric: Literal["auto", "anomaly_rate", "nab_score"] = Field(
+        "auto",
+        description="auto: nab_score where registry.incidents label the validation window, else the "
+                    "calibrated alert rate closest to anomalies.calibration.target_rate; "
+                    "anomaly_rate: share of validation points scored > 1 (lower is better; favours "
+                    "insensitive models); nab_score: NAB standard-profile score on registry.incidents "
+                    "(higher is better).",
     )
     tolerance: float = Field(
         0.01, ge=0, description="How much worse than the champion a challenger may be and still be promoted "
-                                "(absolute: a rate for anomaly_rate, points for nab_score).",
+                                "(absolute: a rate for anomaly_rate and auto's rate, points for nab_score).",
     )
     respect_manual: bool = Field(
         True, description="A champion chosen by hand (promote/rollback) is not replaced automatically.",

@@ -55,7 +55,7 @@ def store(tmp_path_factory):
     config = detector_config(prometheus.url, root / "state", {
         "load": {"expr": "bw_load", "step": "60s", "fit_window": "12h", "fit_every": "1d",
                  "params": {"window": 120, "k": 5.0}},
-    }, registry={"enabled": True, "validation_fraction": 0.2, "promotion": {"tolerance": 0.02},
+    }, registry={"enabled": True, "validation_fraction": 0.2, "promotion": {"metric": "anomaly_rate", "tolerance": 0.02},
                  "incidents": {"load": [[_iso(end - 1800), _iso(end - 1200)]]}})
     path = root / "detector.yml"
     path.write_text(yaml.safe_dump(config))
@@ -230,7 +230,7 @@ def test_nab_score_rewards_an_early_detection_and_ignores_unlabelled_windows():
 
 
 def test_gate_rules():
-    settings = RegistryConfig(promotion={"tolerance": 0.01})
+    settings = RegistryConfig(promotion={"metric": "anomaly_rate", "tolerance": 0.01})
     good, bad = Validation(points=100, anomalies=1), Validation(points=100, anomalies=5)
     assert gate(good, None, settings, None, False, False)[0]
     assert gate(good, bad, settings, "1", False, False)[0]
@@ -242,6 +242,23 @@ def test_gate_rules():
     low, high = Validation(points=100, nab_score=40.0), Validation(points=100, nab_score=60.0)
     assert gate(high, low, nab, "1", False, False)[0]
     assert not gate(low, high, nab, "1", False, False)[0]
+
+
+def test_auto_gate_does_not_reward_missing_incidents():
+    auto = RegistryConfig(promotion={"tolerance": 0.0})
+    assert auto.promotion.metric == "auto"
+    silent, calibrated = Validation(points=1000, anomalies=0), Validation(points=1000, anomalies=30)
+    flooding = Validation(points=1000, anomalies=300)
+    # no incidents labelled: the alert rate closest to the calibration target wins, not the lowest
+    promoted, reason = gate(calibrated, silent, auto, "1", False, False, target_rate=0.03)
+    assert promoted and "calibration target 0.03" in reason
+    assert not gate(silent, calibrated, auto, "1", False, False, target_rate=0.03)[0]
+    assert not gate(flooding, calibrated, auto, "1", False, False, target_rate=0.03)[0]
+    # incidents labelled in the window: their NAB score decides, whatever the rates
+    catches = Validation(points=1000, anomalies=300, nab_score=70.0)
+    misses = Validation(points=1000, anomalies=30, nab_score=10.0)
+    assert gate(catches, misses, auto, "1", False, False, target_rate=0.03)[0]
+    assert not gate(misses, catches, auto, "1", False, False, target_rate=0.03)[0]
 
 
 @pytest.mark.slow
