@@ -27,7 +27,8 @@ The same score on a quiet series and on a noisy one then means the same rarity. 
 
 Points scoring above ``learn_below`` are not learned (default: every point is, so an
 incident's peak raises the bar for the next incident instead of firing again). After a
-crossing the score is held: while the points stay outside the band (raw > ``min_raw``), and for
+crossing the score is held: while the points stay outside the band (raw > ``min_raw``) and score
+above ``sustain`` (0.5: still far out for this series, not a noisy series' usual excursion), and for
 ``hold`` points after the last of them, the published score stays at least just above 1
 (``1 + 1e-6``), so an incident is one incident (one rising edge of ``score > 1``) however long it
 lasts and even when it dips back for a few points, and the rule's ``for:`` sees it as one.
@@ -70,6 +71,8 @@ class Calibration:
         Learned points between two fits of the tail.
     learn_below : float
         Points scoring above this are not learned (``inf``: every point is).
+    sustain : float
+        While held, a point outside the band that scores above this continues the incident.
 
     Attributes
     ----------
@@ -81,7 +84,7 @@ class Calibration:
 
     def __init__(self, target_rate: float = 0.1, window: int = 4000, min_points: int = 200,
                  tail_quantile: float = 0.9, min_raw: float = 1.0, hold: int = 10, refit_every: int = 1,
-                 learn_below: float = math.inf):
+                 learn_below: float = math.inf, sustain: float = 0.5):
         self.target_rate = target_rate
         self.window = window
         self.min_points = min_points
@@ -90,6 +93,7 @@ class Calibration:
         self.hold = hold
         self.refit_every = refit_every
         self.learn_below = learn_below
+        self.sustain = sustain
         self.values_: deque[float] = deque(maxlen=window)
         self.level_ = max(math.log1p(min_raw), MIN_LEVEL)
         self.hold_left_ = 0
@@ -121,7 +125,7 @@ class Calibration:
             if score <= self.learn_below:
                 self.values_.append(x)
                 self.unfitted_ += 1
-            if score > 1.0 or self.hold_left_ > 0 and value > self.min_raw:
+            if score > 1.0 or self.hold_left_ > 0 and value > self.min_raw and score > self.sustain:
                 self.hold_left_ = self.hold  # an incident lasts while its points are outside the band
                 score = max(score, HELD)
             elif self.hold_left_ > 0:

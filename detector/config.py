@@ -252,6 +252,8 @@ class CalibrationConfig(_Strict):
     hold: int = Field(10, ge=0, le=100_000,
                       description="Points after a score above 1 during which the score stays above 1.")
     learn_below: float = Field(math.inf, gt=1, description="Points scoring above this are not learned (inf: all).")
+    sustain: float = Field(0.5, ge=0, le=1, description="While held, a point outside the band scoring above "
+                                                         "this continues the incident.")
     refit_every: int = Field(1, ge=1, le=100_000, description="Learned points between two fits of the tail.")
 
     def make(self):
@@ -261,7 +263,8 @@ class CalibrationConfig(_Strict):
         if not self.enabled:
             return None
         return Calibration(self.target_rate, self.window, self.min_points, self.tail_quantile, self.min_raw,
-                           self.hold, self.refit_every, self.learn_below)
+                           self.hold, self.refit_every, self.learn_below,
+                           self.sustain)
 
 
 class AnomaliesConfig(_Strict):

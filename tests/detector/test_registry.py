@@ -25,8 +25,9 @@ import pytest
 import requests
 import yaml
 
-from detector.config import RegistryConfig
-from detector.registry import Validation, gate, nab_score
+from detector.config import CalibrationConfig, RegistryConfig
+from detector.models import make_model
+from detector.registry import Validation, gate, nab_score, validate_models
 from tests.detector.conftest import DetectorProcess, detector_config
 from tests.harness import REPO, Prometheus, backfill, free_port, openmetrics, wait_http
 
@@ -242,6 +243,20 @@ def test_gate_rules():
     low, high = Validation(points=100, nab_score=40.0), Validation(points=100, nab_score=60.0)
     assert gate(high, low, nab, "1", False, False)[0]
     assert not gate(low, high, nab, "1", False, False)[0]
+
+
+def test_auto_validation_counts_calibrated_alerts():
+    """A noisy series crosses its band often; calibrated, as the service publishes it, it alerts rarely."""
+    idx = pd.date_range("2026-01-01", periods=8000, freq="min", tz="UTC")
+    rng = np.random.default_rng(4)
+    unit = pd.DataFrame({"value": 10 + rng.standard_t(2, 8000)}, index=idx)
+    key = (("instance", "a"),)
+    model = make_model("robust", {"window": 200, "k": 2.0}).fit(unit.iloc[:1000])
+    split = idx[1000].timestamp()
+    raw = validate_models({key: model}, {key: unit}, split, "both", 0.0)
+    calibrated = validate_models({key: model}, {key: unit}, split, "both", 0.0, calibration=CalibrationConfig())
+    assert raw.points == calibrated.points == 7000
+    assert raw.anomaly_rate > 0.05 and calibrated.anomaly_rate < raw.anomaly_rate / 2
 
 
 def test_auto_gate_does_not_reward_missing_incidents():
