@@ -1,35 +1,38 @@
-"""Run boxwatch models online over NAB files and score them with NAB's rules.
+"""Replay NAB files through the detector service and score what it publishes with NAB's rules.
 
     python -m bench.nab [--data DIR] [--windows FILE] [--profiles FILE] [--results DIR]
-                        [--models robust,seasonal,iforest] [--jobs N]
+                        [--models shipped,robust,...] [--jobs N] [--json FILE]
 
-Online, as the service runs: the score of row ``i`` uses rows ``<= i`` only. A model is fitted
-on the rows before the current one (at most ``--train-window`` of them), refitted every
-``--refit-every`` of data time (and, while the history is young, whenever it has doubled), and
-between fits it scores the rows as they arrive and ``learn``s from them, one cycle at a time.
-Rows before the first fit, or that a model scores NaN (not enough history), get 0.
+Each file is served to a real :class:`detector.service.Detector` by a reader that answers its
+range queries from the file, with the clock set to each row's time in turn: the detector scores
+every row in a scoring cycle, as ``/metrics`` would publish it (stand-in model before the first
+fit, the query's model after, direction, calibration, hold), so the bench measures the product.
+Fits are asked for between cycles (``fit_query`` at the previous row's time, so a fit never
+sees the row it scores next): when the file has ``--first-fit-rows`` rows, whenever
+``fit_every`` (1 day) has passed, and, while the history is young, when it has doubled, as a
+service that started with the file would refit once its history allows.
 
-The NAB adapter (here, not in the models) turns boxwatch scores into NAB's ``[0, 1]``, online:
+Specs: any registered model name (the query names it, defaults for everything else), and
+``shipped``: the configuration the README gives as boxwatch's result (:data:`SHIPPED`).
 
-1. ``s`` is the model's score (0 normal, > 1 outside its band); NaN (not enough history) -> 0.
-2. Record score ``r = log(1 + s) - max(log(1 + s))`` over the previous ``--record-window``
-   rows: how far the score beats the highest score of the recent past (<= 0: no record). It
-   puts every stream on one scale -- a noisy stream whose scores often reach 5 needs a larger
-   jump than a quiet one -- since NAB uses one threshold for the whole corpus.
-3. Alert once per incident (``--suppress`` rows): a row keeps ``r`` only when it beats every
-   ``r`` of the previous ``--suppress`` rows, otherwise 0. At any threshold this keeps an
-   incident's first crossing and drops the repeats, as Alertmanager's grouping does for an
-   operator; NAB charges for each repeated detection outside a window and rewards only the
-   first inside one.
-4. A combination ``a+b`` (e.g. ``robust+seasonal``) takes the larger record score of its
-   models at each row (alert when either model sees a record), before step 3.
-5. ``nab = r / (1 + r)`` for ``r > 0``, else 0: monotone, so NAB's threshold sweep is unaffected.
+Result files ``<results>/<spec>/<category>/<file>.csv`` have ``timestamp,value,anomaly_score,
+score,raw_score``: ``score`` is the published score (row ``i`` uses rows ``<= i`` only),
+``anomaly_score = score / (1 + score)`` (0 before any score), ``raw_score`` the band distance.
 
-Raw model scores go to ``<results>/raw/<model>/<category>/<file>.csv``; the NAB result files
-to ``<results>/<model>/<category>/<file>.csv`` (``timestamp,value,anomaly_score`` as NAB's
-own, plus ``raw_score``), so each model's folder is laid out like NAB's data folder. The
-scorer in :mod:`detector.nabscore` then finds each profile's best corpus-wide threshold and
-the normalised scores are printed. ``--score-only`` re-applies the adapter to saved raw scores.
+Two ways of scoring, per NAB profile:
+
+* **swept**: NAB's own rule: the best corpus-wide threshold on ``anomaly_score``, every row above
+  it a detection;
+* **shipped rule**: what an operator gets from ``AnomalyScoreHigh`` (``score > 1``): one detection
+  per rising edge of ``score > 1``, no threshold chosen.
+
+Leave one category out: the calibration's ``target_rate`` is the one parameter chosen on the
+corpus (from :data:`TARGET_RATES`). For each category it is chosen on the other categories'
+files (the shipped-rule standard score) and that category scored with it; the five held-out
+parts are then scored together. The calibration is a function of the raw scores alone, so the
+rates are compared by calibrating the saved raw scores again (the same
+:class:`~detector.calibration.Calibration`, refreshed at the same fits) instead of replaying;
+``--recalibrate`` does the same for the result files (tested equal to a replay).
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,83 +53,132 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.models import make_model  # noqa: E402
-from detector.nabscore import STANDARD_PROFILES, load_profiles, score_corpus  # noqa: E402
+from detector.config import DetectorConfig  # noqa: E402
+from detector.nabscore import STANDARD_PROFILES, Profile, load_profiles, score_corpus  # noqa: E402
+from detector.reader import align  # noqa: E402
+from detector.service import Detector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NAB = REPO.parent / "shared" / "bench" / "nab"
-DEFAULT_MODELS = (
-    "robust",
-    "seasonal",
-    "iforest",
-    "robust+seasonal",
-    "robust+iforest",
-    "robust+seasonal+iforest",
-)
-# iforest's learn() only remembers the last row, so scoring a day's rows at once gives exactly
-# the scores one-by-one scoring would; the other models learn from each row before the next.
-CYCLE_ROWS = {"iforest": 288}
+DEFAULT_MODELS = ("shipped", "robust")
+ALIAS = "nab"
+SHIPPED: dict[str, Any] = {"model": "ensemble", "params": {}, "calibration": {}}
+"""boxwatch's shipped configuration: the ``ensemble`` model and the default calibration."""
+TARGET_RATES = (3e-3, 1e-2, 3e-2, 1e-1)
+FIRST_FIT_ROWS = 50
+FIT_EVERY = "1d"
+FIT_WINDOW = "14d"
 
 
-@dataclass(frozen=True)
-class OnlineConfig:
-    """How the service would run a model over a stream: one configuration for every file."""
+class FileReader:
+    """Answers range queries from one NAB file, as Prometheus would on the query's grid.
 
-    refit_every: str = "1D"
-    train_window: str = "14D"
-    first_fit_rows: int = 50
-    cycle_rows: int = 1
-    suppress_rows: int = 50
-    record_window: int = 1500
-    params: tuple[tuple[str, str, object], ...] = ()  # (model, parameter, value)
+    A grid point takes the last row at or before it, if that row is less than one step old.
+    """
+
+    def __init__(self, frame: pd.DataFrame, step: float):
+        self.times = frame.index.asi8 / 1e9
+        self.values = frame["value"].to_numpy(dtype=float)
+        self.step = step
+        self.last_request_seconds = 0.0
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> dict:
+        stamps = np.arange(start, end + step / 2, step)
+        at = np.searchsorted(self.times, stamps, side="right") - 1
+        ok = (at >= 0) & (stamps - self.times[np.maximum(at, 0)] < step)
+        if not ok.any():
+            return {}
+        values = np.where(ok, self.values[np.maximum(at, 0)], np.nan)
+        index = pd.to_datetime(stamps, unit="s", utc=True)
+        return {(("__name__", "value"),): pd.Series(values, index=index, name="value")}
+
+    def close(self) -> None:
+        pass
 
 
-def run_online(model_name: str, frame: pd.DataFrame, config: OnlineConfig) -> np.ndarray:
-    """The model's score for every row, each computed from rows up to and including it only."""
+def file_step(frame: pd.DataFrame) -> float:
+    """The file's sampling interval: its most common gap between rows, in seconds."""
+    gaps = np.diff(frame.index.asi8) / 1e9
+    gaps = gaps[gaps > 0]
+    return float(pd.Series(gaps).mode().iloc[0]) if len(gaps) else 300.0
+
+
+def spec_settings(spec: str) -> dict[str, Any]:
+    """Model, params and calibration of a spec: ``shipped`` or a registered model's defaults."""
+    if spec == "shipped":
+        return SHIPPED
+    return {"model": spec, "params": {}, "calibration": {}}
+
+
+def detector_config(spec: str, step: float, state_dir: str, calibration: dict | None = None) -> DetectorConfig:
+    settings = spec_settings(spec)
+    return DetectorConfig.model_validate({
+        "schema_version": 1,
+        "state_dir": state_dir,
+        "queries": {ALIAS: {"expr": "value", "step": step, "model": settings["model"],
+                            "params": settings["params"], "fit_every": FIT_EVERY, "fit_window": FIT_WINDOW}},
+        "anomalies": {"calibration": {**settings["calibration"], **(calibration or {})}},
+        "causes": {"enabled": False},
+    })
+
+
+def replay(spec: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Published score and raw score of every row, and the rows before which a fit was installed."""
+    step = file_step(frame)
+    times = frame.index.asi8 / 1e9
     n = len(frame)
-    scores = np.full(n, np.nan)
-    refit_every = pd.Timedelta(config.refit_every)
-    train_window = pd.Timedelta(config.train_window)
-    times = frame.index
-    model, fitted_at, fitted_rows = None, None, 0
-    i = config.first_fit_rows
-    while i < n:
-        if model is None or times[i] - fitted_at >= refit_every or i >= 2 * fitted_rows:
-            start = times.searchsorted(times[i] - train_window, side="left")
-            params = {key: value for name, key, value in config.params if name == model_name}
-            model = make_model(model_name, params).fit(frame.iloc[start:i])
-            fitted_at, fitted_rows = times[i], i
-        end = min(i + CYCLE_ROWS.get(model_name, config.cycle_rows), n)
-        batch = frame.iloc[i:end]
-        scores[i:end] = model.score(batch)["score"].to_numpy(dtype=float)
-        model.learn(batch)
-        i = end
-    return scores
+    score, raw = np.full(n, np.nan), np.full(n, np.nan)
+    fit_rows: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="nab-") as state_dir:
+        config = detector_config(spec, step, state_dir)
+        clock = {"now": float(times[0])}
+        detector = Detector(config, fit_sink=lambda bundle: bundle, load_bundle=lambda alias: None,
+                            clock=lambda: clock["now"], reader=FileReader(frame, step))
+        fit_every = pd.Timedelta(FIT_EVERY).total_seconds()
+        fitted_at, fitted_rows = None, 0
+        for i in range(n):
+            due = fitted_at is None and i >= FIRST_FIT_ROWS or fitted_at is not None and (
+                times[i - 1] - fitted_at >= fit_every or i >= 2 * fitted_rows)
+            if due:
+                clock["now"] = float(times[i - 1])
+                if detector.fit_query(ALIAS, clock["now"]) is not None:
+                    fit_rows.append(i)
+                fitted_at, fitted_rows = float(times[i - 1]), i
+            clock["now"] = float(times[i])
+            detector.run_cycle(clock["now"])
+            grid_time = align(times[i], step)
+            for point in detector.snapshot()[ALIAS]:
+                if point.timestamp == grid_time:
+                    score[i], raw[i] = point.score, point.raw_score
+    return score, raw, fit_rows
 
 
-def record_score(scores: np.ndarray, window: int) -> np.ndarray:
-    """``log(1 + s)`` minus its maximum over the previous ``window`` rows (the first row: minus 0)."""
-    logged = pd.Series(np.log1p(np.maximum(np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0), 0.0)))
-    past = logged.shift(1).rolling(window, min_periods=1).max().fillna(0.0)
-    return (logged - past).to_numpy()
+def recalibrate(raw: np.ndarray, fit_rows: list[int], calibration: dict[str, Any]) -> np.ndarray:
+    """The published score for other calibration settings: the same calibration over the same raw
+    scores, refreshed before the same rows (the replay's fits)."""
+    from detector.config import CalibrationConfig
+
+    model = CalibrationConfig(**calibration).make()
+    out = np.full(len(raw), np.nan)
+    cuts = sorted({0, *fit_rows, len(raw)})
+    for begin, end in zip(cuts[:-1], cuts[1:], strict=True):
+        if begin in fit_rows:
+            model.fit_level()
+        out[begin:end] = model.calibrate(raw[begin:end])
+    return out
 
 
-def alert_once(scores: np.ndarray, suppress_rows: int) -> np.ndarray:
-    """``scores`` where a row beats every score of the ``suppress_rows`` rows before it, else 0."""
-    scores = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
-    if suppress_rows <= 0:
-        return scores
-    previous_max = (
-        pd.Series(scores).shift(1).rolling(suppress_rows, min_periods=1).max().fillna(-np.inf).to_numpy()
-    )
-    return np.where(scores > previous_max, scores, 0.0)
+def to_anomaly_score(score: np.ndarray) -> np.ndarray:
+    """``s / (1 + s)``: monotone, in ``[0, 1)``; NaN (no score yet) and negatives are 0."""
+    s = np.maximum(np.nan_to_num(np.asarray(score, dtype=float), nan=0.0), 0.0)
+    return s / (1.0 + s)
 
 
-def to_nab(raw_scores: list[np.ndarray], config: OnlineConfig) -> np.ndarray:
-    """The NAB adapter (module docstring): record score, max over models, alert once, into [0, 1)."""
-    record = np.max([record_score(s, config.record_window) for s in raw_scores], axis=0)
-    kept = np.maximum(alert_once(record, config.suppress_rows), 0.0)
-    return kept / (1.0 + kept)
+def rising_edges(score: np.ndarray) -> np.ndarray:
+    """1.0 where ``score > 1`` starts (the row above 1 after a row that was not), else 0."""
+    above = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0) > 1.0
+    previous = np.concatenate([[False], above[:-1]])
+    return (above & ~previous).astype(float)
 
 
 def read_nab_file(path: Path) -> pd.DataFrame:
@@ -137,40 +190,79 @@ def read_nab_file(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"value": frame["value"].to_numpy(dtype=float)}, index=index)
 
 
-def run_file(task: tuple[str, Path, str, Path, OnlineConfig]) -> tuple[str, str, float]:
-    """Run one model over one file; write its raw scores; returns (model, file, seconds)."""
-    model_name, data_dir, relative, raw_dir, config = task
+def run_file(task: tuple[str, Path, str, Path]) -> tuple[str, str, float]:
+    """Replay one file for one spec and write its result file; returns (spec, file, seconds)."""
+    spec, data_dir, relative, results_dir = task
     started = time.perf_counter()
     frame = read_nab_file(data_dir / relative)
-    raw = run_online(model_name, frame, config)
-    out = raw_dir / model_name / relative
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"raw_score": raw}).to_csv(out, index=False)
-    return model_name, relative, time.perf_counter() - started
-
-
-def write_result(spec: str, data_dir: Path, relative: str, results_dir: Path, config: OnlineConfig) -> None:
-    """NAB result file ``<results>/<spec>/<category>/<file>.csv`` of a model or combination."""
-    frame = read_nab_file(data_dir / relative)
-    raws = [
-        pd.read_csv(results_dir / "raw" / name / relative)["raw_score"].to_numpy(dtype=float)
-        for name in spec.split("+")
-    ]
+    score, raw, fit_rows = replay(spec, frame)
     out = results_dir / spec / relative
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {
-            "timestamp": frame.index.strftime("%Y-%m-%d %H:%M:%S"),
-            "value": frame["value"].to_numpy(),
-            "anomaly_score": to_nab(raws, config),
-            "raw_score": np.nan_to_num(np.max(raws, axis=0), nan=0.0),
-        }
-    ).to_csv(out, index=False)
+    pd.DataFrame({
+        "timestamp": frame.index.strftime("%Y-%m-%d %H:%M:%S"),
+        "value": frame["value"].to_numpy(),
+        "anomaly_score": to_anomaly_score(score),
+        "score": score,
+        "raw_score": raw,
+    }).to_csv(out, index=False)
+    out.with_suffix(".fits.json").write_text(json.dumps(fit_rows))
+    return spec, relative, time.perf_counter() - started
 
 
-def read_result(path: Path) -> tuple[pd.DatetimeIndex, np.ndarray]:
+def rewrite_calibrated(path: Path, calibration: dict[str, Any]) -> None:
+    """Replace a result file's published score with the current calibration of its raw scores."""
     frame = pd.read_csv(path)
-    return pd.DatetimeIndex(pd.to_datetime(frame["timestamp"])), frame["anomaly_score"].to_numpy(dtype=float)
+    fits = json.loads(path.with_suffix(".fits.json").read_text())
+    score = recalibrate(frame["raw_score"].to_numpy(dtype=float), fits, calibration)
+    frame["score"], frame["anomaly_score"] = score, to_anomaly_score(score)
+    frame.to_csv(path, index=False)
+
+
+def read_result(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    frame.index = pd.DatetimeIndex(pd.to_datetime(frame["timestamp"]))
+    return frame
+
+
+def evaluate(scores: dict[str, np.ndarray], stamps: dict[str, pd.DatetimeIndex], windows: dict,
+             profiles: list[Profile]) -> dict[str, dict[str, Any]]:
+    """Swept and shipped-rule results of published scores ``{file: score}``, per profile."""
+    swept = score_corpus({f: (stamps[f], to_anomaly_score(s)) for f, s in scores.items()},
+                         {f: windows[f] for f in scores}, profiles)
+    shipped = score_corpus({f: (stamps[f], rising_edges(s)) for f, s in scores.items()},
+                           {f: windows[f] for f in scores}, profiles, threshold=1.0)
+    return {"swept": {name: vars(r) for name, r in swept.items()},
+            "shipped_rule": {name: vars(r) for name, r in shipped.items()}}
+
+
+def category(relative: str) -> str:
+    return relative.split("/", 1)[0]
+
+
+def leave_one_category_out(raws: dict, fits: dict, stamps: dict, windows: dict, base: dict[str, Any],
+                           profiles: list[Profile]) -> dict[str, Any]:
+    """Choose ``target_rate`` on four categories, score the fifth; all held-out parts together."""
+    by_rate = {rate: {f: recalibrate(raws[f], fits[f], {**base, "target_rate": rate}) for f in raws}
+               for rate in TARGET_RATES}
+    standard = [p for p in profiles if p.name == "standard"] or profiles[:1]
+    chosen, held_out = {}, {}
+    for held in sorted({category(f) for f in raws}):
+        rest = [f for f in raws if category(f) != held]
+        if not rest:
+            continue
+
+        def shipped_standard(rate: float, files: list[str] = rest) -> float:
+            result = score_corpus({f: (stamps[f], rising_edges(by_rate[rate][f])) for f in files},
+                                  {f: windows[f] for f in files}, standard, threshold=1.0)
+            return next(iter(result.values())).normalized
+
+        best = max(TARGET_RATES, key=shipped_standard)
+        chosen[held] = best
+        held_out.update({f: by_rate[best][f] for f in raws if category(f) == held})
+    result = evaluate(held_out, stamps, windows, profiles) if held_out else {}
+    return {"target_rate_chosen": chosen, **result,
+            "by_target_rate": {str(rate): evaluate(by_rate[rate], stamps, windows, standard)["shipped_rule"]
+                               for rate in TARGET_RATES}}
 
 
 def data_files(data_dir: Path, windows: dict, only: str | None) -> list[str]:
@@ -181,19 +273,6 @@ def data_files(data_dir: Path, windows: dict, only: str | None) -> list[str]:
     return files
 
 
-def parse_param(text: str) -> tuple[str, str, object]:
-    """``model.key=value`` -> (model, key, value), the value read as JSON where it parses."""
-    target, sep, raw = text.partition("=")
-    model, dot, key = target.partition(".")
-    if not (sep and dot and model and key):
-        raise SystemExit(f"error: --param {text!r}: expected MODEL.KEY=VALUE")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return model, key, value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.nab", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -201,58 +280,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--windows", type=Path, default=DEFAULT_NAB / "labels" / "combined_windows.json")
     parser.add_argument(
-        "--profiles",
-        type=Path,
-        default=DEFAULT_NAB / "profiles.json",
+        "--profiles", type=Path, default=DEFAULT_NAB / "profiles.json",
         help="NAB profiles.json (default: the three standard profiles if absent)",
     )
     parser.add_argument(
-        "--results",
-        type=Path,
-        default=REPO / "bench" / "results" / "nab",
-        help="where <model>/<category>/<file>.csv go",
+        "--results", type=Path, default=REPO / "bench" / "results" / "nab",
+        help="where <spec>/<category>/<file>.csv go",
     )
-    parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names; a+b combines models"
-    )
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help="comma-separated specs: 'shipped' or registered model names")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="MODEL.KEY=VALUE",
-        help="model parameter for every file, VALUE as JSON (e.g. robust.window=1000); repeatable",
-    )
-    parser.add_argument(
-        "--files",
-        default=None,
-        help="only files whose path contains one of these comma-separated strings (development)",
-    )
-    parser.add_argument(
-        "--refit-every", default=OnlineConfig.refit_every, help="refit interval in data time (pandas offset)"
-    )
-    parser.add_argument(
-        "--train-window", default=OnlineConfig.train_window, help="history a fit sees (pandas offset)"
-    )
-    parser.add_argument(
-        "--cycle", type=int, default=OnlineConfig.cycle_rows, help="rows scored per cycle before learn()"
-    )
-    parser.add_argument(
-        "--suppress", type=int, default=OnlineConfig.suppress_rows, help="alert-once window in rows (0: off)"
-    )
-    parser.add_argument(
-        "--record-window",
-        type=int,
-        default=OnlineConfig.record_window,
-        help="rows a record score is measured against",
-    )
-    parser.add_argument(
-        "--score-only",
-        action="store_true",
-        help="reuse the raw scores under <results>/raw instead of running models",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
+    parser.add_argument("--files", default=None,
+                        help="only files whose path contains one of these comma-separated strings (development)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the result files already under --results instead of replaying")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="no replay: apply the current calibration to the raw scores and fits saved under "
+                             "--results (what a replay gives when only the calibration changed) and score")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     return parser.parse_args(argv)
+
+
+def print_table(title: str, results: dict[str, dict], profiles: list[Profile]) -> None:
+    print(title)
+    print(f"  {'spec':<22}" + "".join(f" {p.name + ' swept':>26} {'rule':>6}" for p in profiles))
+    for spec, result in results.items():
+        cells = "".join(f" {result['swept'][p.name]['normalized']:>26.1f} "
+                        f"{result['shipped_rule'][p.name]['normalized']:>6.1f}" for p in profiles)
+        print(f"  {spec:<22}{cells}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,52 +318,55 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     windows = json.loads(args.windows.read_text())
     profiles = load_profiles(args.profiles) if args.profiles.exists() else list(STANDARD_PROFILES)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    specs = [m.strip() for m in args.models.split(",") if m.strip()]
     files = data_files(args.data, windows, args.files)
     if not files:
         print(f"error: no labelled <category>/<file>.csv under {args.data}", file=sys.stderr)
         return 2
-    config = OnlineConfig(
-        args.refit_every,
-        args.train_window,
-        cycle_rows=args.cycle,
-        suppress_rows=args.suppress,
-        record_window=args.record_window,
-        params=tuple(parse_param(p) for p in args.param),
-    )
-    components = sorted({name for spec in models for name in spec.split("+")})
-    timings: dict[str, float] = dict.fromkeys(components, 0.0)
     started = time.perf_counter()
-    if not args.score_only:
-        tasks = [(m, args.data, f, args.results / "raw", config) for m in components for f in files]
+    seconds = dict.fromkeys(specs, 0.0)
+    if args.recalibrate:
+        for spec in specs:
+            for f in files:
+                rewrite_calibrated(args.results / spec / f, spec_settings(spec)["calibration"])
+    elif not args.score_only:
+        tasks = [(spec, args.data, f, args.results) for spec in specs for f in files]
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
                 done = list(pool.map(run_file, tasks, chunksize=1))
         else:
             done = [run_file(t) for t in tasks]
-        for model_name, _, seconds in done:
-            timings[model_name] += seconds
-    for spec in models:
-        for f in files:
-            write_result(spec, args.data, f, args.results, config)
-    report = {}
-    print(
-        f"{len(files)} files, {sum(len(windows[f]) for f in files)} windows, wall {time.perf_counter() - started:.1f} s"
-    )
-    print(f"{'model':<24} " + " ".join(f"{p.name:>20}" for p in profiles) + f" {'cpu s':>8}")
-    for model_name in models:
-        results = {f: read_result(args.results / model_name / f) for f in files}
-        scored = score_corpus(results, {f: windows[f] for f in files}, profiles)
-        seconds = sum(timings[name] for name in model_name.split("+"))
-        report[model_name] = {name: vars(r) for name, r in scored.items()} | {"cpu_seconds": seconds}
-        cells = " ".join(f"{scored[p.name].normalized:>20.1f}" for p in profiles)
-        print(f"{model_name:<24} {cells} {seconds:>8.1f}")
+        for spec, _, took in done:
+            seconds[spec] += took
+    print(f"{len(files)} files, {sum(len(windows[f]) for f in files)} windows, "
+          f"wall {time.perf_counter() - started:.1f} s")
+    report: dict[str, Any] = {}
+    per_category: dict[str, dict] = {}
+    for spec in specs:
+        frames = {f: read_result(args.results / spec / f) for f in files}
+        scores = {f: frame["score"].to_numpy(dtype=float) for f, frame in frames.items()}
+        stamps = {f: frame.index for f, frame in frames.items()}
+        report[spec] = {**evaluate(scores, stamps, windows, profiles), "cpu_seconds": seconds[spec]}
+        report[spec]["categories"] = {
+            cat: evaluate({f: s for f, s in scores.items() if category(f) == cat}, stamps, windows, profiles)
+            for cat in sorted({category(f) for f in files})}
+        per_category[spec] = report[spec]["categories"]
+        if spec == "shipped":
+            raws = {f: frame["raw_score"].to_numpy(dtype=float) for f, frame in frames.items()}
+            fits = {f: json.loads((args.results / spec / f).with_suffix(".fits.json").read_text()) for f in files}
+            report[spec]["leave_one_category_out"] = leave_one_category_out(
+                raws, fits, stamps, windows, SHIPPED["calibration"], profiles)
+    print_table("NAB normalised scores: swept threshold / shipped rule (rising edges of score > 1)",
+                {spec: report[spec] for spec in specs}, profiles)
+    for spec in specs:
+        print_table(f"{spec} per category", per_category[spec], profiles)
+        loco = report[spec].get("leave_one_category_out")
+        if loco and "swept" in loco:
+            print_table(f"{spec} leave one category out (target_rate chosen: {loco['target_rate_chosen']})",
+                        {"held-out": loco}, profiles)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                report, indent=1, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v
-            )
-        )
+        args.json.write_text(json.dumps(
+            report, indent=1, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v))
     return 0
 
 

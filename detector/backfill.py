@@ -34,6 +34,7 @@ def backfill_query(
     query = config.queries[alias]
     multivariate = is_multivariate(config, alias)
     lead = query.step if query.counter else 0.0
+    calibrations: dict = {}  # per unit, carried across segments as the service carries it across refits
     cut = align(start, query.step)
     if cut < start:
         cut += query.step
@@ -53,7 +54,9 @@ def backfill_query(
             name = bundle.model_name
             if model is None:
                 model, name = fallback_model(multivariate, frame.iloc[:0]), "robust"
-            result = score_online(model, frame, query.direction, query.min_deviation)
+            if key not in calibrations:
+                calibrations[key] = config.anomalies.calibration.make()
+            result = score_online(model, frame, query.direction, query.min_deviation, calibrations[key])
             labels = tuple(sorted({**dict(key), "query": alias, "model": name}.items()))
             yield from scored_points(labels, frame, result)
         cut = segment_end + query.step

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -184,9 +185,39 @@ class WriterConfig(_Strict):
     remote_write: RemoteWriteConfig = Field(default_factory=RemoteWriteConfig)
 
 
+class CalibrationConfig(_Strict):
+    """Per-series calibration of the raw band distance into the published score (docs/models.md)."""
+
+    enabled: bool = Field(True, description="false publishes the raw band distance as the score.")
+    target_rate: float = Field(0.1, gt=0, lt=0.5,
+                               description="Rate of normal points whose calibrated score exceeds 1.")
+    window: int = Field(4000, ge=10, le=1_000_000, description="Recent points the level is learned from.")
+    min_points: int = Field(200, ge=1, le=1_000_000,
+                            description="Normal points seen before the fitted level replaces the band.")
+    tail_quantile: float = Field(0.9, gt=0, lt=1, description="Where the exponential tail starts.")
+    min_raw: float = Field(1.0, ge=0, description="Raw score a point must exceed to alert (1: outside the band).")
+    hold: int = Field(10, ge=0, le=100_000,
+                      description="Points after a score above 1 during which the score stays above 1.")
+    learn_below: float = Field(math.inf, gt=1, description="Points scoring above this are not learned (inf: all).")
+    sustain: float = Field(0.5, ge=0, le=1, description="While held, a point outside the band scoring above "
+                                                         "this continues the incident.")
+    refit_every: int = Field(1, ge=1, le=100_000, description="Learned points between two fits of the tail.")
+
+    def make(self):
+        """A fresh :class:`~detector.calibration.Calibration` with these settings (None when disabled)."""
+        from detector.calibration import Calibration
+
+        if not self.enabled:
+            return None
+        return Calibration(self.target_rate, self.window, self.min_points, self.tail_quantile, self.min_raw,
+                           self.hold, self.refit_every, self.learn_below,
+                           self.sustain)
+
+
 class AnomaliesConfig(_Strict):
     max_kept: int = Field(1000, ge=1, le=1_000_000, description="Size of the recent-anomalies buffer.")
     threshold: float = Field(1.0, gt=0, description="A point with a score above this is an anomaly.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
 class OpenSection(BaseModel):
@@ -199,14 +230,17 @@ class OpenSection(BaseModel):
 class PromotionConfig(_Strict):
     """When a freshly fitted version replaces the ``champion`` (see docs/registry.md)."""
 
-    metric: Literal["anomaly_rate", "nab_score"] = Field(
-        "anomaly_rate",
-        description="anomaly_rate: share of validation points scored > 1 (lower is better); "
-                    "nab_score: NAB standard-profile score on registry.incidents (higher is better).",
+    metric: Literal["auto", "anomaly_rate", "nab_score"] = Field(
+        "auto",
+        description="auto: nab_score where registry.incidents label the validation window, else the "
+                    "calibrated alert rate closest to anomalies.calibration.target_rate; "
+                    "anomaly_rate: share of validation points scored > 1 (lower is better; favours "
+                    "insensitive models); nab_score: NAB standard-profile score on registry.incidents "
+                    "(higher is better).",
     )
     tolerance: float = Field(
         0.01, ge=0, description="How much worse than the champion a challenger may be and still be promoted "
-                                "(absolute: a rate for anomaly_rate, points for nab_score).",
+                                "(absolute: a rate for anomaly_rate and auto's rate, points for nab_score).",
     )
     respect_manual: bool = Field(
         True, description="A champion chosen by hand (promote/rollback) is not replaced automatically.",

@@ -152,8 +152,9 @@ class ProfileResult:
     fn: int
 
 
-def sweep(files: Sequence[FileRows], profile: Profile) -> ProfileResult:
-    """The best corpus-wide threshold for ``profile`` and the scores it gives."""
+def sweep(files: Sequence[FileRows], profile: Profile, threshold: float | None = None) -> ProfileResult:
+    """The best corpus-wide threshold for ``profile`` and the scores it gives; with ``threshold``,
+    the scores at that threshold only (a row with a score ``>= threshold`` is a detection)."""
     offsets = np.cumsum([0] + [f.n_windows for f in files])
     n_windows = int(offsets[-1])
     scores = np.concatenate([f.scores for f in files]) if files else np.zeros(0)
@@ -168,6 +169,9 @@ def sweep(files: Sequence[FileRows], profile: Profile) -> ProfileResult:
     fp_unit = np.concatenate([f.fp_unit for f in files]) if files else np.zeros(0)
 
     order = np.argsort(-scores, kind="stable")
+    fixed = threshold
+    if fixed is not None:
+        order = order[scores[order] >= fixed]
     best_window = np.full(n_windows, -np.inf)
     raw = -profile.fn * n_windows  # "never fire"
     best = (raw, math.inf, 0, 0)
@@ -191,10 +195,12 @@ def sweep(files: Sequence[FileRows], profile: Profile) -> ProfileResult:
                 best_window[k] = tp_unit[row]
             j += 1
         raw = tp_sum + fp_sum - profile.fn * (n_windows - tp_count)
-        if raw > best[0]:
+        if raw > best[0] or fixed is not None:
             best = (raw, float(threshold), tp_count, fp_count)
         i = j
     raw, threshold, tp_count, fp_count = best
+    if fixed is not None:
+        threshold = fixed
     perfect, null = profile.tp * n_windows, -profile.fn * n_windows
     normalized = 100.0 * (raw - null) / (perfect - null) if perfect != null else 0.0
     return ProfileResult(profile.name, threshold, raw, normalized, tp_count, fp_count, n_windows - tp_count)
@@ -204,8 +210,10 @@ def score_corpus(
     results: Mapping[str, tuple[pd.DatetimeIndex, np.ndarray]],
     windows: Mapping[str, Iterable[Sequence[str]]],
     profiles: Sequence[Profile] = STANDARD_PROFILES,
+    threshold: float | None = None,
 ) -> dict[str, ProfileResult]:
-    """Score ``{file: (timestamps, scores)}`` against ``{file: [[start, end], ...]}`` per profile."""
+    """Score ``{file: (timestamps, scores)}`` against ``{file: [[start, end], ...]}`` per profile,
+    at the best corpus-wide threshold, or at ``threshold`` when one is given."""
     missing = sorted(set(results) - set(windows))
     if missing:
         raise KeyError(
@@ -214,4 +222,4 @@ def score_corpus(
             else f"no windows for {missing[0]}"
         )
     files = [prepare_file(name, ts, sc, windows[name]) for name, (ts, sc) in sorted(results.items())]
-    return {p.name: sweep(files, p) for p in profiles}
+    return {p.name: sweep(files, p, threshold) for p in profiles}

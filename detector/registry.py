@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from detector.config import DetectorConfig, RegistryConfig
+from detector.config import CalibrationConfig, DetectorConfig, RegistryConfig
 from detector.feedback import false_positive_counts
 from detector.models import make_model
 from detector.reader import SeriesKey
@@ -147,8 +147,12 @@ def validate_models(
     direction: str,
     min_deviation: float,
     incidents: list[tuple[float, float]] | None = None,
+    calibration: CalibrationConfig | None = None,
 ) -> Validation:
-    """Score the validation part of each unit online with a copy of its model (the model is not changed)."""
+    """Score the validation part of each unit online with a copy of its model (the model is not changed).
+
+    With ``calibration`` the scores are calibrated as the service publishes them (a fresh calibration
+    per unit, started on the validation window), so rates and NAB scores are the product's."""
     result = Validation()
     cut = pd.Timestamp(split, unit="s", tz="UTC")
     nab_files = []
@@ -159,7 +163,8 @@ def validate_models(
         held = frame.loc[frame.index >= cut]
         if held.empty:
             continue
-        scores = score_online(copy.deepcopy(model), held, direction, min_deviation)["score"].astype(float)
+        scores = score_online(copy.deepcopy(model), held, direction, min_deviation,
+                              calibration.make() if calibration is not None else None)["score"].astype(float)
         scored = scores.dropna()
         result.points += len(scored)
         result.anomalies += int((scored > 1.0).sum())
@@ -236,8 +241,12 @@ class Decision:
 
 def gate(candidate: Validation, champion: Validation | None, settings: RegistryConfig,
          champion_version: str | None, champion_manual: bool, champion_stale: bool,
-         false_positives: tuple[int, int] | None = None) -> tuple[bool, str]:
+         false_positives: tuple[int, int] | None = None, target_rate: float = 0.1) -> tuple[bool, str]:
     """Whether a candidate replaces the champion, and why (the reason is logged as a tag).
+
+    ``auto`` (the default metric) compares NAB scores where labelled incidents overlap the
+    validation window, else how close each alert rate is to the calibration's ``target_rate``:
+    ``anomaly_rate`` alone promotes whichever model flags less, i.e. misses more.
 
     ``false_positives`` is operator feedback (docs/feedback.md): ``(candidate, champion)`` anomalies on
     the validation window inside ``false_positive`` marks, ``None`` where there are no marks."""
@@ -252,7 +261,8 @@ def gate(candidate: Validation, champion: Validation | None, settings: RegistryC
     if false_positives is not None and false_positives[0] > false_positives[1]:
         return False, (f"flags {false_positives[0]} validation points marked false_positive, champion "
                        f"v{champion_version} {false_positives[1]}")
-    if rule.metric == "nab_score" and candidate.nab_score is not None and champion.nab_score is not None:
+    use_nab = rule.metric in ("nab_score", "auto")
+    if use_nab and candidate.nab_score is not None and champion.nab_score is not None:
         if candidate.nab_score >= champion.nab_score - rule.tolerance:
             return True, (f"NAB score {candidate.nab_score:.2f} is no worse than champion v{champion_version}'s "
                           f"{champion.nab_score:.2f} (tolerance {rule.tolerance:g})")
@@ -261,6 +271,17 @@ def gate(candidate: Validation, champion: Validation | None, settings: RegistryC
     cand, champ = candidate.anomaly_rate, champion.anomaly_rate
     if math.isnan(cand):
         return False, "no validation points could be scored"
+    if rule.metric == "auto":
+        # Calibrated scores alert at about target_rate on normal data: a model whose alert rate is far
+        # from it (flooding, or never firing) calibrates badly; fewer alerts alone is not better.
+        cand_off, champ_off = abs(cand - target_rate), abs(champ - target_rate)
+        if math.isnan(champ) or cand_off <= champ_off + rule.tolerance:
+            return True, (f"alert rate {cand:.4f} on the validation window is as close to the calibration "
+                          f"target {target_rate:g} as champion v{champion_version}'s {champ:.4f} "
+                          f"(tolerance {rule.tolerance:g})")
+        return False, (f"alert rate {cand:.4f} on the validation window is further from the calibration "
+                       f"target {target_rate:g} than champion v{champion_version}'s {champ:.4f} by more than "
+                       f"the tolerance {rule.tolerance:g}")
     if math.isnan(champ) or cand <= champ + rule.tolerance:
         return True, (f"anomaly rate {cand:.4f} on the validation window is no worse than champion "
                       f"v{champion_version}'s {champ:.4f} (tolerance {rule.tolerance:g})")
@@ -569,17 +590,20 @@ class Registry:
         if units:
             split = split_point(bundle, query.step, self.settings)
             validation_models = fit_for_validation(bundle, units, split)
+            # auto judges the published (calibrated) score; the older metrics keep the raw band score
+            calibration = self.config.anomalies.calibration if self.settings.promotion.metric == "auto" else None
             candidate_val = validate_models(validation_models, units, split, query.direction,
-                                            query.min_deviation, incidents)
+                                            query.min_deviation, incidents, calibration)
             if champion is not None:
                 champion_val = validate_models(champion.models, units, split, query.direction,
-                                               query.min_deviation, incidents)
+                                               query.min_deviation, incidents, calibration)
             false_positives = false_positive_counts(self.config, bundle.query, bundle.model_name, units, split,
                                                     validation_models, champion.models if champion else None)
         manual = champion is not None and champion_mv.tags.get(TAG_MANUAL) == "true"
         stale = champion is not None and champion.config_hash != bundle.config_hash
         promoted, reason = gate(candidate_val, champion_val if champion is not None else None, self.settings,
-                                champion_mv.version if champion_mv else None, manual, stale, false_positives)
+                                champion_mv.version if champion_mv else None, manual, stale, false_positives,
+                                self.config.anomalies.calibration.target_rate)
         if refused is not None:
             promoted, reason = True, refused
         metrics = {"fit_seconds": bundle.fit_seconds, "series": float(len(bundle.models)),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detector.calibration import Calibration
 from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
 from detector.models import make_model, model_class
 from detector.models.base import Model, band_score, empty_scores
@@ -174,20 +175,24 @@ def score_online(
     frame: pd.DataFrame,
     direction: str = "both",
     min_deviation: float = 0.0,
+    calibration: Calibration | None = None,
 ) -> pd.DataFrame:
     """Score ``frame`` point by point, learning each point after it is scored (never ahead).
 
     Returns the model's columns with ``score`` recomputed from the band for ``direction``
-    and ``min_deviation`` (see :func:`band_score`) where the model has a band. Rows whose
-    values are all NaN are skipped (NaN score) and not learned.
+    and ``min_deviation`` (see :func:`band_score`) where the model has a band, and
+    ``raw_score``, that band distance. With a ``calibration`` (the unit's, see
+    :mod:`detector.calibration`) ``score`` is the calibrated score, learned online;
+    without one it is the raw score. Rows whose values are all NaN are skipped (NaN score)
+    and not learned.
     """
     valid = ~np.isnan(frame.to_numpy(dtype=float)).all(axis=1)
     if len(frame) == 1:  # the usual serve cycle: one new point
         if not valid[0]:
-            return empty_scores(frame.index)
+            return with_raw(empty_scores(frame.index))
         result = model.score(frame)
         model.learn(frame)
-        return apply_band(result, frame, direction, min_deviation)
+        return calibrate(apply_band(result, frame, direction, min_deviation), calibration)
     rows = []
     for position in range(len(frame)):
         point = frame.iloc[position:position + 1]
@@ -197,8 +202,21 @@ def score_online(
         rows.append(model.score(point))
         model.learn(point)
     if not rows:
-        return empty_scores(frame.index)
-    return apply_band(pd.concat(rows), frame, direction, min_deviation)
+        return with_raw(empty_scores(frame.index))
+    return calibrate(apply_band(pd.concat(rows), frame, direction, min_deviation), calibration)
+
+
+def with_raw(result: pd.DataFrame) -> pd.DataFrame:
+    result["raw_score"] = result["score"].to_numpy(dtype=float)
+    return result
+
+
+def calibrate(result: pd.DataFrame, calibration: Calibration | None) -> pd.DataFrame:
+    """Keep the band distance as ``raw_score``; ``score`` becomes the calibrated score."""
+    result = with_raw(result)
+    if calibration is not None:
+        result["score"] = calibration.calibrate(result["raw_score"].to_numpy(dtype=float))
+    return result
 
 
 def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float) -> pd.DataFrame:

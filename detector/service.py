@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from boxwatch.log import kv as _fields
+from detector.calibration import Calibration
 from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
 from detector.feedback import Feedback
@@ -58,6 +59,7 @@ class QueryState:
     config_hash: str
     bundle: ModelBundle | None = None
     fallback: dict[SeriesKey, Model] = field(default_factory=dict)
+    calibration: dict[SeriesKey, Calibration] = field(default_factory=dict)
     last_scored: float | None = None
     next_fit: float = 0.0
     next_infer: float = 0.0
@@ -103,6 +105,11 @@ class Detector:
         Where fit results go; the bundle it returns is served. Default: ``LocalStore.save``.
     load_bundle : callable, optional
         ``alias -> ModelBundle | None`` used at start and on reload. Default: ``LocalStore.load``.
+    clock : callable, optional
+        Unix time now (a replay injects the data's time).
+    reader : PrometheusReader, optional
+        Where range queries go (anything with its ``query_range``, ``last_request_seconds`` and
+        ``close``; a replay serves a file). Default: one for ``config.reader``.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class Detector:
         fit_sink: FitSink | None = None,
         load_bundle: Callable[[str], ModelBundle | None] | None = None,
         clock: Callable[[], float] = time.time,
+        reader: PrometheusReader | None = None,
     ):
         self.config = config
         self.config_path = config_path
@@ -131,7 +139,7 @@ class Detector:
         self._fit_wakeup = threading.Event()
         self._threads: list[threading.Thread] = []
         self._first_cycle_done = threading.Event()
-        self._reader = PrometheusReader(config.reader)
+        self._reader = reader or PrometheusReader(config.reader)
         self._writer = self._make_writer(config)
         self._anomalies: deque[dict[str, Any]] = deque(maxlen=config.anomalies.max_kept)
         self._states: dict[str, QueryState] = {}
@@ -219,6 +227,7 @@ class Detector:
                 return False
             state.bundle = bundle
             state.fallback.clear()  # units the bundle lacks get a fresh stand-in at the next cycle
+            adopt_calibration(state, bundle)
             state.next_fit = bundle.fitted_at + self.config.queries[bundle.query].fit_every
             state.fit_error = None
             self.stats.fit_seconds[(bundle.query, bundle.model_name)] = bundle.fit_seconds
@@ -281,6 +290,7 @@ class Detector:
             bundle = self.load_bundle(alias)
             if bundle is not None and bundle.config_hash == state.config_hash and tuple(bundle.shard) == tuple(self.shard):
                 state.bundle = bundle
+                adopt_calibration(state, bundle)
                 state.next_fit = bundle.fitted_at + config.queries[alias].fit_every
                 self.stats.fit_seconds[(alias, bundle.model_name)] = bundle.fit_seconds
                 log.info("loaded persisted models", extra=_fields(query=alias, series=len(bundle.models),
@@ -431,7 +441,8 @@ class Detector:
                     unit_points = list(member_points(model, key, frame, alias, model_name, query.direction,
                                                      query.min_deviation))
                 else:
-                    result = score_online(model, frame, query.direction, query.min_deviation)
+                    result = score_online(model, frame, query.direction, query.min_deviation,
+                                          self._calibration(state, key))
                     labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
                     unit_points = list(scored_points(labels, frame, result))
             except Exception as err:  # one unit's model failing leaves the other units scored
@@ -448,6 +459,16 @@ class Detector:
                     latest.append(point)
                     used[model_name] = used.get(model_name, 0) + 1
         return points, latest, used
+
+    def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:
+        """The unit's score calibration, started fresh for a unit seen for the first time."""
+        with self._lock:
+            calibration = state.calibration.get(key)
+            if calibration is None:
+                calibration = self.config.anomalies.calibration.make()
+                if calibration is not None:
+                    state.calibration[key] = calibration
+            return calibration
 
     def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
         with self._lock:
@@ -548,6 +569,8 @@ class Detector:
             self._fit_failed(state, "no series could be fitted")
             return None
         bundle.training_units = units
+        with self._lock:  # what the series' scores taught so far is saved with the models
+            bundle.calibration = copy.deepcopy(state.calibration)
         try:
             served = self.fit_sink(bundle)
         except Exception as err:  # a failing sink (disk full, registry down) must not stop scoring
@@ -568,6 +591,15 @@ class Detector:
             query = self.config.queries.get(state.alias)
             state.next_fit = self.clock() + min(FIT_RETRY_SECONDS, query.fit_every if query else FIT_RETRY_SECONDS)
         log.warning("fit failed; retrying later", extra=_fields(query=state.alias, reason=reason))
+
+
+def adopt_calibration(state: QueryState, bundle: ModelBundle) -> None:
+    """Calibrations for a newly served bundle: the live ones where the service has them (they are
+    newer), else the bundle's; every level is re-estimated, as a refit refreshes the models."""
+    for key, calibration in (getattr(bundle, "calibration", None) or {}).items():
+        state.calibration.setdefault(key, copy.deepcopy(calibration))
+    for calibration in state.calibration.values():
+        calibration.fit_level()
 
 
 def unit_labels(point: ScoredPoint) -> dict[str, str]:

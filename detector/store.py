@@ -200,6 +200,9 @@ class ModelBundle:
     """The replica's shard (index, total) whose series the models cover."""
     validation: dict[str, float] = field(default_factory=dict)
     fit_seconds: float = 0.0
+    calibration: dict[SeriesKey, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Per unit, the score calibration (:class:`detector.calibration.Calibration`) as it was when the
+    bundle was saved, so a restart keeps what each series' scores have taught it."""
     training_units: dict[SeriesKey, Any] | None = field(default=None, repr=False, compare=False)
     """The frames the models were fitted on, for the fit sink (validation, drift reference) only:
     kept in memory for the duration of the hand-over and never persisted (see ``__getstate__``)."""

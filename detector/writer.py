@@ -19,7 +19,9 @@ import requests
 from boxwatch.exposition import label_text
 
 SCORE_FAMILIES = {
-    "score": ("boxwatch_anomaly_score", "Anomaly score: 0 normal, above 1 outside the expected band."),
+    "score": ("boxwatch_anomaly_score",
+              "Calibrated anomaly score: 0 normal, above 1 alert-worthy (rare for this series)."),
+    "raw_score": ("boxwatch_anomaly_score_raw", "Raw distance from the expected band: above 1 outside it."),
     "expected": ("boxwatch_anomaly_expected", "Value the model expected."),
     "lower": ("boxwatch_anomaly_expected_lower", "Lower edge of the expected band."),
     "upper": ("boxwatch_anomaly_expected_upper", "Upper edge of the expected band."),
@@ -38,6 +40,7 @@ class ScoredPoint:
     upper: float
     score: float
     top_features: tuple[str, ...] = field(default=())
+    raw_score: float = math.nan
 
     def field_value(self, name: str) -> float:
         return getattr(self, name)
@@ -55,10 +58,12 @@ def scored_points(labels: tuple[tuple[str, str], ...], frame, result) -> Iterato
     values = frame["value"].to_numpy(dtype=float) if "value" in frame.columns else np.full(len(frame), np.nan)
     expected, lower, upper = (result[c].to_numpy(dtype=float) for c in ("expected", "lower", "upper"))
     tops = result["top_features"].to_numpy() if "top_features" in result.columns else None
+    raws = result["raw_score"].to_numpy(dtype=float) if "raw_score" in result.columns else scores
     for i in keep:
         top = tops[i] if tops is not None else None
         yield ScoredPoint(labels, float(stamps[i]), float(values[i]), float(expected[i]), float(lower[i]),
-                          float(upper[i]), float(scores[i]), tuple(top) if isinstance(top, list | tuple) else ())
+                          float(upper[i]), float(scores[i]), tuple(top) if isinstance(top, list | tuple) else (),
+                          float(raws[i]))
 
 
 def present(value: float) -> bool:

@@ -15,6 +15,7 @@ MODELS: dict[str, str] = {
     "seasonal": "detector.models.seasonal:SeasonalModel",
     "iforest": "detector.models.iforest:IsolationForestModel",
     "peer": "detector.models.peer:PeerModel",
+    "ensemble": "detector.models.ensemble:EnsembleModel",
 }
 
 

@@ -76,6 +76,18 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
         "min_members": Annotated[int, Field(ge=2, le=100_000)],
         "explain_above": Annotated[float, Field(ge=0, allow_inf_nan=True)],  # inf: never explain
     },
+    "ensemble": {
+        "window": Annotated[int, Field(ge=1, le=MAX_WINDOW)],
+        "k": Annotated[float, Field(gt=0, le=1000)],
+        "min_points": Annotated[int, Field(ge=1, le=MAX_WINDOW)],
+        "min_scale": Annotated[float, Field(ge=0, le=1000)],
+        "n_estimators": Annotated[int, Field(ge=1, le=1000)],
+        "max_samples": Annotated[int, Field(ge=1, le=MAX_WINDOW)],
+        "threshold_quantile": Annotated[float, Field(gt=0, lt=1)],
+        "margin": Annotated[float, Field(gt=0, le=1000)],
+        "z_limit": Annotated[float, Field(gt=0, allow_inf_nan=True)],  # inf turns the guard off
+        "random_state": Annotated[int, Field(ge=0, le=2**32 - 1)] | None,
+    },
 }
 
 

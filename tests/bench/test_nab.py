@@ -12,29 +12,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.nab import OnlineConfig, alert_once, read_nab_file, record_score, run_online, to_nab
+from bench.nab import SHIPPED, read_nab_file, recalibrate, replay, rising_edges, to_anomaly_score
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_NAB = Path(os.environ.get("BOXWATCH_NAB_DIR", REPO.parent / "shared" / "bench" / "nab"))
 
 
 def write_corpus(root: Path) -> tuple[Path, Path]:
-    """Two five-minute files: one with a level jump at row 700, one without anomalies."""
+    """Two five-minute files in two categories: a level jump at row 700, and one without anomalies."""
     rng = np.random.default_rng(0)
     ts = pd.date_range("2026-01-01", periods=1000, freq="5min")
     stamp = ts.strftime("%Y-%m-%d %H:%M:%S")
     jump = 20 + rng.normal(0, 1, 1000)
     jump[700:] += 15
     (root / "data" / "synthetic").mkdir(parents=True)
+    (root / "data" / "other").mkdir(parents=True)
     pd.DataFrame({"timestamp": stamp, "value": jump}).to_csv(
         root / "data" / "synthetic" / "jump.csv", index=False
     )
     pd.DataFrame({"timestamp": stamp, "value": 20 + rng.normal(0, 1, 1000)}).to_csv(
-        root / "data" / "synthetic" / "quiet.csv", index=False
+        root / "data" / "other" / "quiet.csv", index=False
     )
     windows = {
         "synthetic/jump.csv": [[f"{ts[650]}.000000", f"{ts[749]}.000000"]],
-        "synthetic/quiet.csv": [],
+        "other/quiet.csv": [],
     }
     (root / "windows.json").write_text(json.dumps(windows))
     return root / "data", root / "windows.json"
@@ -53,22 +54,27 @@ def test_bench_runs_end_to_end_on_a_hand_made_corpus(tmp_path):
     report = tmp_path / "report.json"
     done = run_bench(
         "--data", str(data), "--windows", str(windows), "--results", str(results),
-        "--models", "robust,iforest,robust+iforest", "--profiles", str(tmp_path / "absent.json"),
-        "--json", str(report),
+        "--models", "shipped,robust", "--profiles", str(tmp_path / "absent.json"), "--json", str(report),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "2 files, 1 windows" in done.stdout
-    for spec in ("robust", "iforest", "robust+iforest"):
+    for spec in ("shipped", "robust"):
         frame = pd.read_csv(results / spec / "synthetic" / "jump.csv")
-        assert list(frame.columns[:3]) == ["timestamp", "value", "anomaly_score"]
+        assert list(frame.columns[:4]) == ["timestamp", "value", "anomaly_score", "score"]
         assert len(frame) == 1000
         assert frame.anomaly_score.between(0, 1).all()
-        assert frame.anomaly_score.iloc[:50].eq(0).all()  # before the first fit
+        assert frame.score.iloc[:10].isna().all()  # the stand-in has too little history
     scores = json.loads(report.read_text())
-    # the jump at row 700 is caught right away (credit ~0.86 of 1) and the quiet file stays quiet
-    assert scores["robust"]["standard"]["normalized"] > 85
-    assert scores["robust"]["standard"]["fp"] == 0
-    assert set(scores["robust"]) >= {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    # the jump at row 700 is caught at once by the rule operators get (score > 1)
+    rule = scores["shipped"]["shipped_rule"]["standard"]
+    assert rule["tp"] == 1 and rule["fp"] <= 8 and rule["threshold"] == 1.0 and rule["normalized"] > 40
+    assert scores["shipped"]["swept"]["standard"]["normalized"] > 40
+    assert set(scores["robust"]["swept"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    assert set(scores["shipped"]["categories"]) == {"synthetic", "other"}
+    loco = scores["shipped"]["leave_one_category_out"]
+    assert set(loco["target_rate_chosen"]) == {"synthetic", "other"}
+    assert loco["shipped_rule"]["standard"]["tp"] + loco["shipped_rule"]["standard"]["fn"] == 1
+    assert "shipped" in done.stdout and "leave one category out" in done.stdout
 
 
 @pytest.mark.slow
@@ -78,28 +84,31 @@ def test_bench_reports_a_missing_data_folder(tmp_path):
     assert "does not exist" in done.stderr
 
 
-def test_online_scores_do_not_depend_on_future_rows(tmp_path):
+def test_published_scores_do_not_depend_on_future_rows(tmp_path):
     data, _ = write_corpus(tmp_path)
     frame = read_nab_file(data / "synthetic" / "jump.csv")
-    config = OnlineConfig()
-    for model in ("robust", "seasonal"):
-        full = run_online(model, frame, config)
-        cut = run_online(model, frame.iloc[:720], config)
-        np.testing.assert_array_equal(full[:720], cut)
-        assert np.isnan(full[:50]).all() and not np.isnan(full[60:]).any()
+    full, full_raw, _ = replay("shipped", frame)
+    cut, cut_raw, _ = replay("shipped", frame.iloc[:720])
+    np.testing.assert_array_equal(full[:720], cut)
+    np.testing.assert_array_equal(full_raw[:720], cut_raw)
+    assert np.isnan(full[:10]).all() and not np.isnan(full[60:]).any()
+    assert full[700] > 1 and (full[701:711] > 1).all()  # caught at once, then held
+    assert (full[400:690] <= 1).all()
 
 
-def test_adapter_keeps_first_crossing_and_normalises_streams():
-    scores = np.array([0.0, 0.5, 3.0, 4.0, 3.5, 0.2, 0.1, 0.1])
-    assert alert_once(scores, 3).tolist() == [0.0, 0.5, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]
-    # a record over the recent maximum, in log units; ties and lower values are not records
-    record = record_score(np.array([1.0, 1.0, 3.0, 2.0]), window=10)
-    np.testing.assert_allclose(record, [np.log(2), 0.0, np.log(4) - np.log(2), np.log(3) - np.log(4)])
-    nab = to_nab(
-        [np.array([0.0, 9.0, 0.0]), np.array([0.0, 0.0, 99.0])],
-        OnlineConfig(suppress_rows=0, record_window=5),
-    )
-    assert nab[0] == 0 and 0 < nab[1] < nab[2] < 1
+def test_recalibrating_raw_scores_gives_the_published_scores(tmp_path):
+    data, _ = write_corpus(tmp_path)
+    frame = read_nab_file(data / "synthetic" / "jump.csv")
+    score, raw, fits = replay("shipped", frame)
+    assert fits[:3] == [50, 100, 200]
+    np.testing.assert_array_equal(recalibrate(raw, fits, SHIPPED["calibration"]), score)
+
+
+def test_rising_edges_and_the_nab_map():
+    score = np.array([np.nan, 0.5, 1.5, 3.0, 0.2, 1.0, 2.0, 2.0])
+    assert rising_edges(score).tolist() == [0, 0, 1, 0, 0, 0, 1, 0]
+    mapped = to_anomaly_score(score)
+    assert mapped[0] == 0 and (np.diff(mapped[1:4]) > 0).all() and (mapped < 1).all()
 
 
 @pytest.mark.slow
@@ -108,10 +117,11 @@ def test_bench_on_real_nab_files(tmp_path):
     done = run_bench(
         "--data", str(REAL_NAB / "data"), "--windows", str(REAL_NAB / "labels" / "combined_windows.json"),
         "--profiles", str(REAL_NAB / "profiles.json"), "--results", str(tmp_path),
-        "--files", "art_daily_jumpsup,ec2_cpu_utilization_825cc2", "--models", "robust",
+        "--files", "art_daily_jumpsup,ec2_cpu_utilization_825cc2", "--models", "shipped",
         "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    scores = json.loads((tmp_path / "r.json").read_text())["robust"]
-    assert scores["standard"]["tp"] + scores["standard"]["fn"] == 2
-    assert 0 <= scores["standard"]["normalized"] <= 100
+    scores = json.loads((tmp_path / "r.json").read_text())["shipped"]
+    for way in ("swept", "shipped_rule"):
+        assert scores[way]["standard"]["tp"] + scores[way]["standard"]["fn"] == 2
+        assert 0 <= scores[way]["standard"]["normalized"] <= 100

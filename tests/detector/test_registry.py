@@ -25,8 +25,9 @@ import pytest
 import requests
 import yaml
 
-from detector.config import RegistryConfig
-from detector.registry import Validation, gate, nab_score
+from detector.config import CalibrationConfig, RegistryConfig
+from detector.models import make_model
+from detector.registry import Validation, gate, nab_score, validate_models
 from tests.detector.conftest import DetectorProcess, detector_config
 from tests.harness import REPO, Prometheus, backfill, free_port, openmetrics, wait_http
 
@@ -55,7 +56,7 @@ def store(tmp_path_factory):
     config = detector_config(prometheus.url, root / "state", {
         "load": {"expr": "bw_load", "step": "60s", "fit_window": "12h", "fit_every": "1d",
                  "params": {"window": 120, "k": 5.0}},
-    }, registry={"enabled": True, "validation_fraction": 0.2, "promotion": {"tolerance": 0.02},
+    }, registry={"enabled": True, "validation_fraction": 0.2, "promotion": {"metric": "anomaly_rate", "tolerance": 0.02},
                  "incidents": {"load": [[_iso(end - 1800), _iso(end - 1200)]]}})
     path = root / "detector.yml"
     path.write_text(yaml.safe_dump(config))
@@ -230,7 +231,7 @@ def test_nab_score_rewards_an_early_detection_and_ignores_unlabelled_windows():
 
 
 def test_gate_rules():
-    settings = RegistryConfig(promotion={"tolerance": 0.01})
+    settings = RegistryConfig(promotion={"metric": "anomaly_rate", "tolerance": 0.01})
     good, bad = Validation(points=100, anomalies=1), Validation(points=100, anomalies=5)
     assert gate(good, None, settings, None, False, False)[0]
     assert gate(good, bad, settings, "1", False, False)[0]
@@ -242,6 +243,37 @@ def test_gate_rules():
     low, high = Validation(points=100, nab_score=40.0), Validation(points=100, nab_score=60.0)
     assert gate(high, low, nab, "1", False, False)[0]
     assert not gate(low, high, nab, "1", False, False)[0]
+
+
+def test_auto_validation_counts_calibrated_alerts():
+    """A noisy series crosses its band often; calibrated, as the service publishes it, it alerts rarely."""
+    idx = pd.date_range("2026-01-01", periods=8000, freq="min", tz="UTC")
+    rng = np.random.default_rng(4)
+    unit = pd.DataFrame({"value": 10 + rng.standard_t(2, 8000)}, index=idx)
+    key = (("instance", "a"),)
+    model = make_model("robust", {"window": 200, "k": 2.0}).fit(unit.iloc[:1000])
+    split = idx[1000].timestamp()
+    raw = validate_models({key: model}, {key: unit}, split, "both", 0.0)
+    calibrated = validate_models({key: model}, {key: unit}, split, "both", 0.0, calibration=CalibrationConfig())
+    assert raw.points == calibrated.points == 7000
+    assert raw.anomaly_rate > 0.05 and calibrated.anomaly_rate < raw.anomaly_rate / 2
+
+
+def test_auto_gate_does_not_reward_missing_incidents():
+    auto = RegistryConfig(promotion={"tolerance": 0.0})
+    assert auto.promotion.metric == "auto"
+    silent, calibrated = Validation(points=1000, anomalies=0), Validation(points=1000, anomalies=30)
+    flooding = Validation(points=1000, anomalies=300)
+    # no incidents labelled: the alert rate closest to the calibration target wins, not the lowest
+    promoted, reason = gate(calibrated, silent, auto, "1", False, False, target_rate=0.03)
+    assert promoted and "calibration target 0.03" in reason
+    assert not gate(silent, calibrated, auto, "1", False, False, target_rate=0.03)[0]
+    assert not gate(flooding, calibrated, auto, "1", False, False, target_rate=0.03)[0]
+    # incidents labelled in the window: their NAB score decides, whatever the rates
+    catches = Validation(points=1000, anomalies=300, nab_score=70.0)
+    misses = Validation(points=1000, anomalies=30, nab_score=10.0)
+    assert gate(catches, misses, auto, "1", False, False, target_rate=0.03)[0]
+    assert not gate(misses, catches, auto, "1", False, False, target_rate=0.03)[0]
 
 
 @pytest.mark.slow
