@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from boxwatch.log import kv
 from detector.config import CalibrationConfig, DetectorConfig, RegistryConfig
 from detector.feedback import false_positive_counts
 from detector.models import make_model
@@ -189,8 +190,8 @@ def fit_for_validation(bundle: ModelBundle, units: dict[SeriesKey, pd.DataFrame]
         try:
             models[key] = make_model(bundle.model_name, bundle.params).fit(train)
         except (ValueError, np.linalg.LinAlgError, ArithmeticError) as err:
-            log.warning("validation fit failed for a series", extra={"fields": {
-                "query": bundle.query, "labels": dict(key), "error": err}})
+            log.warning("validation fit failed for a series", extra=kv(
+                query=bundle.query, labels=dict(key), error=err))
     return models
 
 
@@ -399,8 +400,8 @@ class Registry:
                 self._refused[(name, version)] = str(err)
             if first:
                 STATS.reject("registry")
-                log.error("refusing a registered model version", extra={"fields": {
-                    "name": name, "version": version, "reason": str(err)}})
+                log.error("refusing a registered model version", extra=kv(
+                    name=name, version=version, reason=str(err)))
             bundle_file.unlink(missing_ok=True)
             raise RejectedModel(str(err)) from err
         bundle.version = version
@@ -617,9 +618,9 @@ class Registry:
         run_id, version = self.log_fit(bundle, metrics, tags)
         if promoted:
             self.set_champion(name, version, manual=False, reason=reason)
-        log.info("registered a fit", extra={"fields": {
-            "name": name, "version": version, "promoted": promoted, "reason": reason,
-            "seconds": round(time.perf_counter() - began, 3)}})
+        log.info("registered a fit", extra=kv(
+            name=name, version=version, promoted=promoted, reason=reason,
+            seconds=round(time.perf_counter() - began, 3)))
         decision = Decision(bundle.query, name, version, promoted, reason,
                             champion_mv.version if champion_mv else None, metrics, run_id)
         if promoted or champion is None or stale:
@@ -671,7 +672,7 @@ class RegistryHealth:
             self.errors += 1
             if self.up is not False:
                 log.error("model registry is unreachable; serving the models at hand",
-                          extra={"fields": {"during": what, "error": f"{type(err).__name__}: {err}"[:500]}})
+                          extra=kv(during=what, error=f"{type(err).__name__}: {err}"[:500]))
             self.up = False
 
 
@@ -792,7 +793,7 @@ class ChampionWatcher:
                 if detector.install_bundle(bundle):
                     self.store.save(bundle)
                     installed.append({"query": alias, "version": bundle.version})
-                    log.info("serving a new champion", extra={"fields": {"query": alias, "version": bundle.version}})
+                    log.info("serving a new champion", extra=kv(query=alias, version=bundle.version))
                 else:
                     errors.append(f"{alias}: champion v{bundle.version} was fitted for another configuration")
             self.health.ok()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from boxwatch.log import kv
 from detector.calibration import Calibration
 from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
 from detector.models import make_model, model_class
@@ -73,7 +74,7 @@ def build_units(
             unit = tuple(sorted(output_labels(dict(key)).items()))
             if unit in units:
                 log.warning("two series with the same labels once __name__ is dropped; keeping the first",
-                            extra={"fields": {"query": alias, "labels": dict(unit)}})
+                            extra=kv(query=alias, labels=dict(unit)))
                 continue
             if shard_of(unit, total) == index:
                 units[unit] = values.to_frame("value")
@@ -162,7 +163,7 @@ def fit_bundle(
             models[key] = make_model(name, params).fit(frame)
         except (ValueError, np.linalg.LinAlgError, ArithmeticError) as err:
             log.warning("fit failed for a series; the robust model scores it",
-                        extra={"fields": {"query": alias, "model": name, "labels": dict(key), "error": err}})
+                        extra=kv(query=alias, model=name, labels=dict(key), error=err))
     return ModelBundle(
         query=alias, model_name=name, models=models, params=params, config_hash=config.query_hash(alias),
         training_start=training_start, training_end=training_end, fitted_at=time.time(),
