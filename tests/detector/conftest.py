@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +125,31 @@ def detector_config(prometheus_url: str, state_dir: Path, queries: dict, **extra
         "state_dir": str(state_dir),
         **extra,
     }
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[tuple[str, Path]]:
+    """A real ``mlflow server`` on a loopback port (SQLite backend, artifacts proxied to ``root``):
+    yields its URL and the folder where it keeps artifacts; stopped with its workers at exit."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts = root / "server-artifacts"
+    log = open(root / "mlflow-server.log", "wb")  # noqa: SIM115 - closed below
+    # Its own session, so the stop reaches the server's workers too (uvicorn, job runners).
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 90, server)
+        yield f"http://127.0.0.1:{port}", artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

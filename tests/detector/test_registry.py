@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,8 +27,8 @@ import yaml
 from detector.config import CalibrationConfig, RegistryConfig
 from detector.models import make_model
 from detector.registry import Validation, gate, nab_score, validate_models
-from tests.detector.conftest import DetectorProcess, detector_config
-from tests.harness import REPO, Prometheus, backfill, free_port, openmetrics, wait_http
+from tests.detector.conftest import DetectorProcess, detector_config, mlflow_server
+from tests.harness import REPO, Prometheus, backfill, free_port, openmetrics
 
 STEP = 60
 NAME = "boxwatch.load.robust"
@@ -279,21 +278,10 @@ def test_auto_gate_does_not_reward_missing_incidents():
 @pytest.mark.slow
 def test_train_against_a_real_mlflow_server(store, tmp_path):
     """``registry.tracking_uri`` pointing at ``mlflow server``: runs, versions and artifacts live on the server."""
-    port = free_port()
-    artifacts = tmp_path / "server-artifacts"
-    log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 - closed below
-    # Its own session, so teardown stops the server's workers too (uvicorn, job runners).
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 90, server)
+    with mlflow_server(tmp_path / "mlflow") as (url, artifacts):
         config = json.loads(json.dumps(store["config"]))
         config["state_dir"] = str(tmp_path / "state")
-        config["registry"]["tracking_uri"] = f"http://127.0.0.1:{port}"
+        config["registry"]["tracking_uri"] = url
         path = tmp_path / "detector.yml"
         path.write_text(yaml.safe_dump(config))
         remote = {**store, "path": path}
@@ -303,14 +291,6 @@ def test_train_against_a_real_mlflow_server(store, tmp_path):
         assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [(NAME, "1", ["champion"])]
         assert list(artifacts.rglob("bundle.pkl")), "the bundle is stored by the server"
         assert not (tmp_path / "state" / "mlflow").exists()  # nothing in the embedded store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_config_checks_incident_windows_and_the_nab_rule():

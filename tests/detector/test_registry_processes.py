@@ -2,7 +2,7 @@
 
 One Prometheus with 12 h of six series per module. Every ``train``, ``promote`` and ``serve``
 is its own process, as cron and an operator run them; nothing is shared but the state dir (and,
-for the shards, one MLflow store and one signing key).
+for the shards, one MLflow server and one signing key).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from detector.store import ModelKey
-from tests.detector.conftest import DetectorProcess, detector_config
+from tests.detector.conftest import DetectorProcess, detector_config, mlflow_server
 from tests.harness import REPO, Prometheus, backfill, openmetrics
 
 STEP = 60
@@ -103,19 +103,16 @@ def _versions(detector: DetectorProcess) -> dict[str, str]:
     return {s.labels["query"]: s.labels["version"] for s in detector.samples("boxwatch_model_info")}
 
 
-def test_two_shards_against_one_store_keep_their_own_series_after_restarts(history, tmp_path):
+def test_two_shards_against_one_mlflow_server_keep_their_own_series_after_restarts(history, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     key = shared / "model.key"
     ModelKey(key).key()  # one key for both replicas, as a Kubernetes Secret would give them
-    registry = {"tracking_uri": f"sqlite:///{shared / 'mlflow.db'}",
-                "artifact_location": (shared / "artifacts").as_uri()}
-    # The shared store exists before the replicas start (as a server's would): two processes creating
-    # the same SQLite schema at once race in MLflow's migrations.
-    from detector.registry import import_mlflow
+    with mlflow_server(tmp_path / "mlflow") as (url, _):
+        _two_shards(history, tmp_path, key, {"tracking_uri": url})
 
-    import_mlflow().MlflowClient(tracking_uri=registry["tracking_uri"]).search_experiments()
 
+def _two_shards(history, tmp_path: Path, key: Path, registry: dict) -> None:
     def start(index: int) -> DetectorProcess:
         config = {**_config(history, tmp_path / f"state{index}", **registry), "model_key_file": str(key)}
         return DetectorProcess(tmp_path / f"shard{index}", config, ("--shard", f"{index}/2"))
