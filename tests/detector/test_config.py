@@ -40,35 +40,45 @@ def test_example_config_is_valid_and_watches_the_contract_metrics():
     assert "valid configuration" in result.stdout
 
 
+# A config with one problem per key; what validate-config must say of each (the in-process twin of
+# this test, tests/detector/test_config_unit.py, checks the same output).
+BROKEN = {
+    "schema_version": 2,
+    "reader": {"url": "ftp://prometheus", "timeout": "5 minutes", "surprise": 1},
+    "queries": {
+        "a": {"expr": "", "step": "0s", "model": "nosuch"},
+        "b": {"expr": "up", "params": {"windw": 3}, "direction": "sideways"},
+    },
+}
+BROKEN_PROBLEMS = {
+    "schema_version": "Input should be 1",
+    "reader.url": "http:// or https://",
+    "reader.timeout": "expected a duration",
+    "reader.surprise": "unknown key",
+    "queries.a.expr": "at least 1 character",
+    "queries.a.step": "duration must be positive",
+    "queries.a.model": "unknown model 'nosuch'",
+    "queries.b.params": "unknown parameter(s) windw",
+    "queries.b.direction": "'both', 'above' or 'below'",
+}
+
+
+def assert_lists_every_problem(stderr: str, path) -> None:
+    """validate-config's report of BROKEN: one line per problem, with file, key and reason."""
+    lines = [line.strip() for line in stderr.splitlines()[1:]]
+    for key, reason in BROKEN_PROBLEMS.items():
+        matching = [line for line in lines if line.startswith(f"{path}: {key}: ")]
+        assert matching, f"no problem reported for {key}:\n{stderr}"
+        assert reason in matching[0]
+    assert len(lines) == len(BROKEN_PROBLEMS), stderr
+
+
 @pytest.mark.slow
 def test_every_problem_is_listed_with_file_key_and_reason(tmp_path):
-    path = write(tmp_path, {
-        "schema_version": 2,
-        "reader": {"url": "ftp://prometheus", "timeout": "5 minutes", "surprise": 1},
-        "queries": {
-            "a": {"expr": "", "step": "0s", "model": "nosuch"},
-            "b": {"expr": "up", "params": {"windw": 3}, "direction": "sideways"},
-        },
-    })
+    path = write(tmp_path, BROKEN)
     result = run_cli("validate-config", str(path))
     assert result.returncode == 1
-    lines = [line.strip() for line in result.stderr.splitlines()[1:]]
-    expected = {
-        "schema_version": "Input should be 1",
-        "reader.url": "http:// or https://",
-        "reader.timeout": "expected a duration",
-        "reader.surprise": "unknown key",
-        "queries.a.expr": "at least 1 character",
-        "queries.a.step": "duration must be positive",
-        "queries.a.model": "unknown model 'nosuch'",
-        "queries.b.params": "unknown parameter(s) windw",
-        "queries.b.direction": "'both', 'above' or 'below'",
-    }
-    for key, reason in expected.items():
-        matching = [line for line in lines if line.startswith(f"{path}: {key}: ")]
-        assert matching, f"no problem reported for {key}:\n{result.stderr}"
-        assert reason in matching[0]
-    assert len(lines) == len(expected), result.stderr
+    assert_lists_every_problem(result.stderr, path)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from detector import cli
-from tests.detector.test_config import EXAMPLE, write
+from tests.detector.test_config import BROKEN, EXAMPLE, assert_lists_every_problem, write
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -30,33 +30,10 @@ def test_the_example_config_is_valid(capsys, monkeypatch):
 
 
 def test_every_problem_is_listed_with_file_key_and_reason(capsys, tmp_path):
-    path = write(tmp_path, {
-        "schema_version": 2,
-        "reader": {"url": "ftp://prometheus", "timeout": "5 minutes", "surprise": 1},
-        "queries": {
-            "a": {"expr": "", "step": "0s", "model": "nosuch"},
-            "b": {"expr": "up", "params": {"windw": 3}, "direction": "sideways"},
-        },
-    })
+    path = write(tmp_path, BROKEN)
     code, _, err = run(capsys, "validate-config", str(path))
     assert code == 1
-    lines = [line.strip() for line in err.splitlines()[1:]]
-    expected = {
-        "schema_version": "Input should be 1",
-        "reader.url": "http:// or https://",
-        "reader.timeout": "expected a duration",
-        "reader.surprise": "unknown key",
-        "queries.a.expr": "at least 1 character",
-        "queries.a.step": "duration must be positive",
-        "queries.a.model": "unknown model 'nosuch'",
-        "queries.b.params": "unknown parameter(s) windw",
-        "queries.b.direction": "'both', 'above' or 'below'",
-    }
-    for key, reason in expected.items():
-        matching = [line for line in lines if line.startswith(f"{path}: {key}: ")]
-        assert matching, f"no problem reported for {key}:\n{err}"
-        assert reason in matching[0]
-    assert len(lines) == len(expected), err
+    assert_lists_every_problem(err, path)
 
 
 def test_a_bad_override_names_the_environment_variable_or_the_flag(capsys, monkeypatch, tmp_path):
