@@ -34,9 +34,9 @@ class Threshold:
     margin: float | None = None
 
 
-def job_selector(*components: str) -> str:
-    """A ``job`` matcher for the boxwatch components named (keys of boxwatch.jobs.JOBS)."""
-    names = [JOBS[c] for c in components]
+def job_selector(jobs: dict[str, str], *components: str) -> str:
+    """A ``job`` matcher for the components named (keys of boxwatch.jobs.JOBS)."""
+    names = [jobs[c] for c in components]
     return f'job="{names[0]}"' if len(names) == 1 else f'job=~"{"|".join(names)}"'
 
 
@@ -45,7 +45,7 @@ ERROR_PRIORITIES = 'priority=~"emerg|alert|crit|err"'
 FILESYSTEMS = 'fstype!~"tmpfs|ramfs|squashfs"'  # pseudo filesystems are never "filling up"
 
 
-def _alerts() -> dict[str, dict[str, Threshold]]:
+def default_alerts(jobs: dict[str, str], fatal_xids: str = FATAL_XIDS) -> dict[str, dict[str, Threshold]]:
     t = Threshold
     return {
         "AnomalyScoreHigh": {
@@ -53,7 +53,7 @@ def _alerts() -> dict[str, dict[str, Threshold]]:
             "critical": t(2, "15m", "twice the band away, for a quarter of an hour"),
         },
         "BoxwatchDetectorDown": {
-            "critical": t(0, "5m", "no anomaly detection at all", selector=job_selector("detector")),
+            "critical": t(0, "5m", "no anomaly detection at all", selector=job_selector(jobs, "detector")),
         },
         "BoxwatchDetectorPrometheusUnreachable": {
             "critical": t(0, "5m", "scores are stale: the detector is blind"),
@@ -92,7 +92,7 @@ def _alerts() -> dict[str, dict[str, Threshold]]:
             "warning": t(0, "10m", "reopens are retried; 10 minutes without the journal is not a blip"),
         },
         "BoxwatchExporterDown": {
-            "warning": t(0, "5m", selector=job_selector("gpu", "containers", "journald")),
+            "warning": t(0, "5m", selector=job_selector(jobs, "gpu", "containers", "journald")),
         },
         "BoxwatchCollectorFailing": {
             "warning": t(0, "10m"),
@@ -118,8 +118,8 @@ def _alerts() -> dict[str, dict[str, Threshold]]:
             "critical": t(90, "2m", "a few degrees from slowdown (~90-93 C on Ampere)", margin=3),
         },
         "GpuXidErrors": {
-            "warning": t(0, "0s", selector=f'xid!~"{FATAL_XIDS}"'),
-            "critical": t(0, "0s", selector=f'xid=~"{FATAL_XIDS}"'),
+            "warning": t(0, "0s", selector=f'xid!~"{fatal_xids}"'),
+            "critical": t(0, "0s", selector=f'xid=~"{fatal_xids}"'),
         },
         "GpuPcieLinkDegraded": {
             "warning": t(1, "30m", "any width under the maximum for half an hour (the width, unlike the "
@@ -180,10 +180,17 @@ def _alerts() -> dict[str, dict[str, Threshold]]:
 
 @dataclass(frozen=True)
 class Config:
+    """What the rules and dashboards are built from. ``alerts`` defaults to :func:`default_alerts`
+    of ``jobs`` and ``fatal_xids``: the ``up`` alerts select the jobs named here."""
+
     jobs: dict[str, str] = field(default_factory=lambda: dict(JOBS))
     runbook_base_url: str = "https://github.com/boxwatch/boxwatch/blob/main/docs/runbooks/"
     fatal_xids: str = FATAL_XIDS
-    alerts: dict[str, dict[str, Threshold]] = field(default_factory=_alerts)
+    alerts: dict[str, dict[str, Threshold]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.alerts:
+            object.__setattr__(self, "alerts", default_alerts(self.jobs, self.fatal_xids))
 
     def alert(self, name: str, severity: str) -> Threshold:
         return self.alerts[name][severity]
