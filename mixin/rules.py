@@ -21,6 +21,10 @@ class RuleFile:
     name: str
     header: str
     groups: list[dict]
+    title: str = ""  # of its table in docs/alerts.md
+
+    def alerts(self) -> list[dict]:
+        return [rule for group in self.groups for rule in group["rules"] if "alert" in rule]
 
 
 # ----------------------------------------------------------------------------- wording
@@ -194,7 +198,7 @@ def anomaly(cfg: Config) -> RuleFile:
     return RuleFile("anomaly", "Alerts on the detector's anomaly scores and on the detector itself.", [
         {"name": "boxwatch-anomaly.alerts", "rules": scores},
         {"name": "boxwatch-detector.alerts", "rules": detector},
-    ])
+    ], title="Anomaly scores and the detector")
 
 
 # ----------------------------------------------------------------------------- exporters.yml
@@ -222,7 +226,7 @@ def exporters(cfg: Config) -> RuleFile:
               "exporter itself still answers."),
     ]
     return RuleFile("exporters", "Alerts on boxwatch's own exporters (self-monitoring).",
-                    [{"name": "boxwatch-exporters.alerts", "rules": rules}])
+                    [{"name": "boxwatch-exporters.alerts", "rules": rules}], title="boxwatch exporters (self-monitoring)")
 
 
 # ----------------------------------------------------------------------------- gpu.yml
@@ -337,7 +341,7 @@ def gpu(cfg: Config) -> RuleFile:
     return RuleFile("gpu", "Alerts on raw GPU signals: they need no model.\n"
                            "GPU identity on every alert: instance, gpu (index), uuid, name. Alertmanager inhibits a "
                            "GPU's\nother alerts while GpuLost fires for it (equal: instance, gpu).",
-                    [{"name": "boxwatch-gpu.alerts", "rules": rules}])
+                    [{"name": "boxwatch-gpu.alerts", "rules": rules}], title="GPU (raw signals, no model)")
 
 
 # ----------------------------------------------------------------------------- containers.yml
@@ -383,7 +387,7 @@ def containers(cfg: Config) -> RuleFile:
     ]
     return RuleFile("containers", "Alerts on raw container signals.\n"
                                   "Container identity on every alert: instance, name, compose_service.",
-                    [{"name": "boxwatch-containers.alerts", "rules": rules}])
+                    [{"name": "boxwatch-containers.alerts", "rules": rules}], title="Containers (raw signals)")
 
 
 # ----------------------------------------------------------------------------- journal.yml
@@ -415,7 +419,7 @@ def journal(cfg: Config) -> RuleFile:
     ]
     return RuleFile("journal", 'Alerts on the systemd journal\'s counts.\n'
                                'Unit identity on every alert: instance, unit ("kernel" for kernel messages).',
-                    [{"name": "boxwatch-journal.alerts", "rules": rules}])
+                    [{"name": "boxwatch-journal.alerts", "rules": rules}], title="Journal (raw signals)")
 
 
 # ----------------------------------------------------------------------------- host.yml
@@ -511,7 +515,7 @@ def host(cfg: Config) -> RuleFile:
                             "any\nnode_exporter your Prometheus scrapes (kube-prometheus' included) feeds them.", [
         {"name": "boxwatch-host.recording", "rules": recording},
         {"name": "boxwatch-host.alerts", "rules": alerts},
-    ])
+    ], title="Host (node_exporter)")
 
 
 # ----------------------------------------------------------------------------- recording.yml

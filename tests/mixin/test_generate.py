@@ -38,8 +38,16 @@ def test_committed_files_are_current():
 def test_check_reports_a_stale_file(capsys):
     changed = CONFIG.with_threshold("ContainerUnhealthy", "warning", for_="7m")
     stale = generate.stale(changed)
-    assert set(stale) == {generate.RULES_DIR / "containers.yml", generate.THRESHOLDS}
+    assert set(stale) == {generate.RULES_DIR / "containers.yml", generate.THRESHOLDS, generate.ALERTS_DOC}
     assert "+        for: 7m" in stale[generate.RULES_DIR / "containers.yml"]
+    assert "| warning | `max without (image, status)" in stale[generate.ALERTS_DOC]
+
+
+def test_the_alerts_doc_needs_its_markers(tmp_path):
+    document = generate.ALERTS_DOC.read_text()
+    assert generate.splice(document, "x\n", tmp_path / "a.md").count("x\n") >= 1
+    with pytest.raises(ValueError, match="marker"):
+        generate.splice(document.replace(generate.END, ""), "x\n", tmp_path / "a.md")
 
 
 def test_check_reports_a_file_it_does_not_generate(tmp_path, monkeypatch):
