@@ -43,6 +43,14 @@ def test_check_reports_a_stale_file(capsys):
     assert "| warning | `max without (image, status)" in stale[generate.ALERTS_DOC]
 
 
+def test_a_threshold_change_reaches_every_file_that_shows_it():
+    changed = CONFIG.with_threshold("JournalErrorBurst", "warning", threshold=0.5)
+    assert set(generate.stale(changed)) == {
+        generate.RULES_DIR / "journal.yml", generate.THRESHOLDS, generate.ALERTS_DOC,
+        generate.DASHBOARDS_DIR / "journal.json", generate.DASHBOARDS_DOC}
+    assert "(0.5/s and 1/s)" in generate.stale(changed)[generate.DASHBOARDS_DOC]
+
+
 def test_the_alerts_doc_needs_its_markers(tmp_path):
     document = generate.ALERTS_DOC.read_text()
     assert generate.splice(document, "x\n", tmp_path / "a.md").count("x\n") >= 1
