@@ -38,7 +38,7 @@ from boxwatch.files import atomic_path
 from boxwatch.log import kv
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
-from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, write_state_file
+from detector.store import STATS, FitSink, ModelBundle, ModelKey, UntrustedModel, write_state_file
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -147,7 +147,7 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ references
 
-    def wrap_sink(self, inner: FitSink, _store: LocalStore) -> FitSink:
+    def wrap_sink(self, inner: FitSink) -> FitSink:
         """Keep a sample of the training data of every bundle that goes on to serve."""
 
         def sink(bundle: ModelBundle) -> ModelBundle:
@@ -310,47 +310,44 @@ class DriftCollector:
         yield checked
 
 
-def extension(config: DetectorConfig):
-    """Drift's part of ``serve`` (see :mod:`detector.extensions`); ``None`` when disabled."""
-    if not config.drift.enabled:
-        return None
+OPENAPI_PATHS: dict[str, Any] = {
+    "/reports/drift/{query}/{model}": {"get": {
+        "summary": "The last Evidently drift report of a query and model (HTML).",
+        "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                       for n in ("query", "model")],
+        "responses": {"200": {"description": "HTML report.", "content": {"text/html": {}}},
+                      "404": {"description": "No report yet (JSON error)."}}}},
+    "/api/v1/drift": {"get": {
+        "summary": "Results of the last drift check per query: scores per feature, verdicts, report link.",
+        "responses": {"200": {"description": "Drift results."}}}},
+    "/api/v1/drift/check": {"post": {
+        "summary": "Run the drift checks now (as the schedule would) and return their results.",
+        "responses": {"200": {"description": "Drift results."}, "503": {"description": "Not started."}}}},
+}
+"""The routes of :func:`blueprint`, for the app's OpenAPI document."""
+
+
+def blueprint(monitor: DriftMonitor):
+    """``/reports/drift/<query>/<model>``, ``GET /api/v1/drift`` and ``POST /api/v1/drift/check``."""
     from flask import Blueprint, jsonify, send_file
 
-    from detector.extensions import Extension
+    routes = Blueprint("drift", __name__)
 
-    monitor = DriftMonitor(config)
-    blueprint = Blueprint("drift", __name__)
-
-    @blueprint.get("/reports/drift/<query>/<model>")
+    @routes.get("/reports/drift/<query>/<model>")
     def drift_report(query: str, model: str):
-        path = report_path(config.state_dir, query, model)
+        path = report_path(monitor.config.state_dir, query, model)
         if not path.exists():
             return jsonify({"status": "error", "error": f"no drift report for query {query!r} and model {model!r} yet"}), 404
         return send_file(path.resolve(), mimetype="text/html", max_age=0)
 
-    @blueprint.get("/api/v1/drift")
+    @routes.get("/api/v1/drift")
     def drift_results():
         return jsonify({"status": "success", "results": [r.as_dict() for r in monitor.snapshot()]})
 
-    @blueprint.post("/api/v1/drift/check")
+    @routes.post("/api/v1/drift/check")
     def drift_check():
         if monitor.detector is None:
             return jsonify({"status": "error", "error": "not started"}), 503
         return jsonify({"status": "success", "results": [r.as_dict() for r in monitor.check_all()]})
 
-    from detector.api import OPENAPI
-
-    OPENAPI["paths"].setdefault("/reports/drift/{query}/{model}", {"get": {
-        "summary": "The last Evidently drift report of a query and model (HTML).",
-        "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                       for n in ("query", "model")],
-        "responses": {"200": {"description": "HTML report.", "content": {"text/html": {}}},
-                      "404": {"description": "No report yet (JSON error)."}}}})
-    OPENAPI["paths"].setdefault("/api/v1/drift", {"get": {
-        "summary": "Results of the last drift check per query: scores per feature, verdicts, report link.",
-        "responses": {"200": {"description": "Drift results."}}}})
-    OPENAPI["paths"].setdefault("/api/v1/drift/check", {"post": {
-        "summary": "Run the drift checks now (as the schedule would) and return their results.",
-        "responses": {"200": {"description": "Drift results."}, "503": {"description": "Not started."}}}})
-    return Extension(name="drift", wrap_fit_sink=monitor.wrap_sink, collectors=[DriftCollector(monitor)],
-                     blueprints=[blueprint], start=monitor.start, stop=monitor.stop)
+    return routes

@@ -810,35 +810,25 @@ class ChampionWatcher:
         return self.registry.load_version(name, mv.version)
 
 
-def extension(config: DetectorConfig):
-    """The registry's part of ``serve`` (see :mod:`detector.extensions`); ``None`` when disabled."""
-    if not config.registry.enabled:
-        return None
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v1/models/reload": {"post": {
+        "summary": "Check the registry now and serve each query's champion if the alias moved.",
+        "responses": {"200": {"description": "The versions installed ({query, version}) and any errors."},
+                      "503": {"description": "The model registry is unreachable; the served models are kept."}}}},
+}
+"""The routes of :func:`blueprint`, for the app's OpenAPI document."""
+
+
+def blueprint(watcher: ChampionWatcher):
+    """``POST /api/v1/models/reload``: check the registry now."""
     from flask import Blueprint, jsonify
 
-    from detector.extensions import Extension
+    routes = Blueprint("registry", __name__)
 
-    registry = Registry(config)
-    health = RegistryHealth()
-    store = LocalStore(config.state_dir, config.model_key_file)
-    watcher = ChampionWatcher(registry, store, health)
-    blueprint = Blueprint("registry", __name__)
-
-    @blueprint.post("/api/v1/models/reload")
+    @routes.post("/api/v1/models/reload")
     def reload_models():
         result = watcher.sync()
         status = 200 if "error" not in result else 503
         return jsonify({"status": "success" if status == 200 else "error", **result}), status
 
-    def wrap(sink: FitSink, local: LocalStore) -> FitSink:
-        return RegistrySink(registry, sink, local, health)
-
-    from detector.api import OPENAPI
-
-    OPENAPI["paths"].setdefault("/api/v1/models/reload", {"post": {
-        "summary": "Check the registry now and serve each query's champion if the alias moved.",
-        "responses": {"200": {"description": "The versions installed ({query, version}) and any errors."},
-                      "503": {"description": "The model registry is unreachable; the served models are kept."}}}})
-
-    return Extension(name="registry", wrap_fit_sink=wrap, collectors=[RegistryCollector(health)],
-                     blueprints=[blueprint], start=watcher.start, stop=watcher.stop)
+    return routes

@@ -154,3 +154,32 @@ def test_reload_applies_a_good_config_keeps_a_bad_one_and_can_switch_mutations_o
     switched_off = client.post("/-/reload")
     assert switched_off.status_code == 403 and "api.mutations" in switched_off.get_json()["error"]
     assert client.post("/api/v1/score", json=GOOD).status_code == 200  # scoring changes nothing: still served
+
+
+def test_attached_routes_are_served_and_documented_on_their_app_only(service, tmp_path):
+    """What ``serve`` attaches (the registry's and drift's routes) is in that app's OpenAPI document and
+    url map, and in no other app's: the document is the app's, not a module global."""
+    from detector import drift, registry
+    from detector.api import add_routes
+    from detector.store import LocalStore
+
+    detector = service[0]
+    config = detector.config
+    store = LocalStore(config.state_dir, config.model_key_file)
+    monitor = drift.DriftMonitor(config)
+    app = create_app(detector, build_registry(detector))
+    add_routes(app, registry.blueprint(registry.ChampionWatcher(registry.Registry(config), store,
+                                                                registry.RegistryHealth())), registry.OPENAPI_PATHS)
+    add_routes(app, drift.blueprint(monitor), drift.OPENAPI_PATHS)
+    plain = create_app(detector, build_registry(detector)).test_client().get("/api/v1/openapi.json").get_json()
+    document = app.test_client().get("/api/v1/openapi.json").get_json()
+
+    def routes(flask_app) -> set[str]:
+        return {rule.rule.replace("<", "{").replace(">", "}") for rule in flask_app.url_map.iter_rules()
+                if rule.endpoint not in ("static", "index")}
+
+    attached = {"/api/v1/models/reload", "/reports/drift/{query}/{model}", "/api/v1/drift", "/api/v1/drift/check"}
+    assert set(document["paths"]) == routes(app) == set(plain["paths"]) | attached
+    assert not attached & set(plain["paths"])
+    assert app.test_client().post("/api/v1/drift/check").status_code == 503  # the monitor is not started
+    assert app.test_client().post("/api/v1/models/reload").get_json()["error"] == "not started"
