@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     from detector.api import add_routes, create_app
     from detector.metrics import build_registry
     from detector.service import Detector
-    from detector.store import LocalStore
+    from detector.store import FitSink, LocalStore
 
     setup_logging(args.log_level, args.log_format)
     config = load_or_report(args)
@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
         return 1
     store = LocalStore(config.state_dir, config.model_key_file)
-    sink = store.save
+    sink: FitSink = store.save_fit
     collectors: list[object] = []
     routes: list[tuple[Any, dict[str, Any]]] = []
     watcher = monitor = None
@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         model_registry, health = registry.Registry(config, args.shard), registry.RegistryHealth()
         watcher = registry.ChampionWatcher(model_registry, store, health)
-        sink = registry.RegistrySink(model_registry, sink, store, health)
+        sink = registry.RegistrySink(model_registry, store, health)
         collectors.append(registry.RegistryCollector(health))
         routes.append((registry.blueprint(watcher), registry.OPENAPI_PATHS))
     if config.drift.enabled:  # outermost: keeps the training data of whatever fit goes on to serve

@@ -38,7 +38,7 @@ from boxwatch.files import atomic_path
 from boxwatch.log import kv
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
-from detector.store import STATS, FitSink, ModelBundle, ModelKey, UntrustedModel, write_state_file
+from detector.store import STATS, FitResult, FitSink, ModelBundle, ModelKey, UntrustedModel, write_state_file
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -148,13 +148,12 @@ class DriftMonitor:
     # ------------------------------------------------------------------ references
 
     def wrap_sink(self, inner: FitSink) -> FitSink:
-        """Keep a sample of the training data of every bundle that goes on to serve."""
+        """Keep a sample of the training data of every fit that goes on to serve."""
 
-        def sink(bundle: ModelBundle) -> ModelBundle:
-            units = bundle.training_units
-            served = inner(bundle)
-            if units and served is bundle:
-                self.save_reference(bundle, units)
+        def sink(result: FitResult) -> ModelBundle:
+            served = inner(result)
+            if result.units and result.same_fit(served):
+                self.save_reference(served, result.units)
             return served
 
         return sink
@@ -189,21 +188,12 @@ class DriftMonitor:
         frame = self._read(alias, start, end)
         return None if frame is None else sample(frame, self.settings.reference_max_points)
 
-    def _read(self, alias: str, start: float, end: float) -> pd.DataFrame | None:
-        from detector.reader import PrometheusReader, align
-        from detector.scoring import build_units, is_multivariate
+    def _read(self, alias: str, start: float, end: float) -> pd.DataFrame:
+        """The features of ``alias`` from ``start`` to ``end``, read as the service reads its units."""
+        from detector.scoring import is_multivariate
 
         detector = self.detector
-        config = detector.config
-        query = config.queries[alias]
-        reader = PrometheusReader(config.reader)
-        try:
-            lead = query.step if query.counter else 0.0
-            raw = reader.query_range(query.expr, align(start, query.step) - lead, align(end, query.step), query.step)
-        finally:
-            reader.close()
-        multivariate = is_multivariate(config, alias)
-        return features(build_units(query, multivariate, raw, detector.shard, alias), multivariate)
+        return features(detector.read_units(alias, start, end), is_multivariate(detector.config, alias))
 
     # ------------------------------------------------------------------ checks
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,7 @@ from detector.feedback import false_positive_counts
 from detector.models import make_model
 from detector.reader import SeriesKey
 from detector.scoring import score_online
-from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, check_owner
+from detector.store import STATS, FitResult, LocalStore, ModelBundle, ModelKey, UntrustedModel, check_owner
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -143,7 +144,7 @@ def split_point(bundle: ModelBundle, step: float, settings: RegistryConfig) -> f
 
 def validate_models(
     models: dict[SeriesKey, Any],
-    units: dict[SeriesKey, pd.DataFrame],
+    units: Mapping[SeriesKey, pd.DataFrame],
     split: float,
     direction: str,
     min_deviation: float,
@@ -176,7 +177,7 @@ def validate_models(
     return result
 
 
-def fit_for_validation(bundle: ModelBundle, units: dict[SeriesKey, pd.DataFrame], split: float) -> dict:
+def fit_for_validation(bundle: ModelBundle, units: Mapping[SeriesKey, pd.DataFrame], split: float) -> dict:
     """The candidate's recipe fitted on the training part only, so its validation is out of sample."""
     cut = pd.Timestamp(split, unit="s", tz="UTC")
     models = {}
@@ -573,9 +574,10 @@ class Registry:
 
     # ------------------------------------------------------------------ the gate
 
-    def register_fit(self, bundle: ModelBundle, units: dict[SeriesKey, pd.DataFrame] | None) -> tuple[
-            Decision, ModelBundle]:
-        """Validate, log and register ``bundle``, promote it if it passes; return the decision and what serves."""
+    def register_fit(self, result: FitResult) -> tuple[Decision, ModelBundle]:
+        """Validate, log and register the fit, promote it if it passes; return the decision and what serves
+        (the fit, now versioned, or the champion it did not replace)."""
+        bundle, units = result.bundle, result.units
         query = self.config.queries[bundle.query]
         name = registered_name(bundle.query, bundle.model_name, bundle.shard)
         self.ensure_model(name)
@@ -624,8 +626,7 @@ class Registry:
         decision = Decision(bundle.query, name, version, promoted, reason,
                             champion_mv.version if champion_mv else None, metrics, run_id)
         if promoted or champion is None or stale:
-            bundle.version = version
-            return decision, bundle
+            return decision, dataclasses.replace(bundle, version=version)
         return decision, champion
 
     def _incidents(self, alias: str) -> list[tuple[float, float]] | None:
@@ -694,35 +695,33 @@ class RegistryCollector:
 
 
 class RegistrySink:
-    """The fit hook: register and gate every fit; serve what the gate says, cache it locally.
+    """The fit hook: register and gate every fit; serve what the gate says, saved in the local store.
 
     When the registry is unreachable the query keeps the bundle it serves (the local cache);
     only a query with nothing to serve gets the fresh fit, unversioned.
     """
 
-    def __init__(self, registry: Registry, inner: FitSink, store: LocalStore, health: RegistryHealth,
-                 on_decision: Callable[[Decision], None] | None = None):
+    def __init__(self, registry: Registry, store: LocalStore, health: RegistryHealth):
         self.registry = registry
-        self.inner = inner
         self.store = store
         self.health = health
-        self.on_decision = on_decision
-        self.decisions: list[Decision] = []
 
-    def __call__(self, bundle: ModelBundle) -> ModelBundle:
+    def __call__(self, result: FitResult) -> ModelBundle:
+        return self.register(result)[1]
+
+    def register(self, result: FitResult) -> tuple[Decision | None, ModelBundle]:
+        """The gate's decision on the fit (``None`` when the registry failed) and the bundle to serve."""
+        bundle = result.bundle
         try:
-            decision, served = self.registry.register_fit(bundle, bundle.training_units)
+            decision, served = self.registry.register_fit(result)
         except registry_errors() as err:
             self.health.failed("register fit", err)
             cached = self.store.load(bundle.query)
             if cached is not None and cached.config_hash == bundle.config_hash:
-                return cached
-            return self.inner(bundle)
+                return None, cached
+            return None, self.store.save(bundle)
         self.health.ok()
-        self.decisions.append(decision)
-        if self.on_decision is not None:
-            self.on_decision(decision)
-        return self.inner(served)
+        return decision, self.store.save(served)
 
 
 class ChampionWatcher:
