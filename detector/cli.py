@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from boxwatch import __version__
@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     store = LocalStore(config.state_dir, config.model_key_file)
     sink: FitSink = store.save_fit
-    collectors: list[object] = []
+    families: list[Callable[[], Iterable[Any]]] = []  # extra /metrics families
     routes: list[tuple[Any, dict[str, Any]]] = []
     watcher = monitor = None
     if config.registry.enabled:  # every fit is gated by the registry; its champion serves
@@ -85,18 +85,18 @@ def _serve(args: argparse.Namespace) -> int:
         model_registry, health = registry.Registry(config, args.shard), registry.RegistryHealth()
         watcher = registry.ChampionWatcher(model_registry, store, health)
         sink = registry.RegistrySink(model_registry, store, health)
-        collectors.append(registry.RegistryCollector(health))
+        families.append(lambda: registry.registry_families(health))
         routes.append((registry.blueprint(watcher), registry.OPENAPI_PATHS))
     if config.drift.enabled:  # outermost: keeps the training data of whatever fit goes on to serve
         from detector import drift
 
         monitor = drift.DriftMonitor(config)
         sink = monitor.wrap_sink(sink)
-        collectors.append(drift.DriftCollector(monitor))
+        families.append(lambda: drift.drift_families(monitor))
         routes.append((drift.blueprint(monitor), drift.OPENAPI_PATHS))
     web_config = load_web_config(config.server.web_config_file)  # checked with the configuration
     detector = Detector(config, args.config, overrides_from(args), args.shard, sink, store.load)
-    app = create_app(detector, build_registry(detector, collectors))
+    app = create_app(detector, build_registry(detector, families))
     for blueprint, paths in routes:
         add_routes(app, blueprint, paths)
     try:

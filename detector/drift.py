@@ -270,34 +270,28 @@ class DriftMonitor:
             return list(self.results.values())
 
 
-class DriftCollector:
-    def __init__(self, monitor: DriftMonitor):
-        self._monitor = monitor
+def drift_families(monitor: DriftMonitor):
+    """``boxwatch_drift_score``, ``boxwatch_drift_detected`` and the last check's time, for ``/metrics``."""
+    from prometheus_client.core import GaugeMetricFamily
 
-    def describe(self) -> list:
-        return []
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        results = self._monitor.snapshot()
-        score = GaugeMetricFamily("boxwatch_drift_score",
-                                  "Drift statistic of a model input, training window vs recent window "
-                                  "(a p-value for ks, a distance for wasserstein/psi/...).",
-                                  labels=["query", "model", "feature"])
-        detected = GaugeMetricFamily("boxwatch_drift_detected", "1 if any input of the model drifted at the last check.",
-                                     labels=["query", "model"])
-        checked = GaugeMetricFamily("boxwatch_drift_last_check_timestamp_seconds",
-                                    "Unix time of the last drift check.", labels=["query", "model"])
-        for result in sorted(results, key=lambda r: r.query):
-            for feature, value in sorted(result.scores.items()):
-                if not math.isnan(value):
-                    score.add_metric([result.query, result.model, feature], value)
-            detected.add_metric([result.query, result.model], float(result.detected))
-            checked.add_metric([result.query, result.model], result.checked_at)
-        yield score
-        yield detected
-        yield checked
+    results = monitor.snapshot()
+    score = GaugeMetricFamily("boxwatch_drift_score",
+                              "Drift statistic of a model input, training window vs recent window "
+                              "(a p-value for ks, a distance for wasserstein/psi/...).",
+                              labels=["query", "model", "feature"])
+    detected = GaugeMetricFamily("boxwatch_drift_detected", "1 if any input of the model drifted at the last check.",
+                                 labels=["query", "model"])
+    checked = GaugeMetricFamily("boxwatch_drift_last_check_timestamp_seconds",
+                                "Unix time of the last drift check.", labels=["query", "model"])
+    for result in sorted(results, key=lambda r: r.query):
+        for feature, value in sorted(result.scores.items()):
+            if not math.isnan(value):
+                score.add_metric([result.query, result.model, feature], value)
+        detected.add_metric([result.query, result.model], float(result.detected))
+        checked.add_metric([result.query, result.model], result.checked_at)
+    yield score
+    yield detected
+    yield checked
 
 
 OPENAPI_PATHS: dict[str, Any] = {

@@ -37,11 +37,11 @@ from detector.registry.mlflow_store import (
     registered_name,
     registry_errors,
 )
-from detector.registry.serving import ChampionWatcher, RegistryCollector, RegistryHealth, RegistrySink
+from detector.registry.serving import ChampionWatcher, RegistryHealth, RegistrySink, registry_families
 
 __all__ = [
-    "CHAMPION", "OPENAPI_PATHS", "PREVIOUS", "ChampionWatcher", "Decision", "Registry", "RegistryCollector",
-    "RegistryHealth", "RegistrySink", "RegistryUnavailable", "RejectedModel", "Validation", "VersionRef",
-    "blueprint", "default_tracking_uri", "fit_for_validation", "gate", "import_mlflow", "nab_score",
-    "register_fit", "registered_name", "registry_errors", "split_point", "validate_models",
+    "CHAMPION", "OPENAPI_PATHS", "PREVIOUS", "ChampionWatcher", "Decision", "Registry", "RegistryHealth",
+    "RegistrySink", "RegistryUnavailable", "RejectedModel", "Validation", "VersionRef", "blueprint",
+    "default_tracking_uri", "fit_for_validation", "gate", "import_mlflow", "nab_score", "register_fit",
+    "registered_name", "registry_errors", "registry_families", "split_point", "validate_models",
 ]

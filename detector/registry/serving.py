@@ -44,21 +44,15 @@ class RegistryHealth:
             self.up = False
 
 
-class RegistryCollector:
-    def __init__(self, health: RegistryHealth):
-        self._health = health
+def registry_families(health: RegistryHealth):
+    """``boxwatch_detector_registry_up`` and ``boxwatch_detector_registry_errors_total``, for ``/metrics``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    def describe(self) -> list:
-        return []
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        yield GaugeMetricFamily("boxwatch_detector_registry_up",
-                                "1 if the last request to the model registry succeeded, else 0.",
-                                value=float(bool(self._health.up)))
-        yield CounterMetricFamily("boxwatch_detector_registry_errors",
-                                  "Requests to the model registry that failed.", value=self._health.errors)
+    yield GaugeMetricFamily("boxwatch_detector_registry_up",
+                            "1 if the last request to the model registry succeeded, else 0.",
+                            value=float(bool(health.up)))
+    yield CounterMetricFamily("boxwatch_detector_registry_errors",
+                              "Requests to the model registry that failed.", value=health.errors)
 
 
 class RegistrySink:
