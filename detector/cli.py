@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from boxwatch import __version__
@@ -63,33 +63,42 @@ DETECTOR_LIMITS = Limits(workers=16, max_queued=64, max_connections=512, read_ti
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from detector.api import create_app
-    from detector.extensions import load_extensions
+    """Build the service and what the configuration enables around it, wire them, serve until a signal."""
+    from detector.api import add_routes, create_app
     from detector.metrics import build_registry
     from detector.service import Detector
-    from detector.store import LocalStore
+    from detector.store import FitSink, LocalStore
 
     setup_logging(args.log_level, args.log_format)
     config = load_or_report(args)
     if config is None:
         log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
         return 1
-    extensions = load_extensions(config)
     store = LocalStore(config.state_dir, config.model_key_file)
-    sink = store.save
-    load_bundle = store.load
-    for ext in extensions:
-        if ext.wrap_fit_sink:
-            sink = ext.wrap_fit_sink(sink, store)
-        if ext.load_bundle:
-            load_bundle = ext.load_bundle
+    sink: FitSink = store.save_fit
+    families: list[Callable[[], Iterable[Any]]] = []  # extra /metrics families
+    routes: list[tuple[Any, dict[str, Any]]] = []
+    watcher = monitor = None
+    if config.registry.enabled:  # every fit is gated by the registry; its champion serves
+        from detector import registry
+
+        model_registry, health = registry.Registry(config, args.shard), registry.RegistryHealth()
+        watcher = registry.ChampionWatcher(model_registry, store, health)
+        sink = registry.RegistrySink(model_registry, store, health)
+        families.append(lambda: registry.registry_families(health))
+        routes.append((registry.blueprint(watcher), registry.OPENAPI_PATHS))
+    if config.drift.enabled:  # outermost: keeps the training data of whatever fit goes on to serve
+        from detector import drift
+
+        monitor = drift.DriftMonitor(config)
+        sink = monitor.wrap_sink(sink)
+        families.append(lambda: drift.drift_families(monitor))
+        routes.append((drift.blueprint(monitor), drift.OPENAPI_PATHS))
     web_config = load_web_config(config.server.web_config_file)  # checked with the configuration
-    detector = Detector(config, args.config, overrides_from(args), args.shard, sink, load_bundle)
-    registry = build_registry(detector, [c for ext in extensions for c in ext.collectors])
-    app = create_app(detector, registry)
-    for ext in extensions:
-        for blueprint in ext.blueprints:
-            app.register_blueprint(blueprint)
+    detector = Detector(config, args.config, overrides_from(args), args.shard, sink, store.load)
+    app = create_app(detector, build_registry(detector, families))
+    for blueprint, paths in routes:
+        add_routes(app, blueprint, paths)
     try:
         server = Server(app, *parse_listen_address(config.server.listen_address), web_config, DETECTOR_LIMITS,
                         name="http")
@@ -101,15 +110,16 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("starting", extra=kv(version=__version__, queries=len(config.queries),
                                   shard=f"{args.shard[0]}/{args.shard[1]}", ready=detector.ready))
     detector.start()
-    for ext in extensions:
-        ext.start(detector)
+    threads = [part for part in (watcher, monitor) if part is not None]
+    for part in threads:
+        part.start(detector)
     server.start()
     log.info("listening", extra=kv(address=f"{server.host}:{server.port}", scheme=server.scheme,
                                    basic_auth=bool(web_config.users)))
     stop.wait()
     server.stop()
-    for ext in extensions:
-        ext.stop()
+    for part in threads:
+        part.stop()
     detector.stop()
     return 0
 
