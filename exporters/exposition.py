@@ -107,10 +107,11 @@ class Rendered:
         key = (fmt.content_type, deflated)
         found = self._bodies.get(key)
         if found is None:
+            plain = self.body(fmt) if deflated else b""  # before the lock: body() takes it too
             with self._lock:
                 found = self._bodies.get(key)
                 if found is None:
-                    found = _deflate(self.body(fmt)) if deflated else fmt.encode(self.families)
+                    found = _deflate(plain) if deflated else fmt.encode(self.families)
                     self._bodies[key] = found
         return found
 
