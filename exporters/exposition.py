@@ -7,8 +7,10 @@ share those bytes, so a scrape costs the same for 10 containers or 200.
 
 What changes with the clock rather than with the source (the age of a snapshot) is a
 :class:`ClockGauge`: rendered once per snapshot with its label sets, the values filled in at
-scrape time. Anything else a collector yields per scrape (small families: error counters) is a
-plain ``Metric``, rendered by prometheus_client at scrape time.
+scrape time. Counters kept apart from the snapshot that grow with the source (events per
+container) are :class:`Rows`: a row is rendered again only when its values change. Anything else
+a collector yields per scrape (small families of fixed size: error counters) is a plain
+``Metric``, rendered by prometheus_client at scrape time.
 
 A response is the concatenation of its parts. With ``gzip``, each cached part carries its own
 deflate stream ending on a byte boundary (``Z_SYNC_FLUSH``), so the parts join into one standard
@@ -21,13 +23,16 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 _EOF = b"# EOF\n"
+# What a scrape compresses itself (stats ages, small counters) is compressed fast rather than small.
+PER_SCRAPE_LEVEL = 1
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
 
 
@@ -77,9 +82,9 @@ def negotiate(accept: str | None) -> Format:
 TEXT = negotiate("text/plain")
 
 
-def _deflate(data: bytes) -> bytes:
+def _deflate(data: bytes, level: int = 6) -> bytes:
     """Raw deflate of ``data`` ending on a byte boundary, to be followed by more deflate data."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
@@ -91,11 +96,15 @@ class Rendered:
     """
 
     def __init__(self, families: Iterable[Metric], source: object = None, extra: Sequence[ClockGauge] = ()):
-        self.families = tuple(families)
+        self._families = tuple(families)
         self.source = source
         self.extra = tuple(extra)
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._lock = threading.Lock()
+
+    @property
+    def families(self) -> tuple[Metric, ...]:
+        return self._families
 
     def body(self, fmt: Format) -> bytes:
         return self._get(fmt, False)
@@ -111,9 +120,12 @@ class Rendered:
             with self._lock:
                 found = self._bodies.get(key)
                 if found is None:
-                    found = _deflate(plain) if deflated else fmt.encode(self.families)
+                    found = _deflate(plain) if deflated else self._render(fmt)
                     self._bodies[key] = found
         return found
+
+    def _render(self, fmt: Format) -> bytes:
+        return fmt.encode(self.families)
 
 
 class ClockGauge:
@@ -159,6 +171,70 @@ class ClockGauge:
         now = self._clock()
         return head + b"".join(b"%s%.3f\n" % (prefix, max(0.0, now - t))
                                for prefix, t in zip(prefixes, self._times, strict=True))
+
+
+class Rows:
+    """A family whose samples come in rows of which few change between scrapes (event counts per
+    container name): each row is rendered once per format and values, a scrape joins their bytes.
+
+    ``family()`` makes the family empty (name, help, type, labels); ``fill(family, key, values)`` adds
+    the samples of one row. ``part(version, rows)`` reads ``rows()`` (``(key, values)`` pairs, in
+    exposition order) only when ``version`` changed since the last call, and returns the rows as a
+    :class:`Rendered` (so that their gzip'd bytes are kept too until the next change).
+    """
+
+    def __init__(self, family: Callable[[], Metric], fill: Callable[[Metric, Hashable, Any], None]):
+        self._family = family
+        self._fill = fill
+        self._lock = threading.Lock()
+        self._version: object = object()
+        self._current = _RowsRendered(self, ())
+        self._lines: dict[tuple[str, Hashable], tuple[Any, bytes]] = {}  # (format, key) -> (values, lines)
+
+    def part(self, version: object, rows: Callable[[], Iterable[tuple[Hashable, Any]]]) -> Rendered:
+        with self._lock:
+            if version != self._version:
+                self._current = _RowsRendered(self, tuple(rows()))
+                self._version = version
+                live = {key for key, _ in self._current.rows}
+                for cached in [c for c in self._lines if c[1] not in live]:
+                    del self._lines[cached]
+            return self._current
+
+    def family(self, rows: Iterable[tuple[Hashable, Any]]) -> Metric:
+        family = self._family()
+        for key, values in rows:
+            self._fill(family, key, values)
+        return family
+
+    def render(self, fmt: Format, rows: Iterable[tuple[Hashable, Any]]) -> bytes:
+        with self._lock:
+            return fmt.encode([self._family()]) + b"".join(self._row(fmt, key, values) for key, values in rows)
+
+    def _row(self, fmt: Format, key: Hashable, values: Any) -> bytes:
+        cached = self._lines.get((fmt.content_type, key))
+        if cached is not None and cached[0] == values:
+            return cached[1]
+        lines = b"".join(line for line in fmt.encode([self.family([(key, values)])]).splitlines(keepends=True)
+                         if not line.startswith(b"#"))
+        self._lines[(fmt.content_type, key)] = (values, lines)
+        return lines
+
+
+class _RowsRendered(Rendered):
+    """The rows of :class:`Rows` as of one version."""
+
+    def __init__(self, owner: Rows, rows: tuple[tuple[Hashable, Any], ...]):
+        super().__init__(())
+        self._owner = owner
+        self.rows = rows
+
+    @property
+    def families(self) -> tuple[Metric, ...]:
+        return (self._owner.family(self.rows),)
+
+    def _render(self, fmt: Format) -> bytes:
+        return self._owner.render(fmt, self.rows)
 
 
 Part = Rendered | ClockGauge | Metric
@@ -235,7 +311,7 @@ def assemble(parts: Iterable[Part], fmt: Format, gzip: bool) -> bytes:
     for plain, deflated in pieces:
         crc = zlib.crc32(plain, crc)
         size += len(plain)
-        out.append(deflated if deflated is not None else _deflate(plain))
+        out.append(deflated if deflated is not None else _deflate(plain, PER_SCRAPE_LEVEL))
     final = zlib.compressobj(6, zlib.DEFLATED, -15)
     out.append(final.flush(zlib.Z_FINISH))
     out.append(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
