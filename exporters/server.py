@@ -41,6 +41,7 @@ from boxwatch.web import (
     Limits,
     Server,
     WebConfigError,
+    add_web_flags,
     load_web_config,
     parse_listen_address,
     serve,
@@ -63,31 +64,8 @@ class Source:
 
 
 def add_common_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=f"127.0.0.1:{default_port}",
-        help="address to serve metrics on, HOST:PORT or :PORT for all interfaces (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--web.telemetry-path",
-        dest="telemetry_path",
-        default="/metrics",
-        help="path under which to expose metrics (default: %(default)s)",
-    )
-    add_web_config_flag(parser)
+    add_web_flags(parser, f"127.0.0.1:{default_port}", telemetry_path=True)
     add_log_flags(parser)
-
-
-def add_web_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        default="",
-        metavar="FILE",
-        help="exporter-toolkit web configuration (TLS, client certificates, basic auth) "
-        "(default: plain HTTP, no authentication)",
-    )
 
 
 def add_collector_flag(parser: argparse.ArgumentParser, name: str, help: str, default: bool = True) -> None:
