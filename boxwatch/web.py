@@ -744,6 +744,20 @@ def add_web_flags(parser: argparse.ArgumentParser, default_listen: str, *, telem
                         default=None if overrides else "", help=config_help)
 
 
+def web_config_from_flags(args: argparse.Namespace) -> WebConfig | None:
+    """The configuration ``--web.config.file`` names, ``--web.listen-address`` checked too; None, with
+    each problem logged, when either is unusable (the process then exits 2)."""
+    try:
+        parse_listen_address(args.listen_address)
+        return load_web_config(args.web_config_file)
+    except WebConfigError as err:
+        for problem in err.problems:
+            log.error("invalid --web.config.file", extra=kv(problem=problem))
+    except ValueError as err:
+        log.error(str(err))
+    return None
+
+
 def parse_listen_address(address: str) -> tuple[str, int]:
     """``"127.0.0.1:9872"`` -> ("127.0.0.1", 9872); ``":9872"`` -> ("0.0.0.0", 9872); ``"[::1]:9872"``."""
     host, sep, port = address.rpartition(":")

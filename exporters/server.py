@@ -40,12 +40,10 @@ from boxwatch.log import add_log_flags, kv, setup_logging
 from boxwatch.web import (
     Limits,
     Server,
-    WebConfigError,
     add_web_flags,
-    load_web_config,
-    parse_listen_address,
     serve,
     server_metrics,
+    web_config_from_flags,
 )
 from exporters.exposition import Part, Rendered, assemble, families_of, respond
 
@@ -309,15 +307,8 @@ def serve_forever(app, listen_address: str, stop: threading.Event, web_config=No
 def run_exporter(exporter: str, args: argparse.Namespace, create: Callable[[argparse.Namespace], Source]) -> int:
     """Run one exporter process until SIGTERM or SIGINT. Returns the exit status."""
     setup_logging(args.log_level, args.log_format)
-    try:
-        parse_listen_address(args.listen_address)
-        web_config = load_web_config(getattr(args, "web_config_file", ""))
-    except WebConfigError as err:
-        for problem in err.problems:
-            log.error("invalid --web.config.file", extra=kv(problem=problem))
-        return 2
-    except ValueError as err:
-        log.error(str(err))
+    web_config = web_config_from_flags(args)
+    if web_config is None:
         return 2
     stop = threading.Event()
 

@@ -15,7 +15,7 @@ import requests
 
 from boxwatch import __version__
 from boxwatch.log import add_log_flags, kv, setup_logging
-from boxwatch.web import WebConfigError, add_web_flags, load_web_config, parse_listen_address
+from boxwatch.web import add_web_flags, parse_listen_address, web_config_from_flags
 from stack.runtime import (
     COMPONENTS,
     DEFAULT_PORTS,
@@ -188,16 +188,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_webhook(args: argparse.Namespace) -> int:
     from stack.webhook import WebhookSink
 
-    try:
-        host, port = parse_listen_address(args.listen_address)
-        web_config = load_web_config(args.web_config_file)
-    except WebConfigError as err:
-        for problem in err.problems:
-            log.error("invalid --web.config.file", extra=kv(problem=problem))
+    web_config = web_config_from_flags(args)
+    if web_config is None:
         return 2
-    except ValueError as err:
-        log.error(str(err))
-        return 2
+    host, port = parse_listen_address(args.listen_address)
     sink = WebhookSink(host, port, web_config=web_config).start()
     log.info("webhook sink listening", extra=kv(url=sink.url))
     stop = threading.Event()
