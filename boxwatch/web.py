@@ -207,13 +207,16 @@ def _is_mapping(section: Any, key: str, what: str, problem: Callable[[str, str],
     return True
 
 
+def _items(section: Any, key: str, what: str, problem: Callable[[str, str], None]) -> Iterable[tuple[Any, Any]]:
+    """The entries of a mapping section; none (and a problem) when it is not a mapping."""
+    return section.items() if _is_mapping(section, key, what, problem) else ()
+
+
 def _users(section: Any, problem: Callable[[str, str], None]) -> dict[str, bytes]:
     import bcrypt
 
-    if not _is_mapping(section, "basic_auth_users", "a mapping of user name to bcrypt hash", problem):
-        return {}
     users = {}
-    for user, hashed in section.items():
+    for user, hashed in _items(section, "basic_auth_users", "a mapping of user name to bcrypt hash", problem):
         key = f"basic_auth_users.{user}"
         if not isinstance(user, str) or not user or ":" in user:
             problem(key, "a user name is a non-empty string without ':'")
@@ -231,10 +234,8 @@ def _users(section: Any, problem: Callable[[str, str], None]) -> dict[str, bytes
 
 
 def _headers(section: Any, problem: Callable[[str, str], None]) -> dict[str, str]:
-    if not _is_mapping(section, "http_server_config", "a mapping", problem):
-        return {}
     headers = {}
-    for key, value in section.items():
+    for key, value in _items(section, "http_server_config", "a mapping", problem):
         if key == "http2":  # HTTP/1.1 only; accepted so that node_exporter's files load unchanged
             continue
         if key != "headers":
