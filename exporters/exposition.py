@@ -34,6 +34,7 @@ _EOF = b"# EOF\n"
 # What a scrape compresses itself (stats ages, small counters) is compressed fast rather than small.
 PER_SCRAPE_LEVEL = 1
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
+_FINAL_BLOCK = b"\x03\x00"  # an empty last deflate block: what a fresh compressor's Z_FINISH writes
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,15 @@ class Rendered:
             with self._lock:
                 found = self._bodies.get(key)
                 if found is None:
-                    found = _deflate(plain) if deflated else self._render(fmt)
+                    found = self._deflate(fmt, plain) if deflated else self._render(fmt)
                     self._bodies[key] = found
         return found
 
     def _render(self, fmt: Format) -> bytes:
         return fmt.encode(self.families)
+
+    def _deflate(self, fmt: Format, plain: bytes) -> bytes:
+        return _deflate(plain)
 
 
 class ClockGauge:
@@ -181,25 +185,29 @@ class Rows:
     the samples of one row. ``part(version, rows)`` reads ``rows()`` (``(key, values)`` pairs, in
     exposition order) only when ``version`` changed since the last call, and returns the rows as a
     :class:`Rendered` (so that their gzip'd bytes are kept too until the next change).
+
+    Scrapes render without a lock: two that render the same changed row at once both make the same
+    bytes, and a row is looked up by its values, so a stale one is never served.
     """
 
     def __init__(self, family: Callable[[], Metric], fill: Callable[[Metric, Hashable, Any], None]):
         self._family = family
         self._fill = fill
-        self._lock = threading.Lock()
         self._version: object = object()
         self._current = _RowsRendered(self, ())
-        self._lines: dict[tuple[str, Hashable], tuple[Any, bytes]] = {}  # (format, key) -> (values, lines)
+        self._heads: dict[str, tuple[bytes, bytes]] = {}  # format -> (HELP and TYPE lines, the same deflated)
+        # (format, key) -> (values, (sample lines, the same deflated))
+        self._lines: dict[tuple[str, Hashable], tuple[Any, tuple[bytes, bytes]]] = {}
 
     def part(self, version: object, rows: Callable[[], Iterable[tuple[Hashable, Any]]]) -> Rendered:
-        with self._lock:
-            if version != self._version:
-                self._current = _RowsRendered(self, tuple(rows()))
-                self._version = version
-                live = {key for key, _ in self._current.rows}
-                for cached in [c for c in self._lines if c[1] not in live]:
-                    del self._lines[cached]
+        if version == self._version:
             return self._current
+        current = _RowsRendered(self, tuple(rows()))
+        self._current, self._version = current, version
+        live = {key for key, _ in current.rows}
+        for cached in [c for c in list(self._lines) if c[1] not in live]:
+            self._lines.pop(cached, None)
+        return current
 
     def family(self, rows: Iterable[tuple[Hashable, Any]]) -> Metric:
         family = self._family()
@@ -207,18 +215,24 @@ class Rows:
             self._fill(family, key, values)
         return family
 
-    def render(self, fmt: Format, rows: Iterable[tuple[Hashable, Any]]) -> bytes:
-        with self._lock:
-            return fmt.encode([self._family()]) + b"".join(self._row(fmt, key, values) for key, values in rows)
+    def render(self, fmt: Format, rows: Iterable[tuple[Hashable, Any]], deflated: bool = False) -> bytes:
+        """The rows in ``fmt``; ``deflated``: as parts of one deflate stream, each row compressed once."""
+        head = self._heads.get(fmt.content_type)
+        if head is None:
+            plain = fmt.encode([self._family()])
+            head = self._heads[fmt.content_type] = (plain, _deflate(plain))
+        return head[deflated] + b"".join([self._row(fmt, key, values)[deflated] for key, values in rows])
 
-    def _row(self, fmt: Format, key: Hashable, values: Any) -> bytes:
+    def _row(self, fmt: Format, key: Hashable, values: Any) -> tuple[bytes, bytes]:
+        """(plain, deflated) sample lines of one row."""
         cached = self._lines.get((fmt.content_type, key))
         if cached is not None and cached[0] == values:
             return cached[1]
         lines = b"".join(line for line in fmt.encode([self.family([(key, values)])]).splitlines(keepends=True)
                          if not line.startswith(b"#"))
-        self._lines[(fmt.content_type, key)] = (values, lines)
-        return lines
+        both = (lines, _deflate(lines))
+        self._lines[(fmt.content_type, key)] = (values, both)
+        return both
 
 
 class _RowsRendered(Rendered):
@@ -235,6 +249,9 @@ class _RowsRendered(Rendered):
 
     def _render(self, fmt: Format) -> bytes:
         return self._owner.render(fmt, self.rows)
+
+    def _deflate(self, fmt: Format, plain: bytes) -> bytes:
+        return self._owner.render(fmt, self.rows, deflated=True)
 
 
 Part = Rendered | ClockGauge | Metric
@@ -312,8 +329,7 @@ def assemble(parts: Iterable[Part], fmt: Format, gzip: bool) -> bytes:
         crc = zlib.crc32(plain, crc)
         size += len(plain)
         out.append(deflated if deflated is not None else _deflate(plain, PER_SCRAPE_LEVEL))
-    final = zlib.compressobj(6, zlib.DEFLATED, -15)
-    out.append(final.flush(zlib.Z_FINISH))
+    out.append(_FINAL_BLOCK)
     out.append(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
     return b"".join(out)
 
