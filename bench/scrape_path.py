@@ -73,19 +73,20 @@ def run_case(n_containers: int, case: str, fmt: str, scrapes: int, clients: int)
     accept, encoding = FORMATS[fmt]
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "HTTP_ACCEPT": accept,
                "HTTP_ACCEPT_ENCODING": encoding}
-    poller._publish(snapshot(n_containers, time.time()))
+    collector.prepare(snapshot(n_containers, time.time()))
     if case != "quiet":
         for i in range(n_containers):
             events.add(f"idle-{i:04d}", "", "start")
     size = len(app(dict(environ), lambda status, headers: None)[0])
-    poller._publish(snapshot(n_containers, time.time()))  # the format this client asked for is now prepared
-    publishes, stop = 0, threading.Event()
+    collector.prepare(snapshot(n_containers, time.time()))  # the format this client asked for is now prepared
+    publishes, stop, publishing = 0, threading.Event(), threading.Event()
 
     def publish_back_to_back() -> None:
         nonlocal publishes
         while not stop.is_set():
-            poller._publish(snapshot(n_containers, time.time()))
+            collector.prepare(snapshot(n_containers, time.time()))
             publishes += 1
+            publishing.set()
 
     def client(out: list[float], count: int) -> None:
         for k in range(count):
@@ -101,6 +102,7 @@ def run_case(n_containers: int, case: str, fmt: str, scrapes: int, clients: int)
     threads = [threading.Thread(target=client, args=(results[i], scrapes // n_clients)) for i in range(n_clients)]
     if case == "worst":
         publisher.start()
+        publishing.wait()  # the clients start with the second publish under way
     for thread in threads:
         thread.start()
     for thread in threads:
