@@ -19,9 +19,10 @@ from typing import Any
 from boxwatch import __version__
 from boxwatch.log import kv, setup_logging
 from boxwatch.times import parse_duration, parse_time
-from boxwatch.web import Limits, Server, load_web_config, parse_listen_address
+from boxwatch.web import Limits, Server, add_web_flags, load_web_config, parse_listen_address
 from detector import registry_cli
 from detector.cli_common import Command, add_config_flags, load_or_report, overrides_from, unknown_queries
+from detector.config import DEFAULT_LISTEN_ADDRESS
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -49,11 +50,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser)
-    parser.add_argument("--web.listen-address", dest="listen_address",
-                        help="HOST:PORT to serve on (overrides server.listen_address, default 127.0.0.1:9875)")
-    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                        help="exporter-toolkit web configuration: TLS, client certificates, basic auth "
-                             "(overrides server.web_config_file; default: plain HTTP, no authentication)")
+    add_web_flags(parser, DEFAULT_LISTEN_ADDRESS, config_section="server")
 
 
 # /metrics and /healthz must answer while slow API calls run: more workers than the API lets /score
