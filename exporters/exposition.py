@@ -43,10 +43,7 @@ class Format:
 
     content_type: str
     encoder: Callable
-
-    @property
-    def openmetrics(self) -> bool:
-        return self.content_type.startswith("application/openmetrics-text")
+    openmetrics: bool  # OpenMetrics ends a response with ``# EOF``; the text format does not
 
     def encode(self, families: Sequence[Metric]) -> bytes:
         """The families in this format, without OpenMetrics' ``# EOF`` (added once per response)."""
@@ -76,7 +73,8 @@ def negotiate(accept: str | None) -> Format:
     found = _FORMATS.get(content_type)
     if found is None:
         with _FORMATS_LOCK:
-            found = _FORMATS.setdefault(content_type, Format(content_type, encoder))
+            openmetrics = content_type.startswith("application/openmetrics-text")
+            found = _FORMATS.setdefault(content_type, Format(content_type, encoder, openmetrics))
     return found
 
 

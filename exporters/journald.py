@@ -23,6 +23,7 @@ count twice. Counters therefore trail the journal by up to ``--state.save-interv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -258,17 +259,25 @@ def parse_entry(fields: dict, max_line_length: int) -> Entry:
     )
 
 
-class JournalState:
-    """Counters, template miners and the cursor of the last entry counted, under one lock."""
+@dataclass(frozen=True)
+class JournalLimits:
+    """What a ``JournalState`` keeps at most: units, template series per unit, clusters per miner, line length."""
 
-    def __init__(self, max_units: int = 200, templates_max_per_unit: int = 50,
-                 templates_max_clusters: int = 1000, max_line_length: int = 2048,
-                 mine_templates: bool = True):
-        self.max_units = max_units
-        self.templates_max_per_unit = templates_max_per_unit
-        self.templates_max_clusters = templates_max_clusters
-        self.max_line_length = max_line_length
-        self.mine_templates = mine_templates
+    mine_templates: bool = True
+    max_units: int = 200
+    templates_max_per_unit: int = 50
+    templates_max_clusters: int = 1000
+    max_line_length: int = 2048
+
+
+class JournalState:
+    """Counters, template miners and the cursor of the last entry counted, under one lock.
+
+    Keyword arguments are the fields of :class:`JournalLimits`.
+    """
+
+    def __init__(self, **limits):
+        self.limits = JournalLimits(**limits)
         self.lock = threading.Lock()
         self.cursor: str | None = None
         self.started = False  # a first start happened (so an empty journal then means: read from head)
@@ -285,14 +294,12 @@ class JournalState:
         self.dirty = False
 
     def settings(self) -> dict:
-        return {"max_units": self.max_units, "templates_max_per_unit": self.templates_max_per_unit,
-                "templates_max_clusters": self.templates_max_clusters,
-                "max_line_length": self.max_line_length, "mine_templates": self.mine_templates}
+        return dataclasses.asdict(self.limits)
 
     # ----------------------------------------------------------------- counting
 
     def add(self, fields: dict) -> None:
-        entry = parse_entry(fields, self.max_line_length)
+        entry = parse_entry(fields, self.limits.max_line_length)
         with self.lock:
             self._count(entry)
 
@@ -302,7 +309,7 @@ class JournalState:
         for reason in entry.invalid:
             self.invalid[reason] += 1
         if entry.message is not None:
-            if self.mine_templates:
+            if self.limits.mine_templates:
                 self._mine(unit, entry.message)
             if entry.kernel:
                 self._count_xid(entry.message)
@@ -315,7 +322,7 @@ class JournalState:
     def _unit_label(self, unit: str) -> str:
         if unit in self.units:
             return unit
-        if len(self.units) < self.max_units:
+        if len(self.units) < self.limits.max_units:
             self.units.add(unit)
             return unit
         return OTHER
@@ -326,12 +333,12 @@ class JournalState:
             return
         miner = self.miners.get(unit)
         if miner is None:
-            miner = self.miners[unit] = new_miner(self.templates_max_clusters)
+            miner = self.miners[unit] = new_miner(self.limits.templates_max_clusters)
         cluster, is_new = miner.add(message)
         if is_new:
             self.new_templates[unit] += 1
         exported = self.exported.setdefault(unit, [])
-        if cluster.id not in exported and is_new and len(exported) < self.templates_max_per_unit:
+        if cluster.id not in exported and is_new and len(exported) < self.limits.templates_max_per_unit:
             exported.append(cluster.id)
         template_id = str(cluster.id) if cluster.id in exported else OTHER
         self.template_entries[(unit, template_id)] += 1
@@ -400,7 +407,7 @@ class JournalState:
         self.invalid.update({r: int(n) for r, n in state.get("invalid", {}).items()})
         self.units = set(state.get("units", []))
         self.exported = {u: [int(i) for i in ids] for u, ids in state.get("exported", {}).items()}
-        self.miners = {u: Drain.from_dict(m, max_clusters=self.templates_max_clusters)
+        self.miners = {u: Drain.from_dict(m, max_clusters=self.limits.templates_max_clusters)
                        for u, m in state.get("miners", {}).items()}
         self.last_timestamp = state.get("last_timestamp")
 
