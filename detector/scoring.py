@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -227,18 +227,69 @@ def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_de
     """
     if "value" not in frame.columns or (direction == "both" and min_deviation == 0):
         return result
-    expected = result["expected"].to_numpy(dtype=float)
-    lower = result["lower"].to_numpy(dtype=float)
-    upper = result["upper"].to_numpy(dtype=float)
+    score, lower, upper = band_arrays(frame["value"].to_numpy(dtype=float), result["expected"].to_numpy(dtype=float),
+                                      result["lower"].to_numpy(dtype=float), result["upper"].to_numpy(dtype=float),
+                                      result["score"].to_numpy(dtype=float), direction, min_deviation)
+    result["score"], result["lower"], result["upper"] = score, lower, upper
+    return result
+
+
+def band_arrays(values: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray, score: np.ndarray,
+                direction: str, min_deviation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`apply_band` on arrays (any shape): the score and band for ``direction`` and ``min_deviation``."""
+    if direction == "both" and min_deviation == 0:
+        return score, lower, upper
     has_band = ~(np.isnan(expected) | np.isnan(lower) | np.isnan(upper))
     if not has_band.any():
-        return result
-    banded = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper, direction, min_deviation)
-    result["score"] = np.where(has_band, banded, result["score"].to_numpy(dtype=float))
+        return score, lower, upper
+    banded = band_score(values, expected, lower, upper, direction, min_deviation)
+    score = np.where(has_band, banded, score)
     # The exported band is the one the score uses: at least min_deviation on each side.
-    result["lower"] = np.where(has_band, np.minimum(lower, expected - min_deviation), lower)
-    result["upper"] = np.where(has_band, np.maximum(upper, expected + min_deviation), upper)
-    return result
+    lower = np.where(has_band, np.minimum(lower, expected - min_deviation), lower)
+    upper = np.where(has_band, np.maximum(upper, expected + min_deviation), upper)
+    return score, lower, upper
+
+
+def score_online_many(
+    models: Sequence[Model],
+    seconds: np.ndarray,
+    values: np.ndarray,
+    direction: str = "both",
+    min_deviation: float = 0.0,
+    calibrations: Sequence[Calibration | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`score_online` of many univariate units of one model class (``batch = True``) at once.
+
+    ``values[i, j]`` is unit ``i``'s value at ``seconds[j]`` (Unix time, the units share the
+    grid); ``models[i]`` and ``calibrations[i]`` are its model and calibration. Point by point,
+    every unit's point is scored and learned with one :meth:`~detector.models.base.Model.score_learn_many`
+    call. Returns ``expected``, ``lower``, ``upper``, ``score`` and ``raw_score`` arrays shaped
+    like ``values``, the same numbers :func:`score_online` gives unit by unit.
+    """
+    values = np.asarray(values, dtype=float)
+    kind = type(models[0]) if len(models) else Model
+    if any(type(model) is not kind for model in models):
+        raise ValueError("score_online_many scores the units of one model class at a time")
+    out = {column: np.full(values.shape, np.nan) for column in ("expected", "lower", "upper", "score")}
+    for j, second in enumerate(seconds):
+        rows = np.flatnonzero(~np.isnan(values[:, j]))
+        if not len(rows):
+            continue
+        result = kind.score_learn_many([models[i] for i in rows], float(second), values[rows, j])
+        for column, array in out.items():
+            array[rows, j] = result[column]
+    out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
+                                                           out["score"], direction, min_deviation)
+    out["raw_score"] = out["score"].copy()
+    for i, calibration in enumerate(calibrations or ()):
+        if calibration is not None:
+            out["score"][i] = calibration.calibrate(out["raw_score"][i])
+    return out
+
+
+def grid_seconds(index: pd.Index) -> np.ndarray:
+    """Unix seconds of a unit frame's ``DatetimeIndex``, as the models compute them."""
+    return pd.DatetimeIndex(index).as_unit("ns").asi8.astype(float) / 1e9
 
 
 def top_features(value: Any) -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from boxwatch.log import kv as _fields
@@ -39,11 +40,13 @@ from detector.scoring import (
     FALLBACK_WINDOW,
     build_units,
     fit_bundle,
+    grid_seconds,
     is_multivariate,
     score_online,
+    score_online_many,
 )
 from detector.store import FitSink, LocalStore, ModelBundle
-from detector.writer import RemoteWriter, ScoredPoint, scored_points
+from detector.writer import RemoteWriter, ScoredPoint, points_of, scored_points
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -425,30 +428,30 @@ class Detector:
 
     def _score_units(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
                      query, threshold: float, end: float) -> tuple[list, list, dict]:
-        """Score each unit's new points; return all points, the points at ``end``, units per model."""
+        """Score each unit's new points; return all points, the points at ``end``, units per model.
+
+        Units whose model scores many units at once (``batch``) are scored together, one call per
+        model class and point; the others one by one.
+        """
         points: list[ScoredPoint] = []
         latest: list[ScoredPoint] = []
         used: dict[str, int] = {}
-        for key, frame in units.items():
-            with self._lock:
+        assigned: dict[SeriesKey, tuple[Model, str]] = {}
+        with self._lock:
+            for key, frame in units.items():
                 own = state.bundle.models.get(key) if state.bundle else None
                 model = own or state.fallback.get(key)
-                model_name = state.bundle.model_name if own is not None else model.name if model else ""
-            if model is None or frame.empty:
+                if model is not None and not frame.empty:
+                    assigned[key] = (model, state.bundle.model_name if own is not None else model.name)
+        scored = self._score_batches(alias, state, units, assigned, query)
+        for key, frame in units.items():
+            if key not in assigned:
                 continue
-            try:
-                if is_cross_sectional(model):  # one series per member of the group
-                    unit_points = list(member_points(model, key, frame, alias, model_name, query.direction,
-                                                     query.min_deviation))
-                else:
-                    result = score_online(model, frame, query.direction, query.min_deviation,
-                                          self._calibration(state, key))
-                    labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
-                    unit_points = list(scored_points(labels, frame, result))
-            except Exception as err:  # one unit's model failing leaves the other units scored
-                with self._lock:
-                    self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
-                log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
+            model, model_name = assigned[key]
+            unit_points = scored.get(key)
+            if unit_points is None:
+                unit_points = self._score_unit(alias, state, key, frame, model, model_name, query)
+            if unit_points is None:
                 continue
             for point in unit_points:
                 if point.score > threshold and not self.feedback.is_expected(dict(point.labels), point.timestamp):
@@ -459,6 +462,58 @@ class Detector:
                     latest.append(point)
                     used[model_name] = used.get(model_name, 0) + 1
         return points, latest, used
+
+    def _score_unit(self, alias: str, state: QueryState, key: SeriesKey, frame: pd.DataFrame, model: Model,
+                    model_name: str, query) -> list[ScoredPoint] | None:
+        """One unit's points, scored on its own; ``None`` (counted, logged) when its model fails."""
+        try:
+            if is_cross_sectional(model):  # one series per member of the group
+                return list(member_points(model, key, frame, alias, model_name, query.direction,
+                                          query.min_deviation))
+            result = score_online(model, frame, query.direction, query.min_deviation, self._calibration(state, key))
+            labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+            return list(scored_points(labels, frame, result))
+        except Exception as err:  # one unit's model failing leaves the other units scored
+            with self._lock:
+                self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
+            log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
+            return None
+
+    def _score_batches(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
+                       assigned: Mapping[SeriesKey, tuple[Model, str]], query) -> dict[SeriesKey, list[ScoredPoint]]:
+        """Points of the univariate units whose model class scores in batches, all of a class at once.
+
+        A batch that fails is logged and left to :meth:`_score_unit`, unit by unit.
+        """
+        groups: dict[type, list[SeriesKey]] = {}
+        index = None
+        for key, (model, _) in assigned.items():
+            frame = units[key]
+            if not type(model).batch or is_cross_sectional(model) or list(frame.columns) != ["value"]:
+                continue
+            if index is None:
+                index = frame.index
+            if frame.index is index or frame.index.equals(index):
+                groups.setdefault(type(model), []).append(key)
+        scored: dict[SeriesKey, list[ScoredPoint]] = {}
+        for keys in groups.values():
+            if len(keys) < 2:
+                continue
+            models = [assigned[key][0] for key in keys]
+            values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
+            calibrations = [self._calibration(state, key) for key in keys]
+            try:
+                result = score_online_many(models, grid_seconds(index), values, query.direction,
+                                           query.min_deviation, calibrations)
+            except Exception as err:  # scored one by one instead, where a failing unit stays alone
+                log.warning("batch scoring failed; scoring unit by unit", extra=_fields(query=alias, error=err))
+                continue
+            stamps = index.asi8 / 1e9
+            for i, key in enumerate(keys):
+                labels = tuple(sorted({**dict(key), "query": alias, "model": assigned[key][1]}.items()))
+                scored[key] = list(points_of(labels, stamps, values[i], result["expected"][i], result["lower"][i],
+                                             result["upper"][i], result["score"][i], result["raw_score"][i]))
+        return scored
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:
         """The unit's score calibration, started fresh for a unit seen for the first time."""

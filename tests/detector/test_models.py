@@ -235,3 +235,43 @@ def test_min_deviation_also_floors_a_degenerate_band():
     from detector.models.base import band_score
 
     assert band_score([0.2], [0.0], [0.0], [0.0], direction="above", min_deviation=0.05)[0] == pytest.approx(4.0)
+
+
+def unit_histories() -> list[pd.DataFrame]:
+    """Five units: a daily cycle, a shifted one, a flat series, a short history and one too short to judge."""
+    long = daily_series(4, seed=3)
+    return [long, daily_series(4, seed=4) * 2 - 30, long * 0 + 7.0, long.iloc[-40:], long.iloc[-5:]]
+
+
+@pytest.mark.parametrize("name, params", [("robust", {"window": 100}), ("seasonal", {})])
+@pytest.mark.parametrize("direction, min_deviation", [("both", 0.0), ("above", 0.5)])
+def test_batch_scoring_gives_the_per_unit_results(name, params, direction, min_deviation):
+    """score_online_many over units == score_online unit by unit: scores, bands, calibration, what is learned."""
+    import copy
+
+    from detector.calibration import Calibration
+    from detector.scoring import grid_seconds, score_online, score_online_many
+
+    histories = unit_histories()
+    models = [make_model(name, params).fit(h) for h in histories]
+    twins = copy.deepcopy(models)
+    calibrations = [Calibration(min_points=20, window=50) for _ in models]
+    twin_calibrations = copy.deepcopy(calibrations)
+    rng = np.random.default_rng(5)
+    for cycle in range(12):  # one point per cycle, then a catch-up of three
+        index = pd.date_range(histories[0].index[-1] + pd.Timedelta(STEP) * (1 + 4 * cycle),
+                              periods=1 if cycle < 11 else 3, freq=STEP, tz="UTC")
+        values = 50 + rng.normal(0, 2, (len(models), len(index)))
+        values[0, -1] += 40 * (cycle in (3, 4))  # an incident the models must not learn
+        values[1, 0] = np.nan if cycle == 6 else values[1, 0]
+        batch = score_online_many(models, grid_seconds(index), values, direction, min_deviation, calibrations)
+        if cycle == 3:
+            assert batch["raw_score"][0, -1] > 1  # the incident is out of the band
+        for i, model in enumerate(twins):
+            frame = pd.DataFrame({"value": values[i]}, index=index)
+            single = score_online(model, frame, direction, min_deviation, twin_calibrations[i])
+            for column in ("expected", "lower", "upper", "score", "raw_score"):
+                np.testing.assert_array_equal(batch[column][i], single[column].to_numpy(dtype=float),
+                                              err_msg=f"{name} unit {i} {column} cycle {cycle}")
+    for model, twin in zip(models, twins, strict=True):
+        assert {k: str(v) for k, v in vars(model).items()} == {k: str(v) for k, v in vars(twin).items()}
