@@ -258,32 +258,44 @@ def score_online_many(
     min_deviation: float = 0.0,
     calibrations: Sequence[Calibration | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """:func:`score_online` of many univariate units of one model class (``batch = True``) at once.
+    """:func:`score_online` of many units of one model class (``batch = True``) at once.
 
     ``values[i, j]`` is unit ``i``'s value at ``seconds[j]`` (Unix time, the units share the
-    grid); ``models[i]`` and ``calibrations[i]`` are its model and calibration. Point by point,
-    every unit's point is scored and learned with one :meth:`~detector.models.base.Model.score_learn_many`
-    call. Returns ``expected``, ``lower``, ``upper``, ``score`` and ``raw_score`` arrays shaped
-    like ``values``, the same numbers :func:`score_online` gives unit by unit.
+    grid), for a multivariate model a row in the order of the model's ``columns_``;
+    ``models[i]`` and ``calibrations[i]`` are its model and calibration. Point by point, every
+    unit's point is scored and learned with one
+    :meth:`~detector.models.base.Model.score_learn_many` call. Returns ``expected``, ``lower``,
+    ``upper``, ``score`` and ``raw_score`` arrays (units x points), and for a multivariate model
+    ``top_features`` (lists): the same results :func:`score_online` gives unit by unit.
     """
     values = np.asarray(values, dtype=float)
     kind = type(models[0]) if len(models) else Model
     if any(type(model) is not kind for model in models):
         raise ValueError("score_online_many scores the units of one model class at a time")
-    out = {column: np.full(values.shape, np.nan) for column in ("expected", "lower", "upper", "score")}
+    multivariate = values.ndim == 3
+    shape = values.shape[:2]
+    out = {column: np.full(shape, np.nan) for column in ("expected", "lower", "upper", "score")}
+    tops = np.empty(shape, dtype=object) if multivariate else None
     for j, second in enumerate(seconds):
-        rows = np.flatnonzero(~np.isnan(values[:, j]))
+        point = values[:, j]
+        rows = np.flatnonzero(~np.isnan(point).all(axis=1) if multivariate else ~np.isnan(point))
         if not len(rows):
             continue
-        result = kind.score_learn_many([models[i] for i in rows], float(second), values[rows, j])
+        result = kind.score_learn_many([models[i] for i in rows], float(second), point[rows])
         for column, array in out.items():
             array[rows, j] = result[column]
-    out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
-                                                           out["score"], direction, min_deviation)
+        if tops is not None:
+            for i, top in zip(rows, result["top_features"], strict=True):
+                tops[i, j] = top
+    if not multivariate:  # a band per series: the query's direction and minimum deviation apply
+        out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
+                                                               out["score"], direction, min_deviation)
     out["raw_score"] = out["score"].copy()
     for i, calibration in enumerate(calibrations or ()):
         if calibration is not None:
             out["score"][i] = calibration.calibrate(out["raw_score"][i])
+    if tops is not None:
+        out["top_features"] = tops
     return out
 
 

@@ -485,22 +485,29 @@ class Detector:
 
         A batch that fails is logged and left to :meth:`_score_unit`, unit by unit.
         """
-        groups: dict[type, list[SeriesKey]] = {}
+        groups: dict[tuple, list[SeriesKey]] = {}
         index = None
         for key, (model, _) in assigned.items():
             frame = units[key]
-            if not type(model).batch or is_cross_sectional(model) or list(frame.columns) != ["value"]:
+            if not type(model).batch or is_cross_sectional(model):
+                continue
+            columns = getattr(model, "columns_", ["value"]) if model.multivariate else ["value"]
+            if list(frame.columns) != ["value"] and not model.multivariate or set(columns) != set(frame.columns):
                 continue
             if index is None:
                 index = frame.index
             if frame.index is index or frame.index.equals(index):
-                groups.setdefault(type(model), []).append(key)
+                groups.setdefault((type(model), len(columns)), []).append(key)
         scored: dict[SeriesKey, list[ScoredPoint]] = {}
         for keys in groups.values():
             if len(keys) < 2:
                 continue
             models = [assigned[key][0] for key in keys]
-            values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
+            if models[0].multivariate:
+                values = np.stack([units[key][model.columns_].to_numpy(dtype=float)
+                                   for key, model in zip(keys, models, strict=True)])
+            else:
+                values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
             calibrations = [self._calibration(state, key) for key in keys]
             try:
                 result = score_online_many(models, grid_seconds(index), values, query.direction,
@@ -509,10 +516,13 @@ class Detector:
                 log.warning("batch scoring failed; scoring unit by unit", extra=_fields(query=alias, error=err))
                 continue
             stamps = index.asi8 / 1e9
+            plain = np.full(values.shape[1], np.nan)
             for i, key in enumerate(keys):
                 labels = tuple(sorted({**dict(key), "query": alias, "model": assigned[key][1]}.items()))
-                scored[key] = list(points_of(labels, stamps, values[i], result["expected"][i], result["lower"][i],
-                                             result["upper"][i], result["score"][i], result["raw_score"][i]))
+                tops = result["top_features"][i] if "top_features" in result else None
+                scored[key] = list(points_of(labels, stamps, plain if values.ndim == 3 else values[i],
+                                             result["expected"][i], result["lower"][i], result["upper"][i],
+                                             result["score"][i], result["raw_score"][i], tops))
         return scored
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:

@@ -275,3 +275,34 @@ def test_batch_scoring_gives_the_per_unit_results(name, params, direction, min_d
                                               err_msg=f"{name} unit {i} {column} cycle {cycle}")
     for model, twin in zip(models, twins, strict=True):
         assert {k: str(v) for k, v in vars(model).items()} == {k: str(v) for k, v in vars(twin).items()}
+
+
+def test_batch_iforest_scores_and_explains_as_each_forest_does():
+    """Entities scored together (one walk of every forest) == each model's own score, top_features included."""
+    import copy
+
+    from detector.scoring import grid_seconds, score_online, score_online_many
+
+    histories = [gpu_frame(400, seed) for seed in (1, 2, 3)] + [gpu_frame(30, 4)]
+    models = [make_model("iforest", {"n_estimators": 40}).fit(h) for h in histories]
+    twins = copy.deepcopy(models)
+    columns = models[0].columns_
+    rng = np.random.default_rng(6)
+    explained = 0
+    for cycle in range(6):
+        index = pd.date_range(histories[0].index[-1] + pd.Timedelta("1min") * (1 + 3 * cycle),
+                              periods=1 if cycle < 5 else 2, freq="1min", tz="UTC")
+        rows = np.stack([h[columns].to_numpy()[-len(index):] for h in histories[:3]]
+                        + [histories[0][columns].to_numpy()[:len(index)]])
+        values = rows + rng.normal(0, 0.5, rows.shape)
+        values[1, -1, 0] += 40 * (cycle in (2, 3))  # one entity hot: explained
+        values[2, 0, 1] = np.nan if cycle == 1 else values[2, 0, 1]
+        batch = score_online_many(models, grid_seconds(index), values)
+        for i, model in enumerate(twins):
+            single = score_online(model, pd.DataFrame(values[i], index=index, columns=columns))
+            np.testing.assert_array_equal(batch["score"][i], single["score"].to_numpy(dtype=float))
+            for j in range(len(index)):
+                if not np.isnan(batch["score"][i, j]):
+                    assert batch["top_features"][i, j] == single["top_features"].iloc[j]
+                    explained += bool(batch["top_features"][i, j])
+    assert explained and np.isnan(batch["score"][3]).all()
