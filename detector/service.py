@@ -504,8 +504,7 @@ class Detector:
                 continue
             models = [assigned[key][0] for key in keys]
             if models[0].multivariate:
-                values = np.stack([units[key][model.columns_].to_numpy(dtype=float)
-                                   for key, model in zip(keys, models, strict=True)])
+                values = np.stack([_columns(units[key], model.columns_) for key, model in zip(keys, models, strict=True)])
             else:
                 values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
             calibrations = [self._calibration(state, key) for key in keys]
@@ -665,6 +664,13 @@ def adopt_calibration(state: QueryState, bundle: ModelBundle) -> None:
         state.calibration.setdefault(key, copy.deepcopy(calibration))
     for calibration in state.calibration.values():
         calibration.fit_level()
+
+
+def _columns(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """``frame[columns]`` as an array; without pandas' column lookup when the order already is that."""
+    if list(frame.columns) == columns:
+        return frame.to_numpy(dtype=float)
+    return frame[columns].to_numpy(dtype=float)
 
 
 def unit_labels(point: ScoredPoint) -> dict[str, str]:
