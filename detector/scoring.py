@@ -22,7 +22,7 @@ from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
 from detector.models import make_model, model_class
 from detector.models.base import Model, band_score, empty_scores
 from detector.models.robust import RobustModel
-from detector.reader import SeriesKey, counter_rate
+from detector.reader import SeriesKey, counter_rate, counter_rates
 from detector.store import ModelBundle
 
 log = logging.getLogger("boxwatch.detector.scoring")
@@ -69,15 +69,9 @@ def build_units(
     index, total = shard
     units: dict[SeriesKey, pd.DataFrame] = {}
     if not multivariate:
-        for key, series in raw.items():
-            values = counter_rate(series, query.step) if query.counter else series
-            unit = tuple(sorted(output_labels(dict(key)).items()))
-            if unit in units:
-                log.warning("two series with the same labels once __name__ is dropped; keeping the first",
-                            extra=kv(query=alias, labels=dict(unit)))
-                continue
-            if shard_of(unit, total) == index:
-                units[unit] = values.to_frame("value")
+        for unit, key in univariate_keys(raw, shard, alias).items():
+            series = raw[key]
+            units[unit] = (counter_rate(series, query.step) if query.counter else series).to_frame("value")
         return units
     columns: dict[SeriesKey, dict[str, pd.Series]] = {}
     for key, series in raw.items():
@@ -90,6 +84,59 @@ def build_units(
     for entity, features in columns.items():
         units[entity] = pd.DataFrame(dict(sorted(features.items())))
     return units
+
+
+def univariate_keys(raw: Iterable[SeriesKey], shard: tuple[int, int], alias: str) -> dict[SeriesKey, SeriesKey]:
+    """Unit key (output labels) -> source key of this replica's univariate units, in query order."""
+    index, total = shard
+    units: dict[SeriesKey, SeriesKey] = {}
+    for key in raw:
+        unit = tuple(sorted(output_labels(dict(key)).items()))
+        if unit in units:
+            log.warning("two series with the same labels once __name__ is dropped; keeping the first",
+                        extra=kv(query=alias, labels=dict(unit)))
+            continue
+        if shard_of(unit, total) == index:
+            units[unit] = key
+    return units
+
+
+class UnitRows(Mapping[SeriesKey, pd.DataFrame]):
+    """A univariate query's units as one array (units x grid points), each unit's frame made on demand.
+
+    What :func:`build_units` gives for a univariate query, without a pandas object per series:
+    the serve cycle scores the rows in batches and asks for a frame only for a unit scored alone.
+    """
+
+    def __init__(self, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray):
+        self.index = index
+        self.values = values
+        self._rows = {key: row for row, key in enumerate(keys)}
+
+    @classmethod
+    def from_query(cls, query: QueryConfig, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray,
+                   shard: tuple[int, int] = (0, 1), alias: str = "") -> UnitRows:
+        """The units of a range query's answer (:meth:`~detector.reader.PrometheusReader.query_range_arrays`)."""
+        position = {key: row for row, key in enumerate(keys)}
+        units = univariate_keys(keys, shard, alias)
+        rows = values[[position[key] for key in units.values()]] if units else values[:0]
+        return cls(index, list(units), counter_rates(rows, query.step) if query.counter else rows)
+
+    def after_first(self) -> UnitRows:
+        """Every unit without its first point."""
+        return UnitRows(self.index[1:], list(self._rows), self.values[:, 1:])
+
+    def row(self, key: SeriesKey) -> np.ndarray:
+        return self.values[self._rows[key]]
+
+    def __getitem__(self, key: SeriesKey) -> pd.DataFrame:
+        return pd.DataFrame({"value": self.row(key)}, index=self.index)
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 class FeaturewiseRobust(Model):

@@ -38,6 +38,7 @@ from detector.peers import is_cross_sectional, member_points, stand_in
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
 from detector.scoring import (
     FALLBACK_WINDOW,
+    UnitRows,
     build_units,
     fit_bundle,
     grid_seconds,
@@ -356,16 +357,25 @@ class Detector:
             log.info("catching up", extra=_fields(query=alias, points=int((end - start) // query.step) + 1,
                                                   start=start, end=end))
         lead = query.step if query.counter else 0.0
+        multivariate = is_multivariate(config, alias)
+        arrays = None if multivariate else getattr(reader, "query_range_arrays", None)
         try:
-            raw = reader.query_range(query.expr, start - lead, end, query.step)
+            if arrays is not None:  # no pandas object per series: the rows are scored in batches
+                answer = arrays(query.expr, start - lead, end, query.step)
+            else:
+                raw = reader.query_range(query.expr, start - lead, end, query.step)
         except ReaderError as err:
             self._query_failed(alias, err)
             return 0, reader.last_request_seconds
         query_seconds = reader.last_request_seconds
-        multivariate = is_multivariate(config, alias)
-        units = build_units(query, multivariate, raw, self.shard, alias)
-        if lead:  # the extra point before start only served the first rate
-            units = {key: frame.iloc[1:] for key, frame in units.items()}
+        if arrays is not None:
+            units: Mapping[SeriesKey, pd.DataFrame] = UnitRows.from_query(query, *answer, self.shard, alias)
+            if lead:  # the extra point before start only served the first rate
+                units = units.after_first()
+        else:
+            units = build_units(query, multivariate, raw, self.shard, alias)
+            if lead:
+                units = {key: frame.iloc[1:] for key, frame in units.items()}
         try:
             query_seconds += self._add_fallbacks(alias, state, units, multivariate, start)
         except ReaderError as err:
@@ -399,7 +409,7 @@ class Detector:
             return max(trained_until + query.step, earliest) if trained_until < end else end
         return earliest
 
-    def _add_fallbacks(self, alias: str, state: QueryState, units: dict[SeriesKey, pd.DataFrame],
+    def _add_fallbacks(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
                        multivariate: bool, start: float) -> float:
         """Start a robust stand-in for every unit without a model, from its recent history."""
         with self._lock:
@@ -437,20 +447,22 @@ class Detector:
         latest: list[ScoredPoint] = []
         used: dict[str, int] = {}
         assigned: dict[SeriesKey, tuple[Model, str]] = {}
+        rows = units if isinstance(units, UnitRows) else None
         with self._lock:
-            for key, frame in units.items():
+            for key in units:
                 own = state.bundle.models.get(key) if state.bundle else None
                 model = own or state.fallback.get(key)
-                if model is not None and not frame.empty:
+                empty = not len(rows.index) if rows is not None else units[key].empty
+                if model is not None and not empty:
                     assigned[key] = (model, state.bundle.model_name if own is not None else model.name)
         scored = self._score_batches(alias, state, units, assigned, query)
-        for key, frame in units.items():
+        for key in units:
             if key not in assigned:
                 continue
             model, model_name = assigned[key]
             unit_points = scored.get(key)
             if unit_points is None:
-                unit_points = self._score_unit(alias, state, key, frame, model, model_name, query)
+                unit_points = self._score_unit(alias, state, key, units[key], model, model_name, query)
             if unit_points is None:
                 continue
             for point in unit_points:
@@ -486,11 +498,16 @@ class Detector:
         A batch that fails is logged and left to :meth:`_score_unit`, unit by unit.
         """
         groups: dict[tuple, list[SeriesKey]] = {}
-        index = None
+        rows = units if isinstance(units, UnitRows) else None
+        index = rows.index if rows is not None else None
         for key, (model, _) in assigned.items():
-            frame = units[key]
             if not type(model).batch or is_cross_sectional(model):
                 continue
+            if rows is not None:
+                if not model.multivariate:
+                    groups.setdefault((type(model), 1), []).append(key)
+                continue
+            frame = units[key]
             columns = getattr(model, "columns_", ["value"]) if model.multivariate else ["value"]
             if list(frame.columns) != ["value"] and not model.multivariate or set(columns) != set(frame.columns):
                 continue
@@ -505,6 +522,8 @@ class Detector:
             models = [assigned[key][0] for key in keys]
             if models[0].multivariate:
                 values = np.stack([_columns(units[key], model.columns_) for key, model in zip(keys, models, strict=True)])
+            elif rows is not None:
+                values = np.stack([rows.row(key) for key in keys])
             else:
                 values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
             calibrations = [self._calibration(state, key) for key in keys]
