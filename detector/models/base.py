@@ -124,6 +124,15 @@ def band_score(
     return np.where(nan, np.nan, score)
 
 
+def robust_standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: the median, and the robust sigma (1.4826 MAD; the standard deviation where the MAD
+    is 0, 1 where both are): what a feature is centred and scaled by so incidents do not set the scale."""
+    center = np.median(features, axis=0)
+    spread = MAD_TO_SIGMA * np.median(np.abs(features - center), axis=0)
+    fallback = np.std(features, axis=0)
+    return center, np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+
+
 def empty_scores(index: pd.Index, columns: list[str] = SCORE_COLUMNS) -> pd.DataFrame:
     """A result frame of NaN: what a model returns for points it cannot judge yet."""
     return pd.DataFrame(np.nan, index=index, columns=columns)

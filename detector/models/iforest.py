@@ -9,9 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, empty_scores
+from detector.models.base import Model, empty_scores, robust_standardisation
 
-MAD_TO_SIGMA = 1.4826
 RESULT_COLUMNS = ["expected", "lower", "upper", "score", "top_features"]
 
 
@@ -139,13 +138,6 @@ class IsolationForestModel(Model):
             parts.append(values - np.where(np.isnan(previous), values, previous))
         return np.hstack(parts)
 
-    @staticmethod
-    def _robust_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        center = np.median(features, axis=0)
-        spread = MAD_TO_SIGMA * np.median(np.abs(features - center), axis=0)
-        fallback = np.std(features, axis=0)
-        return center, np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
-
     def fit(self, history: pd.DataFrame) -> IsolationForestModel:
         from sklearn.ensemble import IsolationForest
 
@@ -165,7 +157,7 @@ class IsolationForestModel(Model):
         # the central rows, each scaled to unit variance): a broken relationship between two
         # metrics -- temperature up while power is flat -- is far out on a minor axis even when
         # each metric alone is in range; 3. robust scale of every feature for the forest.
-        self.value_center_, self.value_scale_ = self._robust_stats(train_values)
+        self.value_center_, self.value_scale_ = robust_standardisation(train_values)
         self.rotation_ = np.eye(n_columns)
         covariance = np.eye(n_columns)
         if self.whiten and n_columns > 1:
@@ -178,7 +170,7 @@ class IsolationForestModel(Model):
         self.precision_ = np.linalg.pinv(covariance)
         previous = np.vstack([values[:1], values[:-1]])
         raw = self._feature_rows(values, previous)[complete]
-        self.center_, self.scale_ = self._robust_stats(raw)
+        self.center_, self.scale_ = robust_standardisation(raw)
         standard = (raw - self.center_) / self.scale_
         self.forest_ = IsolationForest(
             n_estimators=self.n_estimators,
