@@ -306,3 +306,20 @@ def test_batch_iforest_scores_and_explains_as_each_forest_does():
                     assert batch["top_features"][i, j] == single["top_features"].iloc[j]
                     explained += bool(batch["top_features"][i, j])
     assert explained and np.isnan(batch["score"][3]).all()
+
+
+def test_a_robust_model_pickled_with_a_deque_window_loads_and_scores_the_same():
+    """Models saved before the window was an array (a deque then) still load and score alike."""
+    import copy
+    import pickle
+    from collections import deque
+
+    history, future = split(daily_series(2))
+    model = make_model("robust", {"window": 100}).fit(history)
+    old = copy.deepcopy(model)
+    old.__dict__["window_"] = deque(old.window_.tolist(), maxlen=100)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert isinstance(loaded.window_, np.ndarray) and list(loaded.window_) == list(model.window_)
+    for model_ in (model, loaded):
+        model_.learn(future.iloc[:30])
+    pd.testing.assert_frame_equal(loaded.score(future.iloc[30:40]), model.score(future.iloc[30:40]))
