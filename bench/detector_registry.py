@@ -55,8 +55,9 @@ def synthetic_units(series: int, days: float, seed: int = 0) -> dict:
 def registry_bench(args: argparse.Namespace) -> dict:
     from detector.config import validate
     from detector.drift import compare, features
-    from detector.registry import Registry
+    from detector.registry import Registry, register_fit
     from detector.scoring import fit_bundle
+    from detector.store import FitResult
 
     results: dict = {
         "import_serve_path": import_cost(SERVE_IMPORTS),
@@ -80,7 +81,7 @@ def registry_bench(args: argparse.Namespace) -> dict:
         for _ in range(args.fits):
             bundle = fit_bundle(config, "bench", units, start, end)
             began = time.perf_counter()
-            decision, _ = registry.register_fit(bundle, units)
+            decision, _ = register_fit(registry, FitResult(bundle, units))
             per_fit.append(time.perf_counter() - began)
         results["register_fit_seconds"] = per_fit
         results["register_fit_seconds_median"] = float(np.median(per_fit))

@@ -2,6 +2,7 @@
 
     python bench/exporters.py [--exporter gpu|containers|all] [--scrapes N] [--sizes 10,200] [--json]
     python bench/exporters.py --exporter containers --sizes 10 --concurrency 20 --duration 30 [--idle 200]
+    python bench/exporters.py ... --as-prometheus      # OpenMetrics and gzip, as Prometheus scrapes
 
 For each exporter and size (GPU: 2 and 8 GPUs; containers: 10 and 200 containers) it starts
 the exporter through its benchmark module (``bench/exporters_<name>.py``, a context manager
@@ -20,6 +21,7 @@ failed, and the most threads the exporter had.
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import importlib
 import json
@@ -42,6 +44,12 @@ sys.path.insert(0, str(REPO))
 PARTS = {"gpu": ("bench.exporters_gpu", (2, 8), "GPUs"),
          "containers": ("bench.exporters_containers", (10, 200), "containers")}
 WARMUP = 5
+TEXT_HEADERS = {"Accept": "text/plain"}
+# What Prometheus 2.x sends when it scrapes: OpenMetrics preferred, gzip accepted.
+PROMETHEUS_HEADERS = {"Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                                "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                      "Accept-Encoding": "gzip"}
+REQUEST_HEADERS = TEXT_HEADERS  # set by --as-prometheus before any client starts
 
 
 class Skip(Exception):
@@ -75,14 +83,17 @@ def scrape(url: str) -> tuple[float, bytes]:
     start = time.perf_counter()
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        conn.request("GET", parts.path or "/", headers={"Accept": "text/plain"})
+        conn.request("GET", parts.path or "/", headers=REQUEST_HEADERS)
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"{url} answered {response.status}")
     finally:
         conn.close()
-    return time.perf_counter() - start, body
+    seconds = time.perf_counter() - start
+    if response.getheader("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+    return seconds, body
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -263,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long the concurrent clients run (1..120, default: %(default)s)")
     parser.add_argument("--idle", type=int, default=0, metavar="M",
                         help="with --concurrency: keep M silent connections open meanwhile (0..1000)")
+    parser.add_argument("--as-prometheus", action="store_true",
+                        help="ask for what Prometheus asks for (OpenMetrics, gzip) instead of plain text; the time "
+                        "includes receiving the gzip'd body, not decompressing it")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
+    global REQUEST_HEADERS
+    REQUEST_HEADERS = PROMETHEUS_HEADERS if args.as_prometheus else TEXT_HEADERS
     if args.scrapes < 1:
         parser.error("--scrapes must be at least 1")
     if not 0 <= args.concurrency <= 64 or not 1 <= args.duration <= 120 or not 0 <= args.idle <= 1000:

@@ -132,7 +132,7 @@ def replay(spec: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list
     with tempfile.TemporaryDirectory(prefix="nab-") as state_dir:
         config = detector_config(spec, step, state_dir)
         clock = {"now": float(times[0])}
-        detector = Detector(config, fit_sink=lambda bundle: bundle, load_bundle=lambda alias: None,
+        detector = Detector(config, fit_sink=lambda result: result.bundle, load_bundle=lambda alias: None,
                             clock=lambda: clock["now"], reader=FileReader(frame, step))
         fit_every = pd.Timedelta(FIT_EVERY).total_seconds()
         fitted_at, fitted_rows = None, 0

@@ -3,7 +3,8 @@
 ``Loop(name, step)`` calls ``step()`` and waits the number of seconds it returns before the next
 call. A step that raises is logged (``error_message`` and the exception) and retried after
 ``error_delay``: a bug in one pass never ends the thread. ``wake()`` ends a wait at once (new work
-arrived); ``stop()`` ends the loop, waking it, and joins the thread.
+arrived); ``stop()`` ends the loop, waking it, and joins the thread. :class:`Background` is the
+start/stop of an object that does its work on such a loop.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Self
 
 from boxwatch.log import kv
 
@@ -61,3 +63,24 @@ class Loop:
                 delay = self._error_delay
             self._wake.wait(delay)
             self._wake.clear()
+
+
+class Background:
+    """An object that does its work on a :class:`Loop` (``self._loop``, made in its constructor).
+
+    ``start()`` starts the loop and returns the object; ``stop()`` ends the loop, then ``close()``
+    releases what the loop used (an HTTP session, a client).
+    """
+
+    _loop: Loop
+
+    def start(self) -> Self:
+        self._loop.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._loop.stop(timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Release what the loop used; called once the loop has ended."""

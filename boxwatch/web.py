@@ -31,6 +31,7 @@ with the file and the key, by :class:`WebConfigError`.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import hashlib
@@ -44,7 +45,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -206,13 +207,16 @@ def _is_mapping(section: Any, key: str, what: str, problem: Callable[[str, str],
     return True
 
 
+def _items(section: Any, key: str, what: str, problem: Callable[[str, str], None]) -> Iterable[tuple[Any, Any]]:
+    """The entries of a mapping section; none (and a problem) when it is not a mapping."""
+    return section.items() if _is_mapping(section, key, what, problem) else ()
+
+
 def _users(section: Any, problem: Callable[[str, str], None]) -> dict[str, bytes]:
     import bcrypt
 
-    if not _is_mapping(section, "basic_auth_users", "a mapping of user name to bcrypt hash", problem):
-        return {}
     users = {}
-    for user, hashed in section.items():
+    for user, hashed in _items(section, "basic_auth_users", "a mapping of user name to bcrypt hash", problem):
         key = f"basic_auth_users.{user}"
         if not isinstance(user, str) or not user or ":" in user:
             problem(key, "a user name is a non-empty string without ':'")
@@ -230,10 +234,8 @@ def _users(section: Any, problem: Callable[[str, str], None]) -> dict[str, bytes
 
 
 def _headers(section: Any, problem: Callable[[str, str], None]) -> dict[str, str]:
-    if not _is_mapping(section, "http_server_config", "a mapping", problem):
-        return {}
     headers = {}
-    for key, value in section.items():
+    for key, value in _items(section, "http_server_config", "a mapping", problem):
         if key == "http2":  # HTTP/1.1 only; accepted so that node_exporter's files load unchanged
             continue
         if key != "headers":
@@ -713,6 +715,48 @@ def serve(app: WSGIApp, listen_address: str, config: WebConfig | None = None, li
     """Bind ``listen_address`` (``HOST:PORT``) and start serving ``app``; raises OSError if it cannot bind."""
     host, port = parse_listen_address(listen_address)
     return Server(app, host, port, config, limits, name).start()
+
+
+def add_web_flags(parser: argparse.ArgumentParser, default_listen: str, *, telemetry_path: bool = False,
+                  config_section: str | None = None, listen_aliases: Sequence[str] = ()) -> None:
+    """The ``--web.*`` flags of every boxwatch server, as the Prometheus exporters have them.
+
+    ``--web.listen-address`` (``args.listen_address``) and ``--web.config.file``
+    (``args.web_config_file``); with ``telemetry_path`` also ``--web.telemetry-path``
+    (``args.telemetry_path``). With ``config_section`` the flags override that section's
+    ``listen_address`` and ``web_config_file`` keys of a configuration file, so they default to None
+    (not given). ``listen_aliases`` are older spellings still accepted (``--listen``).
+    """
+    overrides = config_section is not None
+    listen_help = "address to serve on, HOST:PORT or :PORT for all interfaces"
+    config_help = "exporter-toolkit web configuration (TLS, client certificates, basic auth)"
+    if overrides:
+        listen_help += f" (overrides {config_section}.listen_address, default {default_listen})"
+        config_help += f" (overrides {config_section}.web_config_file; default: plain HTTP, no authentication)"
+    else:
+        listen_help += " (default: %(default)s)"
+        config_help += " (default: plain HTTP, no authentication)"
+    parser.add_argument("--web.listen-address", *listen_aliases, dest="listen_address", metavar="HOST:PORT",
+                        default=None if overrides else default_listen, help=listen_help)
+    if telemetry_path:
+        parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics", metavar="PATH",
+                            help="path under which to expose metrics (default: %(default)s)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        default=None if overrides else "", help=config_help)
+
+
+def web_config_from_flags(args: argparse.Namespace) -> WebConfig | None:
+    """The configuration ``--web.config.file`` names, ``--web.listen-address`` checked too; None, with
+    each problem logged, when either is unusable (the process then exits 2)."""
+    try:
+        parse_listen_address(args.listen_address)
+        return load_web_config(args.web_config_file)
+    except WebConfigError as err:
+        for problem in err.problems:
+            log.error("invalid --web.config.file", extra=kv(problem=problem))
+    except ValueError as err:
+        log.error(str(err))
+    return None
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

@@ -1,8 +1,8 @@
 """The detector's HTTP interface (Flask): metrics, health, a small JSON API and its OpenAPI document.
 
-Routes are registered on the app built by :func:`create_app`; another component (a registry,
-drift reports) adds its own routes with ``app.register_blueprint(...)`` and its paths to
-``OPENAPI["paths"]``.
+Routes are registered on the app built by :func:`create_app`, which also holds the app's OpenAPI
+document; ``serve`` attaches another component's routes (a registry, drift reports) with
+:func:`add_routes`, which registers its blueprint and documents its paths on that app.
 
 What every request goes through, whichever blueprint serves it:
 
@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -240,12 +240,20 @@ def create_app(detector: Detector, registry: CollectorRegistry) -> Flask:
         finally:
             scoring.release()
 
+    app.extensions["openapi"] = build_openapi()
+
     @app.get("/api/v1/openapi.json")
     def openapi():
-        return jsonify(OPENAPI)
+        return jsonify(app.extensions["openapi"])
 
     app.register_blueprint(feedback.blueprint(detector, parse_time, BadRequest))
     return app
+
+
+def add_routes(app: Flask, blueprint: Blueprint, paths: dict[str, Any]) -> None:
+    """Serve ``blueprint``'s routes on ``app`` and add their ``paths`` to the app's OpenAPI document."""
+    app.register_blueprint(blueprint)
+    app.extensions["openapi"]["paths"].update(paths)
 
 
 # --------------------------------------------------------------------------- Host header
@@ -470,5 +478,3 @@ def build_openapi() -> dict[str, Any]:
         "components": {"schemas": _schemas()},
     }
 
-
-OPENAPI: dict[str, Any] = build_openapi()

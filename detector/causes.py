@@ -28,7 +28,7 @@ import requests
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from boxwatch.log import kv
-from boxwatch.loop import Loop
+from boxwatch.loop import Background, Loop
 from boxwatch.xid import CATALOG
 from detector.config import CausesConfig, ReaderConfig
 from detector.writer import ScoredPoint
@@ -177,7 +177,7 @@ def series_of(labels: Labels) -> Labels:
     return tuple((k, v) for k, v in labels if k != "model")
 
 
-class CauseFinder:
+class CauseFinder(Background):
     """Tracks anomalous runs per unit and looks up their causes in the background.
 
     Parameters
@@ -233,12 +233,7 @@ class CauseFinder:
 
     # ------------------------------------------------------------------ background thread
 
-    def start(self) -> CauseFinder:
-        self._loop.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._loop.stop(timeout)
+    def close(self) -> None:
         self._session.close()
 
     def _pass(self) -> float:

@@ -13,15 +13,16 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from boxwatch import __version__
 from boxwatch.log import kv, setup_logging
 from boxwatch.times import parse_duration, parse_time
-from boxwatch.web import Limits, Server, load_web_config, parse_listen_address
+from boxwatch.web import Limits, Server, add_web_flags, load_web_config, parse_listen_address
 from detector import registry_cli
 from detector.cli_common import Command, add_config_flags, load_or_report, overrides_from, unknown_queries
+from detector.config import DEFAULT_LISTEN_ADDRESS
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -49,11 +50,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser)
-    parser.add_argument("--web.listen-address", dest="listen_address",
-                        help="HOST:PORT to serve on (overrides server.listen_address, default 127.0.0.1:9875)")
-    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                        help="exporter-toolkit web configuration: TLS, client certificates, basic auth "
-                             "(overrides server.web_config_file; default: plain HTTP, no authentication)")
+    add_web_flags(parser, DEFAULT_LISTEN_ADDRESS, config_section="server")
 
 
 # /metrics and /healthz must answer while slow API calls run: more workers than the API lets /score
@@ -63,33 +60,42 @@ DETECTOR_LIMITS = Limits(workers=16, max_queued=64, max_connections=512, read_ti
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from detector.api import create_app
-    from detector.extensions import load_extensions
+    """Build the service and what the configuration enables around it, wire them, serve until a signal."""
+    from detector.api import add_routes, create_app
     from detector.metrics import build_registry
     from detector.service import Detector
-    from detector.store import LocalStore
+    from detector.store import FitSink, LocalStore
 
     setup_logging(args.log_level, args.log_format)
     config = load_or_report(args)
     if config is None:
         log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
         return 1
-    extensions = load_extensions(config)
     store = LocalStore(config.state_dir, config.model_key_file)
-    sink = store.save
-    load_bundle = store.load
-    for ext in extensions:
-        if ext.wrap_fit_sink:
-            sink = ext.wrap_fit_sink(sink, store)
-        if ext.load_bundle:
-            load_bundle = ext.load_bundle
+    sink: FitSink = store.save_fit
+    families: list[Callable[[], Iterable[Any]]] = []  # extra /metrics families
+    routes: list[tuple[Any, dict[str, Any]]] = []
+    watcher = monitor = None
+    if config.registry.enabled:  # every fit is gated by the registry; its champion serves
+        from detector import registry
+
+        model_registry, health = registry.Registry(config, args.shard), registry.RegistryHealth()
+        watcher = registry.ChampionWatcher(model_registry, store, health)
+        sink = registry.RegistrySink(model_registry, store, health)
+        families.append(lambda: registry.registry_families(health))
+        routes.append((registry.blueprint(watcher), registry.OPENAPI_PATHS))
+    if config.drift.enabled:  # outermost: keeps the training data of whatever fit goes on to serve
+        from detector import drift
+
+        monitor = drift.DriftMonitor(config)
+        sink = monitor.wrap_sink(sink)
+        families.append(lambda: drift.drift_families(monitor))
+        routes.append((drift.blueprint(monitor), drift.OPENAPI_PATHS))
     web_config = load_web_config(config.server.web_config_file)  # checked with the configuration
-    detector = Detector(config, args.config, overrides_from(args), args.shard, sink, load_bundle)
-    registry = build_registry(detector, [c for ext in extensions for c in ext.collectors])
-    app = create_app(detector, registry)
-    for ext in extensions:
-        for blueprint in ext.blueprints:
-            app.register_blueprint(blueprint)
+    detector = Detector(config, args.config, overrides_from(args), args.shard, sink, store.load)
+    app = create_app(detector, build_registry(detector, families))
+    for blueprint, paths in routes:
+        add_routes(app, blueprint, paths)
     try:
         server = Server(app, *parse_listen_address(config.server.listen_address), web_config, DETECTOR_LIMITS,
                         name="http")
@@ -101,15 +107,16 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("starting", extra=kv(version=__version__, queries=len(config.queries),
                                   shard=f"{args.shard[0]}/{args.shard[1]}", ready=detector.ready))
     detector.start()
-    for ext in extensions:
-        ext.start(detector)
+    threads = [part for part in (watcher, monitor) if part is not None]
+    for part in threads:
+        part.start(detector)
     server.start()
     log.info("listening", extra=kv(address=f"{server.host}:{server.port}", scheme=server.scheme,
                                    basic_auth=bool(web_config.users)))
     stop.wait()
     server.stop()
-    for ext in extensions:
-        ext.stop()
+    for part in threads:
+        part.stop()
     detector.stop()
     return 0
 

@@ -220,13 +220,6 @@ class AnomaliesConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
-class OpenSection(BaseModel):
-    """A section whose keys another component defines (registry, drift); kept as given."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    enabled: bool = False
-
-
 class PromotionConfig(_Strict):
     """When a freshly fitted version replaces the ``champion`` (see docs/registry.md)."""
 

@@ -38,7 +38,7 @@ from boxwatch.files import atomic_path
 from boxwatch.log import kv
 from detector.config import DetectorConfig, DriftConfig
 from detector.reader import ReaderError, SeriesKey
-from detector.store import STATS, FitSink, LocalStore, ModelBundle, ModelKey, UntrustedModel, write_state_file
+from detector.store import STATS, FitResult, FitSink, ModelBundle, ModelKey, UntrustedModel, write_state_file
 
 if TYPE_CHECKING:
     from detector.service import Detector
@@ -147,14 +147,13 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ references
 
-    def wrap_sink(self, inner: FitSink, _store: LocalStore) -> FitSink:
-        """Keep a sample of the training data of every bundle that goes on to serve."""
+    def wrap_sink(self, inner: FitSink) -> FitSink:
+        """Keep a sample of the training data of every fit that goes on to serve."""
 
-        def sink(bundle: ModelBundle) -> ModelBundle:
-            units = bundle.training_units
-            served = inner(bundle)
-            if units and served is bundle:
-                self.save_reference(bundle, units)
+        def sink(result: FitResult) -> ModelBundle:
+            served = inner(result)
+            if result.units and result.same_fit(served):
+                self.save_reference(served, result.units)
             return served
 
         return sink
@@ -189,21 +188,12 @@ class DriftMonitor:
         frame = self._read(alias, start, end)
         return None if frame is None else sample(frame, self.settings.reference_max_points)
 
-    def _read(self, alias: str, start: float, end: float) -> pd.DataFrame | None:
-        from detector.reader import PrometheusReader, align
-        from detector.scoring import build_units, is_multivariate
+    def _read(self, alias: str, start: float, end: float) -> pd.DataFrame:
+        """The features of ``alias`` from ``start`` to ``end``, read as the service reads its units."""
+        from detector.scoring import is_multivariate
 
         detector = self.detector
-        config = detector.config
-        query = config.queries[alias]
-        reader = PrometheusReader(config.reader)
-        try:
-            lead = query.step if query.counter else 0.0
-            raw = reader.query_range(query.expr, align(start, query.step) - lead, align(end, query.step), query.step)
-        finally:
-            reader.close()
-        multivariate = is_multivariate(config, alias)
-        return features(build_units(query, multivariate, raw, detector.shard, alias), multivariate)
+        return features(detector.read_units(alias, start, end), is_multivariate(detector.config, alias))
 
     # ------------------------------------------------------------------ checks
 
@@ -280,77 +270,68 @@ class DriftMonitor:
             return list(self.results.values())
 
 
-class DriftCollector:
-    def __init__(self, monitor: DriftMonitor):
-        self._monitor = monitor
+def drift_families(monitor: DriftMonitor):
+    """``boxwatch_drift_score``, ``boxwatch_drift_detected`` and the last check's time, for ``/metrics``."""
+    from prometheus_client.core import GaugeMetricFamily
 
-    def describe(self) -> list:
-        return []
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        results = self._monitor.snapshot()
-        score = GaugeMetricFamily("boxwatch_drift_score",
-                                  "Drift statistic of a model input, training window vs recent window "
-                                  "(a p-value for ks, a distance for wasserstein/psi/...).",
-                                  labels=["query", "model", "feature"])
-        detected = GaugeMetricFamily("boxwatch_drift_detected", "1 if any input of the model drifted at the last check.",
-                                     labels=["query", "model"])
-        checked = GaugeMetricFamily("boxwatch_drift_last_check_timestamp_seconds",
-                                    "Unix time of the last drift check.", labels=["query", "model"])
-        for result in sorted(results, key=lambda r: r.query):
-            for feature, value in sorted(result.scores.items()):
-                if not math.isnan(value):
-                    score.add_metric([result.query, result.model, feature], value)
-            detected.add_metric([result.query, result.model], float(result.detected))
-            checked.add_metric([result.query, result.model], result.checked_at)
-        yield score
-        yield detected
-        yield checked
+    results = monitor.snapshot()
+    score = GaugeMetricFamily("boxwatch_drift_score",
+                              "Drift statistic of a model input, training window vs recent window "
+                              "(a p-value for ks, a distance for wasserstein/psi/...).",
+                              labels=["query", "model", "feature"])
+    detected = GaugeMetricFamily("boxwatch_drift_detected", "1 if any input of the model drifted at the last check.",
+                                 labels=["query", "model"])
+    checked = GaugeMetricFamily("boxwatch_drift_last_check_timestamp_seconds",
+                                "Unix time of the last drift check.", labels=["query", "model"])
+    for result in sorted(results, key=lambda r: r.query):
+        for feature, value in sorted(result.scores.items()):
+            if not math.isnan(value):
+                score.add_metric([result.query, result.model, feature], value)
+        detected.add_metric([result.query, result.model], float(result.detected))
+        checked.add_metric([result.query, result.model], result.checked_at)
+    yield score
+    yield detected
+    yield checked
 
 
-def extension(config: DetectorConfig):
-    """Drift's part of ``serve`` (see :mod:`detector.extensions`); ``None`` when disabled."""
-    if not config.drift.enabled:
-        return None
+OPENAPI_PATHS: dict[str, Any] = {
+    "/reports/drift/{query}/{model}": {"get": {
+        "summary": "The last Evidently drift report of a query and model (HTML).",
+        "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                       for n in ("query", "model")],
+        "responses": {"200": {"description": "HTML report.", "content": {"text/html": {}}},
+                      "404": {"description": "No report yet (JSON error)."}}}},
+    "/api/v1/drift": {"get": {
+        "summary": "Results of the last drift check per query: scores per feature, verdicts, report link.",
+        "responses": {"200": {"description": "Drift results."}}}},
+    "/api/v1/drift/check": {"post": {
+        "summary": "Run the drift checks now (as the schedule would) and return their results.",
+        "responses": {"200": {"description": "Drift results."}, "503": {"description": "Not started."}}}},
+}
+"""The routes of :func:`blueprint`, for the app's OpenAPI document."""
+
+
+def blueprint(monitor: DriftMonitor):
+    """``/reports/drift/<query>/<model>``, ``GET /api/v1/drift`` and ``POST /api/v1/drift/check``."""
     from flask import Blueprint, jsonify, send_file
 
-    from detector.extensions import Extension
+    routes = Blueprint("drift", __name__)
 
-    monitor = DriftMonitor(config)
-    blueprint = Blueprint("drift", __name__)
-
-    @blueprint.get("/reports/drift/<query>/<model>")
+    @routes.get("/reports/drift/<query>/<model>")
     def drift_report(query: str, model: str):
-        path = report_path(config.state_dir, query, model)
+        path = report_path(monitor.config.state_dir, query, model)
         if not path.exists():
             return jsonify({"status": "error", "error": f"no drift report for query {query!r} and model {model!r} yet"}), 404
         return send_file(path.resolve(), mimetype="text/html", max_age=0)
 
-    @blueprint.get("/api/v1/drift")
+    @routes.get("/api/v1/drift")
     def drift_results():
         return jsonify({"status": "success", "results": [r.as_dict() for r in monitor.snapshot()]})
 
-    @blueprint.post("/api/v1/drift/check")
+    @routes.post("/api/v1/drift/check")
     def drift_check():
         if monitor.detector is None:
             return jsonify({"status": "error", "error": "not started"}), 503
         return jsonify({"status": "success", "results": [r.as_dict() for r in monitor.check_all()]})
 
-    from detector.api import OPENAPI
-
-    OPENAPI["paths"].setdefault("/reports/drift/{query}/{model}", {"get": {
-        "summary": "The last Evidently drift report of a query and model (HTML).",
-        "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                       for n in ("query", "model")],
-        "responses": {"200": {"description": "HTML report.", "content": {"text/html": {}}},
-                      "404": {"description": "No report yet (JSON error)."}}}})
-    OPENAPI["paths"].setdefault("/api/v1/drift", {"get": {
-        "summary": "Results of the last drift check per query: scores per feature, verdicts, report link.",
-        "responses": {"200": {"description": "Drift results."}}}})
-    OPENAPI["paths"].setdefault("/api/v1/drift/check", {"post": {
-        "summary": "Run the drift checks now (as the schedule would) and return their results.",
-        "responses": {"200": {"description": "Drift results."}, "503": {"description": "Not started."}}}})
-    return Extension(name="drift", wrap_fit_sink=monitor.wrap_sink, collectors=[DriftCollector(monitor)],
-                     blueprints=[blueprint], start=monitor.start, stop=monitor.stop)
+    return routes

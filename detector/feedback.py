@@ -35,7 +35,7 @@ import pandas as pd
 import requests
 
 from boxwatch.log import kv
-from boxwatch.loop import Loop
+from boxwatch.loop import Background, Loop
 from detector.config import DetectorConfig, FeedbackWindow
 from detector.matchers import Matcher, matches_all, parse_matcher
 from detector.reader import SeriesKey
@@ -102,7 +102,7 @@ def silence_mark(silence: Mapping[str, Any]) -> Mark | None:
                      comment=f"silence by {silence.get('createdBy', '?')}: {silence.get('comment', '')}"[:500])
 
 
-class Feedback:
+class Feedback(Background):
     """Every mark in force, and what the service asks of them (masks, expected points, counts).
 
     Parameters
@@ -181,12 +181,7 @@ class Feedback:
 
     # ------------------------------------------------------------------ Alertmanager silences
 
-    def start(self) -> Feedback:
-        self._loop.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._loop.stop(timeout)
+    def close(self) -> None:
         self._session.close()
 
     def _poll(self) -> float:

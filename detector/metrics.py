@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -23,10 +23,12 @@ from detector.writer import SCORE_FAMILIES, present
 
 
 class DetectorCollector:
-    """Scores of the last cycle and the detector's self metrics, built fresh per scrape."""
+    """Scores of the last cycle and the detector's self metrics, built fresh per scrape, and the families of
+    each of ``extra`` (callables: the registry's, drift's)."""
 
-    def __init__(self, detector: Detector):
+    def __init__(self, detector: Detector, extra: Iterable[Callable[[], Iterable[Metric]]] = ()):
         self._detector = detector
+        self._extra = list(extra)
 
     def describe(self) -> list[Metric]:
         return []
@@ -39,6 +41,8 @@ class DetectorCollector:
         yield from causes_self_families(self._detector.causes)
         yield from feedback_families(self._detector.feedback)
         yield from model_file_families()
+        for families in self._extra:
+            yield from families()
 
     def _scores(self) -> Iterable[Metric]:
         # Series of different queries have different label names: merged_gauge makes one family per name.
@@ -126,12 +130,11 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=value)
 
 
-def build_registry(detector: Detector, extra_collectors: Iterable[object] = ()) -> CollectorRegistry:
-    """A registry with the detector's collector, any extra ones (a registry's, drift), and process metrics."""
+def build_registry(detector: Detector, extra: Iterable[Callable[[], Iterable[Metric]]] = ()) -> CollectorRegistry:
+    """A registry with the detector's collector (and ``extra`` families: a registry's, drift's) and process
+    metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DetectorCollector(detector))
-    for collector in extra_collectors:
-        registry.register(collector)
+    registry.register(DetectorCollector(detector, extra))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

@@ -69,18 +69,22 @@ def _train(args: argparse.Namespace) -> int:
     except registry_errors() as err:
         return _print_error("train", err)
     store = LocalStore(config.state_dir, config.model_key_file)
-    health = RegistryHealth()
-    sink = RegistrySink(registry, store.save, store, health)
+    sink = RegistrySink(registry, store, RegistryHealth())
     detector = Detector(config, shard=args.shard, fit_sink=sink, load_bundle=store.load)
-    failed = []
+    decisions, failed = [], []
     for alias in args.queries or list(config.queries):
-        before = len(sink.decisions)
-        bundle = detector.fit_query(alias)
-        if bundle is None or len(sink.decisions) == before:
+        result = detector.fit(alias)
+        try:
+            decision = None if result is None else sink.register(result)[0]
+        except Exception:  # reported as this query's failure; the other queries still train
+            log.exception("registering the fit failed", extra=kv(query=alias))
+            decision = None
+        if decision is None:
             failed.append(alias)
             log.error("training failed", extra=kv(query=alias))
+        else:
+            decisions.append(decision.as_dict())
     detector.stop(timeout=1)
-    decisions = [d.as_dict() for d in sink.decisions]
     if args.json:
         print(json.dumps({"decisions": decisions, "failed": failed}, indent=1))
     else:

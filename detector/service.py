@@ -4,7 +4,8 @@ Two threads do the work. The *scoring* thread wakes every second and, for each q
 ``infer_every`` has come, range-queries the points since the last scored one (bounded by
 ``reader.catch_up_max``), scores them online, keeps anomalies in a bounded buffer and
 replaces the query's snapshot. The *fitting* thread refits each query every ``fit_every``
-on its ``fit_window`` and hands the result to the :data:`~detector.store.FitSink`.
+on its ``fit_window`` and hands the result (a :class:`~detector.store.FitResult`) to the
+:data:`~detector.store.FitSink`.
 
 A unit (series or entity) without a fitted model — a container restarted after the last fit,
 or every unit before the first fit — is scored at once by a robust stand-in started from its
@@ -46,7 +47,7 @@ from detector.scoring import (
     score_online,
     score_online_many,
 )
-from detector.store import FitSink, LocalStore, ModelBundle
+from detector.store import FitResult, FitSink, LocalStore, ModelBundle
 from detector.writer import RemoteWriter, ScoredPoint, points_of, scored_points
 
 log = logging.getLogger("boxwatch.detector")
@@ -106,7 +107,7 @@ class Detector:
     shard : (index, total)
         This replica's share of the units.
     fit_sink : FitSink, optional
-        Where fit results go; the bundle it returns is served. Default: ``LocalStore.save``.
+        Where fit results go; the bundle it returns is served. Default: ``LocalStore.save_fit``.
     load_bundle : callable, optional
         ``alias -> ModelBundle | None`` used at start and on reload. Default: ``LocalStore.load``.
     clock : callable, optional
@@ -132,7 +133,7 @@ class Detector:
         self.overrides = dict(overrides or {})
         self.shard = shard
         self.store = LocalStore(config.state_dir, config.model_key_file)
-        self.fit_sink: FitSink = fit_sink or self.store.save
+        self.fit_sink: FitSink = fit_sink or self.store.save_fit
         self.load_bundle = load_bundle or self.store.load
         self.clock = clock
         self.stats = Stats()
@@ -244,6 +245,18 @@ class Detector:
                 if alias is None or name == alias:
                     state.next_fit = 0.0
         self._fit_wakeup.set()
+
+    def read_units(self, alias: str, start: float, end: float) -> dict[SeriesKey, pd.DataFrame]:
+        """The units of ``alias`` from ``start`` to ``end`` (aligned to its step) through this service's
+        reader and shard, a counter's rates from the point before ``start`` on; :class:`ReaderError` when
+        the query fails. For readers beside the scoring loop (drift's windows)."""
+        with self._lock:
+            config = self.config
+            reader = self._reader
+        query = config.queries[alias]
+        lead = query.step if query.counter else 0.0
+        raw = reader.query_range(query.expr, align(start, query.step) - lead, align(end, query.step), query.step)
+        return build_units(query, is_multivariate(config, alias), raw, self.shard, alias)
 
     # ------------------------------------------------------------------ reload
 
@@ -627,7 +640,33 @@ class Detector:
             self._fit_wakeup.clear()
 
     def fit_query(self, alias: str, now: float | None = None) -> ModelBundle | None:
-        """Fit every unit of ``alias`` on its window ending at ``now``; hand the bundle to the sink."""
+        """:meth:`fit` ``alias``, hand the result to the sink and serve the bundle it returns."""
+        now = self.clock() if now is None else now
+        result = self.fit(alias, now)
+        if result is None:
+            return None
+        bundle = result.bundle
+        try:
+            served = self.fit_sink(result)
+        except Exception as err:  # a failing sink (disk full, registry down) must not stop scoring
+            log.exception("saving fitted models failed; serving them anyway", extra=_fields(query=alias))
+            with self._lock:
+                state = self._states.get(alias)
+                if state is not None and state.config_hash == bundle.config_hash:
+                    state.fit_error = f"fit sink failed: {err}"
+            served = bundle
+        self.install_bundle(served)
+        with self._lock:  # a sink may keep serving an older bundle (a rejected challenger): wait a full interval
+            state = self._states.get(alias)
+            if state is not None and state.config_hash == bundle.config_hash:
+                state.next_fit = max(state.next_fit, now + self.config.queries[alias].fit_every)
+        log.info("fitted models", extra=_fields(query=alias, model=bundle.model_name, series=len(bundle.models),
+                                                seconds=round(bundle.fit_seconds, 3)))
+        return served
+
+    def fit(self, alias: str, now: float | None = None) -> FitResult | None:
+        """Fit every unit of ``alias`` on its window ending at ``now``; ``None`` (and a retry scheduled)
+        when the query fails or no unit fits. Nothing is saved or served."""
         now = self.clock() if now is None else now
         with self._lock:
             config = self.config
@@ -651,22 +690,9 @@ class Detector:
         if not bundle.models and units:
             self._fit_failed(state, "no series could be fitted")
             return None
-        bundle.training_units = units
         with self._lock:  # what the series' scores taught so far is saved with the models
             bundle.calibration = copy.deepcopy(state.calibration)
-        try:
-            served = self.fit_sink(bundle)
-        except Exception as err:  # a failing sink (disk full, registry down) must not stop scoring
-            log.exception("saving fitted models failed; serving them anyway", extra=_fields(query=alias))
-            state.fit_error = f"fit sink failed: {err}"
-            served = bundle
-        bundle.training_units = None
-        self.install_bundle(served)
-        with self._lock:  # a sink may keep serving an older bundle (a rejected challenger): wait a full interval
-            state.next_fit = max(state.next_fit, now + query.fit_every)
-        log.info("fitted models", extra=_fields(query=alias, model=bundle.model_name, series=len(bundle.models),
-                                                seconds=round(bundle.fit_seconds, 3)))
-        return served
+        return FitResult(bundle, units)
 
     def _fit_failed(self, state: QueryState, reason: str) -> None:
         with self._lock:

@@ -1,9 +1,10 @@
 """Fitted models of one query (a :class:`ModelBundle`) and the local cache of what serves.
 
-The service hands every fit result to one hook, a :data:`FitSink`: a callable that takes
-the new bundle and returns the bundle to serve. The default, :meth:`LocalStore.save`,
-persists it and serves it. A registry can wrap that hook (log the run, gate promotion,
-return the champion, which is then saved locally) without touching the service.
+The service hands every fit to one hook, a :data:`FitSink`: a callable that takes the
+:class:`FitResult` (the new bundle and the frames it was fitted on) and returns the bundle to
+serve. The default, :meth:`LocalStore.save_fit`, persists the new bundle and serves it. A
+registry replaces that hook (log the run, gate promotion, return the champion, which is then
+saved locally) without touching the service.
 
 On start the service loads bundles from the :class:`LocalStore`, so a restart scores at
 once instead of refitting everything. Files are written atomically (temp file, fsync,
@@ -27,7 +28,7 @@ import pickle
 import secrets
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,15 +204,6 @@ class ModelBundle:
     calibration: dict[SeriesKey, Any] = field(default_factory=dict, repr=False, compare=False)
     """Per unit, the score calibration (:class:`detector.calibration.Calibration`) as it was when the
     bundle was saved, so a restart keeps what each series' scores have taught it."""
-    training_units: dict[SeriesKey, Any] | None = field(default=None, repr=False, compare=False)
-    """The frames the models were fitted on, for the fit sink (validation, drift reference) only:
-    kept in memory for the duration of the hand-over and never persisted (see ``__getstate__``)."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["training_units"] = None
-        return state
-
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no models): for the index and ``GET /api/v1/models``."""
         return {
@@ -230,8 +222,29 @@ class ModelBundle:
         }
 
 
-FitSink = Callable[[ModelBundle], ModelBundle]
-"""Takes a freshly fitted bundle, returns the bundle to serve (the same one by default)."""
+@dataclass(frozen=True)
+class FitResult:
+    """A fresh fit as the service hands it to the :data:`FitSink`: the bundle and its training data.
+
+    ``units`` maps each series key to the frame its model was fitted on; a sink validates on it (the
+    registry) or keeps a sample of it (drift). It lives for the hand-over only and is never persisted.
+    """
+
+    bundle: ModelBundle
+    units: Mapping[SeriesKey, Any]
+
+    def same_fit(self, bundle: ModelBundle) -> bool:
+        """Whether ``bundle`` is this fit (perhaps since versioned by a registry), so was fitted on ``units``:
+        the same query, model, configuration, shard, training window and fit time."""
+        mine = self.bundle
+        return (bundle.query, bundle.model_name, bundle.config_hash, tuple(bundle.shard), bundle.training_start,
+                bundle.training_end, bundle.fitted_at) == (
+            mine.query, mine.model_name, mine.config_hash, tuple(mine.shard), mine.training_start,
+            mine.training_end, mine.fitted_at)
+
+
+FitSink = Callable[[FitResult], ModelBundle]
+"""Takes a fresh fit, returns the bundle to serve (by default the new one)."""
 
 
 class LocalStore:
@@ -246,7 +259,7 @@ class LocalStore:
         self._lock = threading.Lock()
 
     def save(self, bundle: ModelBundle) -> ModelBundle:
-        """Persist ``bundle`` atomically and return it (so it is also a :data:`FitSink`)."""
+        """Persist ``bundle`` atomically and return it."""
         with self._lock:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -260,6 +273,10 @@ class LocalStore:
             index[bundle.query] = bundle.summary()
             write_state_file(self.root / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
         return bundle
+
+    def save_fit(self, result: FitResult) -> ModelBundle:
+        """The default :data:`FitSink`: persist the new bundle and serve it."""
+        return self.save(result.bundle)
 
     def load(self, query: str) -> ModelBundle | None:
         """The persisted bundle of ``query``, or ``None`` when there is none or it cannot be trusted or read."""

@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from boxwatch.backoff import Backoff
 from boxwatch.log import kv
 from boxwatch.loop import Loop
-from exporters.exposition import ClockGauge, Part, Prepared, Rendered, families_of
+from exporters.exposition import ClockGauge, Part, Prepared, Rendered, Rows, families_of
 from exporters.server import Source, positive_float, positive_int
 
 log = logging.getLogger("boxwatch.containers")
@@ -388,6 +388,7 @@ class EventCounts:
     name dropped first once ``max_names`` names are held."""
 
     max_names: int
+    version: int = 0  # changes with every event counted
     _counts: OrderedDict[tuple[str, str], dict[str, int]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -397,6 +398,7 @@ class EventCounts:
             counts = self._counts.pop(key, None) or dict.fromkeys(EVENTS, 0)
             counts[event] += 1
             self._counts[key] = counts
+            self.version += 1
             while len(self._counts) > self.max_names:
                 self._counts.popitem(last=False)
 
@@ -517,7 +519,8 @@ class ContainerCollector:
     """Metric families from the poller's latest snapshot and the event counters.
 
     The snapshot's families are rendered once, when the poller publishes it (``prepared``); a
-    scrape adds only what changes between snapshots: error and event counters, and stats ages.
+    scrape adds only what changes between snapshots: error and event counters (a name's events
+    rendered again only when they change), and stats ages.
     Neither does I/O: a scrape costs the same whether the daemon answers or not.
     """
 
@@ -528,6 +531,7 @@ class ContainerCollector:
         self._errors = errors
         self._clock = clock
         self.prepared = Prepared()
+        self._event_rows = Rows(self._event_family, self._add_event_row)
         poller.listeners.append(self.prepare)
 
     def describe(self) -> list[Metric]:
@@ -543,7 +547,7 @@ class ContainerCollector:
         yield rendered
         yield self._error_family()
         yield from rendered.extra
-        yield self._event_family()
+        yield self._event_rows.part(self._events.version, self._events.items)
 
     def collect(self) -> Iterable[Metric]:
         return families_of(self.parts())
@@ -631,14 +635,17 @@ class ContainerCollector:
                           CONTAINER_LABELS, [(c.labels, c.stats.read_at) for c in containers if c.stats is not None],
                           self._clock)
 
-    def _event_family(self) -> Metric:
-        family = CounterMetricFamily("boxwatch_container_events",
-                                     "Container events from the Docker event stream since the exporter started.",
-                                     labels=["name", "compose_service", "event"])
-        for (name, service), counts in self._events.items():
-            for event in EVENTS:
-                family.add_metric([name, service, event], counts[event])
-        return family
+    @staticmethod
+    def _event_family() -> Metric:
+        return CounterMetricFamily("boxwatch_container_events",
+                                   "Container events from the Docker event stream since the exporter started.",
+                                   labels=["name", "compose_service", "event"])
+
+    @staticmethod
+    def _add_event_row(family: CounterMetricFamily, key: tuple[str, str], counts: dict[str, int]) -> None:
+        name, service = key
+        for event in EVENTS:
+            family.add_metric([name, service, event], counts[event])
 
 
 # --------------------------------------------------------------------------- wiring

@@ -7,8 +7,10 @@ share those bytes, so a scrape costs the same for 10 containers or 200.
 
 What changes with the clock rather than with the source (the age of a snapshot) is a
 :class:`ClockGauge`: rendered once per snapshot with its label sets, the values filled in at
-scrape time. Anything else a collector yields per scrape (small families: error counters) is a
-plain ``Metric``, rendered by prometheus_client at scrape time.
+scrape time. Counters kept apart from the snapshot that grow with the source (events per
+container) are :class:`Rows`: a row is rendered again only when its values change. Anything else
+a collector yields per scrape (small families of fixed size: error counters) is a plain
+``Metric``, rendered by prometheus_client at scrape time.
 
 A response is the concatenation of its parts. With ``gzip``, each cached part carries its own
 deflate stream ending on a byte boundary (``Z_SYNC_FLUSH``), so the parts join into one standard
@@ -21,14 +23,18 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 _EOF = b"# EOF\n"
+# What a scrape compresses itself (stats ages, small counters) is compressed fast rather than small.
+PER_SCRAPE_LEVEL = 1
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
+_FINAL_BLOCK = b"\x03\x00"  # an empty last deflate block: what a fresh compressor's Z_FINISH writes
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,9 @@ def negotiate(accept: str | None) -> Format:
 TEXT = negotiate("text/plain")
 
 
-def _deflate(data: bytes) -> bytes:
+def _deflate(data: bytes, level: int = 6) -> bytes:
     """Raw deflate of ``data`` ending on a byte boundary, to be followed by more deflate data."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
@@ -91,11 +97,15 @@ class Rendered:
     """
 
     def __init__(self, families: Iterable[Metric], source: object = None, extra: Sequence[ClockGauge] = ()):
-        self.families = tuple(families)
+        self._families = tuple(families)
         self.source = source
         self.extra = tuple(extra)
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._lock = threading.Lock()
+
+    @property
+    def families(self) -> tuple[Metric, ...]:
+        return self._families
 
     def body(self, fmt: Format) -> bytes:
         return self._get(fmt, False)
@@ -107,12 +117,19 @@ class Rendered:
         key = (fmt.content_type, deflated)
         found = self._bodies.get(key)
         if found is None:
+            plain = self.body(fmt) if deflated else b""  # before the lock: body() takes it too
             with self._lock:
                 found = self._bodies.get(key)
                 if found is None:
-                    found = _deflate(self.body(fmt)) if deflated else fmt.encode(self.families)
+                    found = self._deflate(fmt, plain) if deflated else self._render(fmt)
                     self._bodies[key] = found
         return found
+
+    def _render(self, fmt: Format) -> bytes:
+        return fmt.encode(self.families)
+
+    def _deflate(self, fmt: Format, plain: bytes) -> bytes:
+        return _deflate(plain)
 
 
 class ClockGauge:
@@ -158,6 +175,83 @@ class ClockGauge:
         now = self._clock()
         return head + b"".join(b"%s%.3f\n" % (prefix, max(0.0, now - t))
                                for prefix, t in zip(prefixes, self._times, strict=True))
+
+
+class Rows:
+    """A family whose samples come in rows of which few change between scrapes (event counts per
+    container name): each row is rendered once per format and values, a scrape joins their bytes.
+
+    ``family()`` makes the family empty (name, help, type, labels); ``fill(family, key, values)`` adds
+    the samples of one row. ``part(version, rows)`` reads ``rows()`` (``(key, values)`` pairs, in
+    exposition order) only when ``version`` changed since the last call, and returns the rows as a
+    :class:`Rendered` (so that their gzip'd bytes are kept too until the next change).
+
+    Scrapes render without a lock: two that render the same changed row at once both make the same
+    bytes, and a row is looked up by its values, so a stale one is never served.
+    """
+
+    def __init__(self, family: Callable[[], Metric], fill: Callable[[Metric, Hashable, Any], None]):
+        self._family = family
+        self._fill = fill
+        self._version: object = object()
+        self._current = _RowsRendered(self, ())
+        self._heads: dict[str, tuple[bytes, bytes]] = {}  # format -> (HELP and TYPE lines, the same deflated)
+        # (format, key) -> (values, (sample lines, the same deflated))
+        self._lines: dict[tuple[str, Hashable], tuple[Any, tuple[bytes, bytes]]] = {}
+
+    def part(self, version: object, rows: Callable[[], Iterable[tuple[Hashable, Any]]]) -> Rendered:
+        if version == self._version:
+            return self._current
+        current = _RowsRendered(self, tuple(rows()))
+        self._current, self._version = current, version
+        live = {key for key, _ in current.rows}
+        for cached in [c for c in list(self._lines) if c[1] not in live]:
+            self._lines.pop(cached, None)
+        return current
+
+    def family(self, rows: Iterable[tuple[Hashable, Any]]) -> Metric:
+        family = self._family()
+        for key, values in rows:
+            self._fill(family, key, values)
+        return family
+
+    def render(self, fmt: Format, rows: Iterable[tuple[Hashable, Any]], deflated: bool = False) -> bytes:
+        """The rows in ``fmt``; ``deflated``: as parts of one deflate stream, each row compressed once."""
+        head = self._heads.get(fmt.content_type)
+        if head is None:
+            plain = fmt.encode([self._family()])
+            head = self._heads[fmt.content_type] = (plain, _deflate(plain))
+        return head[deflated] + b"".join([self._row(fmt, key, values)[deflated] for key, values in rows])
+
+    def _row(self, fmt: Format, key: Hashable, values: Any) -> tuple[bytes, bytes]:
+        """(plain, deflated) sample lines of one row."""
+        cached = self._lines.get((fmt.content_type, key))
+        if cached is not None and cached[0] == values:
+            return cached[1]
+        lines = b"".join(line for line in fmt.encode([self.family([(key, values)])]).splitlines(keepends=True)
+                         if not line.startswith(b"#"))
+        both = (lines, _deflate(lines))
+        self._lines[(fmt.content_type, key)] = (values, both)
+        return both
+
+
+class _RowsRendered(Rendered):
+    """The rows of :class:`Rows` as of one version."""
+
+    def __init__(self, owner: Rows, rows: tuple[tuple[Hashable, Any], ...]):
+        super().__init__(())
+        self._owner = owner
+        self.rows = rows
+
+    @property
+    def families(self) -> tuple[Metric, ...]:
+        return (self._owner.family(self.rows),)
+
+    def _render(self, fmt: Format) -> bytes:
+        return self._owner.render(fmt, self.rows)
+
+    def _deflate(self, fmt: Format, plain: bytes) -> bytes:
+        return self._owner.render(fmt, self.rows, deflated=True)
 
 
 Part = Rendered | ClockGauge | Metric
@@ -234,9 +328,8 @@ def assemble(parts: Iterable[Part], fmt: Format, gzip: bool) -> bytes:
     for plain, deflated in pieces:
         crc = zlib.crc32(plain, crc)
         size += len(plain)
-        out.append(deflated if deflated is not None else _deflate(plain))
-    final = zlib.compressobj(6, zlib.DEFLATED, -15)
-    out.append(final.flush(zlib.Z_FINISH))
+        out.append(deflated if deflated is not None else _deflate(plain, PER_SCRAPE_LEVEL))
+    out.append(_FINAL_BLOCK)
     out.append(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
     return b"".join(out)
 

@@ -40,11 +40,10 @@ from boxwatch.log import add_log_flags, kv, setup_logging
 from boxwatch.web import (
     Limits,
     Server,
-    WebConfigError,
-    load_web_config,
-    parse_listen_address,
+    add_web_flags,
     serve,
     server_metrics,
+    web_config_from_flags,
 )
 from exporters.exposition import Part, Rendered, assemble, families_of, respond
 
@@ -63,31 +62,8 @@ class Source:
 
 
 def add_common_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=f"127.0.0.1:{default_port}",
-        help="address to serve metrics on, HOST:PORT or :PORT for all interfaces (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--web.telemetry-path",
-        dest="telemetry_path",
-        default="/metrics",
-        help="path under which to expose metrics (default: %(default)s)",
-    )
-    add_web_config_flag(parser)
+    add_web_flags(parser, f"127.0.0.1:{default_port}", telemetry_path=True)
     add_log_flags(parser)
-
-
-def add_web_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        default="",
-        metavar="FILE",
-        help="exporter-toolkit web configuration (TLS, client certificates, basic auth) "
-        "(default: plain HTTP, no authentication)",
-    )
 
 
 def add_collector_flag(parser: argparse.ArgumentParser, name: str, help: str, default: bool = True) -> None:
@@ -331,15 +307,8 @@ def serve_forever(app, listen_address: str, stop: threading.Event, web_config=No
 def run_exporter(exporter: str, args: argparse.Namespace, create: Callable[[argparse.Namespace], Source]) -> int:
     """Run one exporter process until SIGTERM or SIGINT. Returns the exit status."""
     setup_logging(args.log_level, args.log_format)
-    try:
-        parse_listen_address(args.listen_address)
-        web_config = load_web_config(getattr(args, "web_config_file", ""))
-    except WebConfigError as err:
-        for problem in err.problems:
-            log.error("invalid --web.config.file", extra=kv(problem=problem))
-        return 2
-    except ValueError as err:
-        log.error(str(err))
+    web_config = web_config_from_flags(args)
+    if web_config is None:
         return 2
     stop = threading.Event()
 

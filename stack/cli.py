@@ -15,7 +15,7 @@ import requests
 
 from boxwatch import __version__
 from boxwatch.log import add_log_flags, kv, setup_logging
-from boxwatch.web import parse_listen_address
+from boxwatch.web import add_web_flags, parse_listen_address, web_config_from_flags
 from stack.runtime import (
     COMPONENTS,
     DEFAULT_PORTS,
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default: %(default)s)")
 
     webhook = sub.add_parser("webhook", help="run only the webhook sink that logs Alertmanager notifications")
-    webhook.add_argument("--listen", default="127.0.0.1:9876", help="HOST:PORT (default: %(default)s)")
+    add_web_flags(webhook, "127.0.0.1:9876", listen_aliases=["--listen"])
     return parser
 
 
@@ -188,8 +188,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_webhook(args: argparse.Namespace) -> int:
     from stack.webhook import WebhookSink
 
-    host, port = parse_listen_address(args.listen)
-    sink = WebhookSink(host, port).start()
+    web_config = web_config_from_flags(args)
+    if web_config is None:
+        return 2
+    host, port = parse_listen_address(args.listen_address)
+    sink = WebhookSink(host, port, web_config=web_config).start()
     log.info("webhook sink listening", extra=kv(url=sink.url))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

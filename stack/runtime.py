@@ -184,7 +184,7 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             f"--web.listen-address={host}:{ports['alertmanager']}",
             "--cluster.listen-address=",
         ], "/-/ready")
-    add("webhook", [*python, "stack", "webhook", f"--listen={host}:{ports['webhook']}"], "/healthz")
+    add("webhook", [*python, "stack", "webhook", f"--web.listen-address={host}:{ports['webhook']}"], "/healthz")
     if "node" in enabled:
         add("node", [
             find_binary("prometheus-node-exporter", "node_exporter", package="prometheus-node-exporter",
@@ -193,7 +193,7 @@ def build_children(layout: Layout, ports: dict[str, int], enabled: list[str],
             *node_exporter_flags(),
         ], "/")
     if "demo" in enabled:
-        add("demo", [*python, "stack.demo", "serve", f"--listen={host}:{ports['demo']}",
+        add("demo", [*python, "stack.demo", "serve", f"--web.listen-address={host}:{ports['demo']}",
                      f"--end={layout.demo_end}"], "/healthz")
     for source in ("gpu", "containers", "journald"):
         argv = [*python, "exporters", source, f"--web.listen-address={host}:{ports[source]}"]

@@ -11,32 +11,39 @@ import json
 import logging
 import threading
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from boxwatch.web import Limits, Server, WebConfig
 
 log = logging.getLogger("boxwatch.webhook")
+
+# Alertmanager groups many alerts into one notification: room for large bodies.
+LIMITS = Limits(workers=4, max_queued=64, max_body_bytes=16 << 20)
 
 
 class WebhookSink:
     """Receives Alertmanager webhook notifications (POST any path) on ``host:port``.
 
-    ``port=0`` picks a free port; read it back from ``.port`` after ``start()``.
+    ``port=0`` picks a free port; read it back from ``.port`` after ``start()``. Served by
+    ``boxwatch.web`` like every boxwatch endpoint: TLS and basic auth from ``web_config``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, keep: int = 1000):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, keep: int = 1000, web_config: WebConfig | None = None):
         self.host = host
         self._requested_port = port
+        self._web_config = web_config
         self._received: deque[dict] = deque(maxlen=keep)
         self._cond = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: Server | None = None
 
     @property
     def port(self) -> int:
         assert self._server is not None, "start() first"
-        return self._server.server_address[1]
+        return self._server.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/alert"
+        assert self._server is not None, "start() first"
+        return f"{self._server.scheme}://{self.host}:{self.port}/alert"
 
     @property
     def received(self) -> list[dict]:
@@ -65,46 +72,37 @@ class WebhookSink:
                 ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "alertname"),
             )
 
+    def app(self, environ: dict, start_response) -> list[bytes]:
+        """WSGI: ``POST`` (any path) records a notification; ``GET /alerts``, ``GET /healthz``."""
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+
+        def reply(status: str, body: object) -> list[bytes]:
+            data = json.dumps(body).encode()
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+            return [data]
+
+        if method == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                payload = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            except json.JSONDecodeError as err:
+                return reply("400 Bad Request", {"error": f"body is not JSON: {err}"})
+            self._record(payload)
+            return reply("200 OK", {"status": "ok"})
+        if method != "GET":
+            return reply("405 Method Not Allowed", {"error": "use GET or POST"})
+        if path.startswith("/alerts"):
+            return reply("200 OK", self.received)
+        if path == "/healthz":
+            return reply("200 OK", {"status": "ok"})
+        return reply("404 Not Found", {"error": "not found"})
+
     def start(self) -> WebhookSink:
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet: _record logs what matters
-                pass
-
-            def _reply(self, code: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    payload = json.loads(self.rfile.read(length) or b"{}")
-                except json.JSONDecodeError as err:
-                    self._reply(400, {"error": f"body is not JSON: {err}"})
-                    return
-                sink._record(payload)
-                self._reply(200, {"status": "ok"})
-
-            def do_GET(self):
-                if self.path.startswith("/alerts"):
-                    self._reply(200, sink.received)
-                elif self.path == "/healthz":
-                    self._reply(200, {"status": "ok"})
-                else:
-                    self._reply(404, {"error": "not found"})
-
-        self._server = ThreadingHTTPServer((self.host, self._requested_port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        self._server = Server(self.app, self.host, self._requested_port, self._web_config, LIMITS, name="webhook")
+        self._server.start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None

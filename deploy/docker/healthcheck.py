@@ -59,7 +59,8 @@ def health_url(argv: list[str]) -> str:
         address = flag_value(argv, "--web.listen-address", "--listen") or f"127.0.0.1:{DETECTOR_PORT}"
         return local_url(address, "/healthz")
     if "boxwatch-stack" in programs:
-        return local_url(flag_value(argv, "--listen") or f"127.0.0.1:{WEBHOOK_PORT}", "/healthz")
+        return local_url(flag_value(argv, "--web.listen-address", "--listen") or f"127.0.0.1:{WEBHOOK_PORT}",
+                         "/healthz")
     if "mlflow" in programs:
         return local_url(f":{flag_value(argv, '--port', '-p') or MLFLOW_PORT}", "/health")
     raise ValueError(f"no boxwatch program in {argv}; set BOXWATCH_HEALTHCHECK_URL")

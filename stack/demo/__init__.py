@@ -10,7 +10,7 @@ Use::
 
     python -m stack.demo generate --out demo.om --days 7 --end now      # OpenMetrics for promtool
     promtool tsdb create-blocks-from openmetrics demo.om DATA_DIR
-    python -m stack.demo serve --listen 127.0.0.1:9877 --end <same end>  # live continuation
+    python -m stack.demo serve --web.listen-address 127.0.0.1:9877 --end <same end>  # live continuation
     python -m stack.demo incident --end <same end>                       # incident times as JSON
 """
 

@@ -11,7 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from boxwatch.web import parse_listen_address
+from boxwatch.log import setup_logging
+from boxwatch.web import add_web_flags, web_config_from_flags
 from stack.demo.metrics import serve_until, write_openmetrics
 from stack.demo.scenario import DEFAULT_SEED, DEFAULT_STEP, Scenario
 
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--runtime", action="store_true",
                      help="also synthesize up{} and detector metrics (for dashboards without a detector)")
     srv = sub.add_parser("serve", parents=[common], help="serve the scenario live on /metrics")
-    srv.add_argument("--listen", default="127.0.0.1:9877", help="HOST:PORT, or :PORT for all interfaces "
-                     "(default: %(default)s)")
+    add_web_flags(srv, "127.0.0.1:9877", listen_aliases=["--listen"])
     sub.add_parser("incident", parents=[common], help="print the incident's times as JSON")
     # `python -m stack.demo --out FILE` is short for `generate --out FILE`
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -62,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"event": "demo_generated", "path": str(args.out), "samples": count,
                           "start": scenario.start, "end": scenario.end, "note": "DEMO DATA"}), file=sys.stderr)
     else:
-        try:
-            parse_listen_address(args.listen)
-        except ValueError as err:
-            parser.error(str(err))
+        setup_logging()
+        web_config = web_config_from_flags(args)
+        if web_config is None:
+            return 2
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        print(json.dumps({"event": "demo_serving", "listen": args.listen, "note": "DEMO DATA"}), file=sys.stderr)
-        serve_until(scenario, args.listen, stop)
+        print(json.dumps({"event": "demo_serving", "listen": args.listen_address, "note": "DEMO DATA"}),
+              file=sys.stderr)
+        serve_until(scenario, args.listen_address, stop, web_config)
     return 0
 
 

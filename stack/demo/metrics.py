@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import Metric
 
 from boxwatch.exposition import write_history
-from boxwatch.web import Server
+from boxwatch.web import Server, WebConfig
 from boxwatch.web import serve as serve_app
 from stack.demo.scenario import DAY, DEFAULT_SEED, DEFAULT_STEP, Labels, Scenario
 
@@ -106,17 +106,19 @@ def make_app(scenario: Scenario, clock: Callable[[], float] = time.time):
     return app
 
 
-def serve(scenario: Scenario, listen_address: str, clock: Callable[[], float] = time.time) -> Server:
+def serve(scenario: Scenario, listen_address: str, clock: Callable[[], float] = time.time,
+          web_config: WebConfig | None = None) -> Server:
     """Serve the scenario live on ``listen_address`` (``HOST:PORT``; port 0 picks one: ``server.port``).
 
     Returns the started ``boxwatch.web.Server``; ``stop()`` it when done.
     """
-    return serve_app(make_app(scenario, clock), listen_address, name="demo")
+    return serve_app(make_app(scenario, clock), listen_address, web_config, name="demo")
 
 
-def serve_until(scenario: Scenario, listen_address: str, stop: threading.Event) -> None:
+def serve_until(scenario: Scenario, listen_address: str, stop: threading.Event,
+                web_config: WebConfig | None = None) -> None:
     """Serve until ``stop`` is set (the CLI sets it on SIGTERM / SIGINT)."""
-    server = serve(scenario, listen_address)
+    server = serve(scenario, listen_address, web_config=web_config)
     try:
         stop.wait()
     finally:

@@ -49,3 +49,14 @@ def test_concurrent_mode_reports_latency_refusals_and_threads():
     assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["threads"] < 20, "50 idle connections must not cost a thread each"
     assert run_bench("--concurrency", "500").returncode != 0
+
+
+def test_as_prometheus_scrapes_openmetrics_gzipped_and_counts_the_same_samples():
+    require_binary("gcc", "/usr/bin/gcc")
+    rows = {}
+    for mode in ((), ("--as-prometheus",)):
+        result = run_bench("--exporter", "gpu", "--sizes", "2", "--scrapes", "3", *mode, "--json")
+        assert result.returncode == 0, result.stderr
+        [rows[mode]] = json.loads(result.stdout)
+    assert rows[()]["status"] == rows[("--as-prometheus",)]["status"] == "ok"
+    assert rows[("--as-prometheus",)]["samples"] == rows[()]["samples"] > 50

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from boxwatch.loop import Loop
+from boxwatch.loop import Background, Loop
 
 
 def _wait_for(condition, timeout: float = 5.0) -> None:
@@ -57,3 +57,24 @@ def test_stop_ends_a_long_wait_at_once_and_stopping_tells_the_step():
     loop.stop(timeout=5)
     assert time.monotonic() - began < 1.0
     assert seen == [False] and loop.stopping
+
+
+def test_background_closes_what_its_loop_used_only_after_the_loop_ended():
+    class Poller(Background):
+        def __init__(self):
+            self.passes, self.closed_after = 0, None
+            self._loop = Loop("bg-poller", self._pass)
+
+        def _pass(self) -> float:
+            self.passes += 1
+            return 3600.0
+
+        def close(self) -> None:
+            running = any(thread.name == "bg-poller" for thread in threading.enumerate())
+            self.closed_after = "while running" if running else self.passes
+
+    poller = Poller()
+    assert poller.start() is poller
+    _wait_for(lambda: poller.passes == 1)
+    poller.stop(timeout=5)
+    assert poller.closed_after == 1

@@ -114,7 +114,7 @@ def test_webhook_command_matches_the_alertmanager_receiver(config):
     args = _cli("stack.cli").build_parser().parse_args(argv[1:])
     from boxwatch.web import parse_listen_address
 
-    host, port = parse_listen_address(args.listen)
+    host, port = parse_listen_address(args.listen_address)
     am = yaml.safe_load((REPO / "alertmanager" / "alertmanager.yml").read_text())
     default = next(r for r in am["receivers"] if r["name"] == am["route"]["receiver"])
     url = urlparse(default["webhook_configs"][0]["url"])

@@ -180,6 +180,8 @@ def _healthcheck_module():
     (["python", "/opt/boxwatch/bin/boxwatch-exporter", "containers"], "http://127.0.0.1:9873/healthz"),
     (["python", "/opt/boxwatch/bin/boxwatch-stack", "webhook", "--listen", "0.0.0.0:9876"],
      "http://127.0.0.1:9876/healthz"),
+    (["python", "/opt/boxwatch/bin/boxwatch-stack", "webhook", "--web.listen-address=:19876"],
+     "http://127.0.0.1:19876/healthz"),
     (["python", "/opt/boxwatch/bin/boxwatch-detector", "serve", "--config=/c.yml"], "http://127.0.0.1:9875/healthz"),
     (["python", "/opt/boxwatch/bin/mlflow", "server", "--host=0.0.0.0", "--port=5001"], "http://127.0.0.1:5001/health"),
 ])

@@ -154,3 +154,62 @@ def test_reload_applies_a_good_config_keeps_a_bad_one_and_can_switch_mutations_o
     switched_off = client.post("/-/reload")
     assert switched_off.status_code == 403 and "api.mutations" in switched_off.get_json()["error"]
     assert client.post("/api/v1/score", json=GOOD).status_code == 200  # scoring changes nothing: still served
+
+
+def test_attached_routes_are_served_and_documented_on_their_app_only(service, tmp_path):
+    """What ``serve`` attaches (the registry's and drift's routes) is in that app's OpenAPI document and
+    url map, and in no other app's: the document is the app's, not a module global."""
+    from detector import drift, registry
+    from detector.api import add_routes
+    from detector.store import LocalStore
+
+    detector = service[0]
+    config = detector.config
+    store = LocalStore(config.state_dir, config.model_key_file)
+    monitor = drift.DriftMonitor(config)
+    app = create_app(detector, build_registry(detector))
+    add_routes(app, registry.blueprint(registry.ChampionWatcher(registry.Registry(config), store,
+                                                                registry.RegistryHealth())), registry.OPENAPI_PATHS)
+    add_routes(app, drift.blueprint(monitor), drift.OPENAPI_PATHS)
+    plain = create_app(detector, build_registry(detector)).test_client().get("/api/v1/openapi.json").get_json()
+    document = app.test_client().get("/api/v1/openapi.json").get_json()
+
+    def routes(flask_app) -> set[str]:
+        return {rule.rule.replace("<", "{").replace(">", "}") for rule in flask_app.url_map.iter_rules()
+                if rule.endpoint not in ("static", "index")}
+
+    attached = {"/api/v1/models/reload", "/reports/drift/{query}/{model}", "/api/v1/drift", "/api/v1/drift/check"}
+    assert set(document["paths"]) == routes(app) == set(plain["paths"]) | attached
+    assert not attached & set(plain["paths"])
+    assert app.test_client().post("/api/v1/drift/check").status_code == 503  # the monitor is not started
+    assert app.test_client().post("/api/v1/models/reload").get_json()["error"] == "not started"
+
+
+def test_the_registry_and_drift_families_on_metrics_follow_the_state_behind_them(service):
+    from detector import drift, registry
+
+    detector = service[0]
+    health, monitor = registry.RegistryHealth(), drift.DriftMonitor(detector.config)
+    client = create_app(detector, build_registry(detector, [lambda: registry.registry_families(health),
+                                                            lambda: drift.drift_families(monitor)])).test_client()
+
+    def samples() -> dict[tuple[str, frozenset], float]:
+        text = client.get("/metrics").get_data(as_text=True)
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    before = samples()
+    assert before[("boxwatch_detector_registry_up", frozenset())] == 0.0
+    assert before[("boxwatch_detector_registry_errors_total", frozenset())] == 0.0
+    assert not [name for name, _ in before if name.startswith("boxwatch_drift_")]
+    health.failed("register fit", OSError("connection refused"))
+    assert samples()[("boxwatch_detector_registry_errors_total", frozenset())] == 1.0
+    health.ok()
+    monitor.results["temp"] = drift.DriftResult("temp", "robust", {"value": 0.001, "delta": 0.4},
+                                                {"value": True, "delta": False}, None, NOW)
+    after = samples()
+    labels = {"query": "temp", "model": "robust"}
+    assert after[("boxwatch_detector_registry_up", frozenset())] == 1.0
+    assert after[("boxwatch_drift_detected", frozenset(labels.items()))] == 1.0
+    assert after[("boxwatch_drift_score", frozenset({**labels, "feature": "value"}.items()))] == 0.001
+    assert after[("boxwatch_drift_last_check_timestamp_seconds", frozenset(labels.items()))] == NOW

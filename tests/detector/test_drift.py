@@ -139,3 +139,30 @@ def test_exposition_with_drift_metrics_passes_promtool(drift_service):
     result = subprocess.run([promtool, "check", "metrics"], input=drift_service.metrics(), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_reference_is_kept_for_the_fit_that_serves_and_not_for_a_champion_kept_instead(tmp_path):
+    """Drift keeps a sample of a fit's training frames when that fit serves (a registry may have versioned it
+    since), and not when the sink serves another bundle (a champion the fit did not replace)."""
+    import dataclasses
+
+    from detector.config import validate
+    from detector.drift import DriftMonitor, reference_path
+    from detector.scoring import fit_bundle
+    from detector.store import FitResult, ModelKey
+
+    config = validate({"schema_version": 1, "state_dir": str(tmp_path), "drift": {"enabled": True},
+                       "queries": {"q": {"expr": "up", "step": "60s"}}})
+    index = pd.date_range("2026-01-01", periods=60, freq="min", tz="UTC")
+    units = {(("instance", "a"),): pd.DataFrame({"value": np.linspace(0.0, 1.0, 60)}, index=index)}
+    fit = FitResult(fit_bundle(config, "q", units, index[0].timestamp(), index[-1].timestamp()), units)
+    champion = dataclasses.replace(fit.bundle, fitted_at=fit.bundle.fitted_at - 86400, version="1")
+    monitor = DriftMonitor(config)
+    path = reference_path(tmp_path, "q")
+
+    assert monitor.wrap_sink(lambda result: champion)(fit) is champion
+    assert not path.exists()
+    served = monitor.wrap_sink(lambda result: dataclasses.replace(result.bundle, version="2"))(fit)
+    payload = ModelKey.for_config(tmp_path).load(path)
+    assert (payload["version"], payload["config_hash"]) == ("2", served.config_hash)
+    assert list(payload["frame"].columns) == ["value", "delta"] and len(payload["frame"]) == 60

@@ -294,3 +294,25 @@ def test_a_multivariate_query_scores_each_entity_and_names_the_features(tmp_path
         assert tops["1"] == "mv_temp" and set(tops) <= {"1", "2", "3"}
     finally:
         source.stop()
+
+
+def test_the_sink_gets_the_fit_with_its_training_frames_and_what_it_returns_serves(source, tmp_path):
+    import dataclasses
+
+    detector = make_detector(source, tmp_path)
+    handed = []
+
+    def versioning_sink(result):
+        handed.append(result)
+        return dataclasses.replace(result.bundle, version="7")
+
+    detector.fit_sink = versioning_sink
+    served = detector.fit_query("temp", NOW)
+    [result] = handed
+    assert set(result.units) == {GPU0, GPU1} and len(result.units[GPU0]) == 61  # the hour the models were fitted on
+    assert served.version == "7" and result.bundle.version is None
+    assert detector.model_info() == [("temp", "robust", "7")]
+    assert result.same_fit(served)
+    assert not result.same_fit(dataclasses.replace(served, fitted_at=served.fitted_at - 3600))
+    units = detector.read_units("temp", NOW - 600, NOW)  # what drift reads its recent window with
+    assert set(units) == {GPU0, GPU1} and len(units[GPU0]) == 11

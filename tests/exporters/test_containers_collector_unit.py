@@ -9,7 +9,10 @@ up gauge. Talking to the daemon (polling, events, a frozen or stopped daemon) st
 
 from __future__ import annotations
 
+import gzip
+
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters.containers import (
@@ -22,6 +25,7 @@ from exporters.containers import (
     event_name,
     parse_stats,
 )
+from exporters.server import Source, build_registry, make_app
 
 NOW = 1_767_225_600.0
 WEB = (("compose_service", "web"), ("image", "nginx:1.27"), ("name", "shop-web-1"))
@@ -120,3 +124,40 @@ def test_events_and_errors_are_counted_between_snapshots_and_a_lost_daemon_shows
     assert counted["die"] == counted["restart"] == counted["health_status_unhealthy"] == 1.0
     assert counted["oom"] == 0.0 and "exec_start" not in " ".join(counted)
     assert not any(name.startswith("boxwatch_container_state") for name, _ in m)
+
+
+def test_served_event_counters_follow_every_event_in_every_format():
+    """The bytes a scrape serves keep each name's event counters rendered until they change: a new
+    event, a new name and a name dropped past ``max_names`` all show in the next scrape, in text and
+    gzip'd OpenMetrics alike, with the same samples the registry's own rendering has."""
+    containers, registry, events, _ = collector()
+    events.max_names = 2
+    containers.prepare(Snapshot(True))
+    app = make_app("containers", build_registry("containers", Source({"containers": containers})))
+
+    def served(accept: str = "", encoding: str = "") -> dict[tuple[str, str], float]:
+        got: dict = {}
+        body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "HTTP_ACCEPT": accept,
+                             "HTTP_ACCEPT_ENCODING": encoding}, lambda status, headers: got.update(headers)))
+        text = (gzip.decompress(body) if got.get("Content-Encoding") == "gzip" else body).decode()
+        parse = openmetrics_families if "openmetrics" in got["Content-Type"] else text_string_to_metric_families
+        return {(s.labels["name"], s.labels["event"]): s.value for f in parse(text)
+                for s in f.samples if s.name == "boxwatch_container_events_total"}
+
+    formats = [("", ""), ("application/openmetrics-text;version=1.0.0", "gzip")]
+    events.add("web-1", "web", "start")
+    for accept, encoding in formats:
+        assert served(accept, encoding)[("web-1", "start")] == 1.0
+    events.add("web-1", "web", "die")
+    events.add("job", "", "start")
+    for accept, encoding in formats:
+        counted = served(accept, encoding)
+        assert counted[("web-1", "die")] == counted[("web-1", "start")] == counted[("job", "start")] == 1.0
+        assert counted[("job", "die")] == 0.0 and len(counted) == 16
+    events.add("late", "", "oom")  # a third name: the least recently active one (web-1) goes
+    for accept, encoding in formats:
+        counted = served(accept, encoding)
+        assert counted[("late", "oom")] == 1.0 and not any(name == "web-1" for name, _ in counted)
+    in_registry = {(dict(labels)["name"], dict(labels)["event"]): v for (name, labels), v in scrape(registry).items()
+                   if name == "boxwatch_container_events_total"}
+    assert served() == in_registry

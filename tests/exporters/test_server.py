@@ -181,3 +181,22 @@ def _samples(body: bytes) -> dict:
         for s in family.samples:
             out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))[0] if s.labels else ()] = s.value
     return out
+
+
+@pytest.mark.timeout(30)
+def test_a_gzipped_openmetrics_scrape_does_not_stop_the_next_rendering():
+    """Prometheus asks for OpenMetrics with gzip: the poller renders that variant of every later
+    snapshot ahead of the scrapes, the plain body it compresses included, and goes on polling."""
+    source = Polled()
+    source.publish(1.0)
+    app = make_app("test", build_registry("test", Source({"polled": source})))
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    _scrape(app, accept=accept, encoding="gzip")
+    publisher = threading.Thread(target=source.publish, args=(2.0,), daemon=True)
+    publisher.start()
+    publisher.join(10)
+    assert not publisher.is_alive(), "publishing the next snapshot hung"
+    headers, body = _scrape(app, accept=accept, encoding="gzip")
+    assert headers["Content-Encoding"] == "gzip"
+    families = {f.name: f for f in text_string_to_metric_families(gzip.decompress(body).decode().replace("# EOF\n", ""))}
+    assert {s.labels["k"]: s.value for s in families["boxwatch_test_polled"].samples}["k00"] == 2.0

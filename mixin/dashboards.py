@@ -1,21 +1,18 @@
-"""Build boxwatch's Grafana dashboards (grafana/dashboards/*.json) from this one source.
-
-    python grafana/build_dashboards.py          # write the JSON files
-    python grafana/build_dashboards.py --check  # exit 1 if a checked-in file differs (CI)
+"""boxwatch's Grafana dashboards (grafana/dashboards/*.json), as data built from a :class:`~mixin.config.Config`.
 
 Like the monitoring mixins, dashboards are code: every panel uses the ``${datasource}`` variable
 (no datasource UID is hard-coded) and the template variables of its dashboard. Panels use raw
 expressions (not recording rules) so that backfilled history, the demo's included, renders too.
+A panel that draws an alert's threshold takes the number from the config, as the rule does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 
-OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+from mixin.config import ERROR_PRIORITIES, FILESYSTEMS, Config
+from mixin.rules import num, words
+
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCHEMA_VERSION = 39
 TAGS = ["boxwatch"]
@@ -145,14 +142,26 @@ def dashboard(uid: str, title: str, description: str, variables: list[dict], ite
 
 INSTANCE = 'instance=~"$instance"'
 NODE = 'instance=~"$node"'
-FILESYSTEMS = 'fstype!~"tmpfs|ramfs|squashfs"'
 CPU_TEMPERATURE = (  # as the recording rule instance:node_cpu_temperature_celsius:max, raw for backfills
     f'max by (instance) (node_hwmon_temp_celsius{{{NODE}}} and on (instance, chip) '
     f'node_hwmon_chip_names{{chip_name=~"coretemp|k10temp|zenpower"}}) '
     f'or max by (instance) (node_thermal_zone_temp{{{NODE}, type=~"x86_pkg_temp|cpu[-_]thermal|soc[-_]thermal"}})')
 
 
-def anomaly_overview() -> dict:
+def pair(cfg: Config, name: str, scale: float = 1) -> list[tuple[float, str]]:
+    """An alert's warning and critical thresholds as orange and red threshold lines (times ``scale``)."""
+    sevs = cfg.alerts[name]
+    return [(_number(sevs[sev].threshold * scale), color) for sev, color in (("warning", "orange"), ("critical", "red"))]
+
+
+def _number(value: float) -> float:
+    """``value`` rounded off float noise (0.2 * 60), and an int where it is whole (12, not 12.0)."""
+    value = round(value, 6)
+    return int(value) if float(value).is_integer() else value
+
+
+def anomaly_overview(cfg: Config) -> dict:
+    score = pair(cfg, "AnomalyScoreHigh")
     sel = f'{INSTANCE}, query=~"$query", model=~"$model"'
     band_overrides = [
         {"matcher": {"id": "byName", "options": "upper"},
@@ -187,7 +196,7 @@ def anomaly_overview() -> dict:
         (stat("Series outside their band", f"count(boxwatch_anomaly_score{{{sel}}} > 1) or vector(0)",
               thresholds=[(1, "orange"), (5, "red")],
               description="Series whose anomaly score is above 1 now."), 6, 4),
-        (stat("Highest anomaly score", f"max(boxwatch_anomaly_score{{{sel}}})", thresholds=[(1, "orange"), (2, "red")],
+        (stat("Highest anomaly score", f"max(boxwatch_anomaly_score{{{sel}}})", thresholds=score,
               description="0 is normal, above 1 is outside the band."), 6, 4),
         (stat("Active alerts", 'count(ALERTS{alertstate="firing"}) or vector(0)', thresholds=[(1, "red")],
               description="Firing alerts of every boxwatch rule."), 6, 4),
@@ -195,9 +204,9 @@ def anomaly_overview() -> dict:
               description="Series the detector scores."), 6, 4),
         (timeseries("Anomaly scores", [(f"boxwatch_anomaly_score{{{sel}}}",
                                         "{{query}} {{instance}} {{gpu}}{{name}}{{unit}}")],
-                    thresholds=[(1, "orange"), (2, "red")], min_=0, fill=0,
-                    description="Every scored series. The lines at 1 and 2 are the thresholds of AnomalyScoreHigh "
-                                "(warning and critical)."), 24, 9),
+                    thresholds=score, min_=0, fill=0,
+                    description=f"Every scored series. The lines at {num(score[0][0])} and {num(score[1][0])} are the "
+                                "thresholds of AnomalyScoreHigh (warning and critical)."), 24, 9),
         (band("GPU temperature: observed and expected band", "gpu_temperature",
               "boxwatch_gpu_temperature_celsius", "celsius"), 12, 9),
         (band("GPU power: observed and expected band", "gpu_power", "boxwatch_gpu_power_watts", "watt"), 12, 9),
@@ -211,7 +220,7 @@ def anomaly_overview() -> dict:
                            "rank 1 the strongest. See docs/causes.md."), 12, 8),
         (timeseries("Peer-group scores", [(f'boxwatch_anomaly_score{{{sel}, model="peer"}}',
                                            "{{query}} {{gpu}}{{name}}")],
-                    thresholds=[(1, "orange"), (2, "red")], min_=0, fill=0,
+                    thresholds=score, min_=0, fill=0,
                     description="Each member against its siblings at the same step (peer model): a GPU hotter than "
                                 "its sibling under the same load, a replica busier than the others."), 12, 8),
         (table("Top features now", f"boxwatch_anomaly_top_feature{{{sel}}}",
@@ -239,13 +248,20 @@ def anomaly_overview() -> dict:
                      variables, items)
 
 
-def gpus() -> dict:
+def gpus(cfg: Config) -> dict:
+    temperature = cfg.alerts["GpuTemperatureHigh"]
+    cpu_temperature = pair(cfg, "HostCpuTemperatureHigh")
+    # PSI some (waiting): red at HostMemoryPressure's warning, orange at half of it
+    psi = cfg.alert("HostMemoryPressure", "warning").threshold
+    psi_lines = [(_number(psi / 2), "orange"), (psi, "red")]
     sel = f'{INSTANCE}, gpu=~"$gpu"'
     legend = "{{instance}} gpu {{gpu}}"
     items = [
         (stat("GPUs up", f"sum(boxwatch_gpu_up{{{sel}}})", description="GPUs answering NVML."), 6, 4),
         (stat("Hottest GPU", f"max(boxwatch_gpu_temperature_celsius{{{sel}}})", unit="celsius",
-              thresholds=[(83, "orange"), (90, "red")]), 6, 4),
+              thresholds=pair(cfg, "GpuTemperatureHigh"),
+              description="Lines at GpuTemperatureHigh's thresholds for a card that reports no slowdown "
+                          "temperature."), 6, 4),
         (stat("Power draw", f"sum(boxwatch_gpu_power_watts{{{sel}}})", unit="watt"), 6, 4),
         (stat("Xid errors (24h)", f"sum(increase(boxwatch_gpu_xid_errors_total{{{INSTANCE}}}[24h])) or vector(0)",
               thresholds=[(1, "red")]), 6, 4),
@@ -258,7 +274,8 @@ def gpus() -> dict:
                     [(f"boxwatch_gpu_temperature_celsius{{{sel}}}", legend),
                      (f"boxwatch_gpu_slowdown_temperature_celsius{{{sel}}}", legend + " slowdown")],
                     unit="celsius", fill=0,
-                    description="GpuTemperatureHigh fires 10 °C (warning) and 3 °C (critical) under the card's own "
+                    description=f"GpuTemperatureHigh fires {num(temperature['warning'].margin)} °C (warning) and "
+                                f"{num(temperature['critical'].margin)} °C (critical) under the card's own "
                                 "slowdown temperature."), 12, 8),
         (timeseries("Power draw and limit", [(f"boxwatch_gpu_power_watts{{{sel}}}", legend + " draw"),
                                              (f"boxwatch_gpu_power_limit_watts{{{sel}}}", legend + " limit")],
@@ -299,14 +316,14 @@ def gpus() -> dict:
         (stat("Uptime", f"min(time() - node_boot_time_seconds{{{NODE}}})", unit="s",
               description="Since the last boot; HostUnexpectedReboot fires for an hour after a reboot."), 6, 4),
         (stat("Hottest CPU sensor", f"max({CPU_TEMPERATURE})", unit="celsius",
-              thresholds=[(85, "orange"), (95, "red")]), 6, 4),
+              thresholds=cpu_temperature), 6, 4),
         (stat("Memory pressure", f"max(rate(node_pressure_memory_waiting_seconds_total{{{NODE}}}[5m]))",
-              unit="percentunit", thresholds=[(0.1, "orange"), (0.2, "red")],
+              unit="percentunit", thresholds=psi_lines,
               description="Share of the last 5 minutes some task waited for memory (PSI some)."), 6, 4),
         (stat("Fans at 0 rpm", f"count(node_hwmon_fan_rpm{{{NODE}}} == 0) or vector(0)",
               description="Fans reading 0 rpm now (zero-rpm idle modes included)."), 6, 4),
         (timeseries("CPU temperature", [(CPU_TEMPERATURE, "{{instance}}")], unit="celsius", fill=0,
-                    thresholds=[(85, "orange"), (95, "red")],
+                    thresholds=cpu_temperature,
                     description="The hottest CPU sensor (hwmon coretemp/k10temp/zenpower, else the package "
                                 "thermal zone)."), 12, 8),
         (timeseries("Fans", [(f"node_hwmon_fan_rpm{{{NODE}}}", "{{instance}} {{chip}} {{sensor}}")], unit="rpm",
@@ -314,7 +331,7 @@ def gpus() -> dict:
         (timeseries("Memory pressure (PSI)", [
             (f"rate(node_pressure_memory_waiting_seconds_total{{{NODE}}}[$__rate_interval])", "{{instance}} some"),
             (f"rate(node_pressure_memory_stalled_seconds_total{{{NODE}}}[$__rate_interval])", "{{instance}} full")],
-            unit="percentunit", min_=0, fill=0, thresholds=[(0.1, "orange"), (0.2, "red")],
+            unit="percentunit", min_=0, fill=0, thresholds=psi_lines,
             description="Time some task (some) or every task (full) waited for memory."), 12, 8),
         (timeseries("Disk free and its 24h forecast", [
             (f"node_filesystem_avail_bytes{{{NODE}, {FILESYSTEMS}}}", "{{instance}} {{mountpoint}}"),
@@ -331,7 +348,7 @@ def gpus() -> dict:
                      "(node_exporter: CPU heat, fans, memory pressure, disks).", variables, items)
 
 
-def containers() -> dict:
+def containers(cfg: Config) -> dict:
     sel = f'{INSTANCE}, name=~"$container"'
     legend = "{{name}}"
     items = [
@@ -376,12 +393,14 @@ def containers() -> dict:
                      "Docker containers: state, health, restarts, OOM kills, CPU, memory, I/O.", variables, items)
 
 
-def journal() -> dict:
+def journal(cfg: Config) -> dict:
     sel = f'{INSTANCE}, unit=~"$unit"'
-    errors = 'priority=~"emerg|alert|crit|err"'
+    errors = ERROR_PRIORITIES
+    per_minute = pair(cfg, "JournalErrorBurst", scale=60)
+    per_second = [num(cfg.alert("JournalErrorBurst", sev).threshold) for sev in ("warning", "critical")]
     items = [
         (stat("Error lines / min", f"sum(rate(boxwatch_journal_entries_total{{{sel}, {errors}}}[5m])) * 60",
-              thresholds=[(12, "orange"), (60, "red")]), 6, 4),
+              thresholds=per_minute), 6, 4),
         (stat("New templates (1h)", f"sum(increase(boxwatch_journal_new_templates_total{{{sel}}}[1h]))",
               thresholds=[(5, "orange")]), 6, 4),
         (stat("Xid events (24h)", f"sum(increase(boxwatch_gpu_xid_errors_total{{{INSTANCE}}}[24h])) or vector(0)",
@@ -394,9 +413,9 @@ def journal() -> dict:
             unit="short", stack=True, description="Lines per second, all selected units."), 12, 8),
         (timeseries("Errors by unit", [(
             f"sum by (unit) (rate(boxwatch_journal_entries_total{{{sel}, {errors}}}[$__rate_interval])) * 60",
-            "{{unit}}")], unit="short", thresholds=[(12, "orange"), (60, "red")], fill=0,
+            "{{unit}}")], unit="short", thresholds=per_minute, fill=0,
             description="err or worse per minute; the lines are JournalErrorBurst's warning and critical "
-                        "(0.2/s and 1/s)."), 12, 8),
+                        f"({per_second[0]}/s and {per_second[1]}/s)."), 12, 8),
         (timeseries("New log templates", [(
             f"sum by (unit) (increase(boxwatch_journal_new_templates_total{{{sel}}}[$__rate_interval]))", "{{unit}}")],
             description="Never-seen message templates per interval: a unit logging something new."), 12, 8),
@@ -416,13 +435,16 @@ def journal() -> dict:
                      "systemd journal: severity rates, new log templates, GPU Xid events.", variables, items)
 
 
-def detector_health() -> dict:
+def detector_health(cfg: Config) -> dict:
+    not_scoring = cfg.alert("BoxwatchDetectorNotScoring", "warning").threshold
+    own_jobs = "|".join(job for component, job in cfg.jobs.items() if component not in ("prometheus", "alertmanager"))
     items = [
-        (stat("Detector up", 'min(up{job="boxwatch-detector"})', thresholds=[]), 4, 4),
+        (stat("Detector up", f'min(up{{job="{cfg.jobs["detector"]}"}})', thresholds=[]), 4, 4),
         (stat("Prometheus reachable", "min(boxwatch_detector_prometheus_up)"), 4, 4),
         (stat("Models ready", "min(boxwatch_detector_models_ready)"), 4, 4),
         (stat("Last successful cycle", "time() - max(boxwatch_detector_last_success_timestamp_seconds)", unit="s",
-              thresholds=[(300, "orange"), (600, "red")]), 4, 4),
+              thresholds=[(not_scoring // 2, "orange"), (not_scoring, "red")],
+              description=f"BoxwatchDetectorNotScoring fires after {words(int(not_scoring))} without one."), 4, 4),
         (stat("Queries drifting", "sum(boxwatch_drift_detected) or vector(0)", thresholds=[(1, "orange")]), 4, 4),
         (stat("Registry up", "min(boxwatch_detector_registry_up)"), 4, 4),
         (timeseries("Scoring cycle duration", [
@@ -448,7 +470,7 @@ def detector_health() -> dict:
             description="Anomalies an operator marked false_positive (POST /api/v1/feedback), per query and model, "
                         "over the last day. A model whose marks pile up should be looked at (docs/feedback.md)."),
          12, 8),
-        (state_timeline("Scrape targets up", [('up{job=~"boxwatch-.*"}', "{{job}} {{instance}}")]), 12, 8),
+        (state_timeline("Scrape targets up", [(f'up{{job=~"{own_jobs}"}}', "{{job}} {{instance}}")]), 12, 8),
         (timeseries("Exporter collectors", [
             ("boxwatch_exporter_scrape_collector_duration_seconds", "{{job}} {{collector}}")], unit="s", fill=0,
             description="Time each collector takes per scrape; BoxwatchCollectorFailing fires when one fails."),
@@ -467,28 +489,6 @@ DASHBOARDS = {
 }
 
 
-def render() -> dict[str, str]:
-    return {name: json.dumps(build(), indent=2, ensure_ascii=False) + "\n" for name, build in DASHBOARDS.items()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="fail if the checked-in JSON is out of date")
-    args = parser.parse_args(argv)
-    stale = []
-    for name, text in render().items():
-        path = OUT_DIR / name
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
-        else:
-            OUT_DIR.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"out of date (run python grafana/build_dashboards.py): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def render(cfg: Config) -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {name: json.dumps(build(cfg), indent=2, ensure_ascii=False) + "\n" for name, build in DASHBOARDS.items()}
