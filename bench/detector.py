@@ -11,6 +11,13 @@ Measures, per model:
 * the benchmark process' resident memory (RSS) after each stage, and the RSS of a real
   ``serve`` process with every benchmarked query fitted (from its ``process_resident_memory_bytes``).
 
+``--json FILE`` writes every figure; per model (the size is in ``args``): ``fit_seconds_per_series``,
+``cycle_ms`` and ``prometheus_ms`` (medians over the cycles), ``series_per_second``,
+``own_over_prometheus`` (the cycle less Prometheus' time, over Prometheus' time) and
+``serve_rss_mib`` (the serve process', the same for every model), beside the older keys; and the
+1-minute load average at the start and the end (``load_average_start``, ``load_average_end``): the
+figures are only as good as the machine was quiet.
+
 History is written with promtool before Prometheus starts; the serve cycles then run the
 service's own code path (``Detector.run_cycle``) once per 1-minute grid point over the
 last ``--cycles`` minutes of it, so every cycle scores one new point of every series.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -142,6 +150,10 @@ def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, 
         "prometheus_seconds_median": prom,
         "series_scored_per_second": units / cycle,
         "detector_to_prometheus_ratio": (cycle - prom) / prom if prom > 0 else float("inf"),
+        "cycle_ms": cycle * 1000,
+        "prometheus_ms": prom * 1000,
+        "series_per_second": units / cycle,
+        "own_over_prometheus": (cycle - prom) / prom if prom > 0 else float("inf"),
     }
 
 
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    results: dict = {"args": vars(args), "models": {}}
+    results: dict = {"args": vars(args), "models": {}, "load_average_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="boxwatch-bench-") as tmp:
         workdir = Path(tmp)
         end = (int(time.time()) // STEP - 1) * STEP
@@ -208,10 +220,13 @@ def main(argv: list[str] | None = None) -> int:
                 results["models"][model] = figures
             results["peak_rss_bytes"] = peak_rss_bytes()
             results.update(bench_serve_process(prom.url, workdir, models, min(args.serve_fit_days, args.days)))
+            for figures in results["models"].values():
+                figures["serve_rss_mib"] = results["serve_rss_bytes"] / 2**20
             for extra in EXTRA_BENCHES:
                 results.update(extra(args))
         finally:
             prom.stop()
+    results["load_average_end"] = os.getloadavg()[0]
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -229,12 +244,15 @@ def report(results: dict) -> None:
         print(f"{model:<10}{f['units']:>7}{f['fit_seconds_per_series']:>14.3f}{f['cycle_seconds_median'] * 1000:>10.1f}"
               f"{f['prometheus_seconds_median'] * 1000:>9.1f}{f['series_scored_per_second']:>10.0f}"
               f"{f['detector_to_prometheus_ratio']:>10.1f}{f['rss_bytes'] / 2**20:>9.0f}")
+    print(f"load average (1 min) {results['load_average_start']:.1f} at the start, "
+          f"{results.get('load_average_end', math.nan):.1f} at the end")
     print(f"peak RSS of this process (history generation included) {results['peak_rss_bytes'] / 2**20:.0f} MiB")
     print(f"serve process with every query above fitted: RSS {results['serve_rss_bytes'] / 2**20:.0f} MiB, "
           f"listening after {results['serve_listening_seconds']:.1f}s, ready after {results['serve_ready_seconds']:.1f}s")
     for key, value in results.items():
         if key not in ("args", "models", "generate_seconds", "promtool_seconds", "rss_start_bytes",
-                       "peak_rss_bytes", "serve_rss_bytes", "serve_listening_seconds", "serve_ready_seconds"):
+                       "peak_rss_bytes", "serve_rss_bytes", "serve_listening_seconds", "serve_ready_seconds",
+                       "load_average_start", "load_average_end"):
             print(f"{key}: {value}")
 
 

@@ -76,8 +76,8 @@ class Calibration:
 
     Attributes
     ----------
-    values_ : collections.deque
-        ``log(1 + raw)`` of the recent normal points.
+    values_ : numpy.ndarray
+        ``log(1 + raw)`` of the recent normal points, oldest first.
     level_ : float
         The current alert level in ``log(1 + raw)`` units.
     """
@@ -94,10 +94,24 @@ class Calibration:
         self.refit_every = refit_every
         self.learn_below = learn_below
         self.sustain = sustain
-        self.values_: deque[float] = deque(maxlen=window)
+        self.values_ = np.empty(0)
         self.level_ = max(math.log1p(min_raw), MIN_LEVEL)
         self.hold_left_ = 0
         self.unfitted_ = 0
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("values_"), deque):  # pickled before the values were an array
+            state["values_"] = np.fromiter(state["values_"], dtype=float)
+        self.__dict__.update(state)
+
+    def _push(self, x: float) -> None:
+        """Append ``x``, dropping the oldest value once ``window`` are kept (an array: a level fit reads
+        it without a copy, where a deque of 4,000 floats cost more to convert than the fit itself)."""
+        if len(self.values_) < self.window:
+            self.values_ = np.append(self.values_, x)
+        else:
+            self.values_[:-1] = self.values_[1:]
+            self.values_[-1] = x
 
     def fit_level(self) -> float:
         """Re-estimate ``level_`` from the learned values (done on refit and every ``refit_every``)."""
@@ -106,7 +120,7 @@ class Calibration:
         if len(self.values_) < self.min_points:
             self.level_ = floor
             return self.level_
-        values = np.fromiter(self.values_, dtype=float)
+        values = self.values_
         self.level_ = max(tail_level(values, self.tail_quantile, self.target_rate), float(values.max()), floor)
         return self.level_
 
@@ -123,7 +137,7 @@ class Calibration:
             x = math.log1p(max(value, 0.0))
             score = x / self.level_
             if score <= self.learn_below:
-                self.values_.append(x)
+                self._push(x)
                 self.unfitted_ += 1
             if score > 1.0 or self.hold_left_ > 0 and value > self.min_raw and score > self.sustain:
                 self.hold_left_ = self.hold  # an incident lasts while its points are outside the band

@@ -63,6 +63,15 @@ def align(timestamp: float, step: float) -> float:
     return math.floor(timestamp / step) * step
 
 
+def counter_rates(values: np.ndarray, step: float) -> np.ndarray:
+    """:func:`counter_rate` of each row of ``values`` (series x grid points)."""
+    values = np.asarray(values, dtype=float)
+    diff = np.full(values.shape, np.nan)
+    diff[..., 1:] = values[..., 1:] - values[..., :-1]
+    with np.errstate(invalid="ignore"):
+        return np.where(diff >= 0, diff, values) / step
+
+
 def counter_rate(values: pd.Series, step: float) -> pd.Series:
     """Per-second rate between consecutive grid points of a raw counter, resets handled.
 
@@ -100,6 +109,15 @@ class PrometheusReader:
         The index is a UTC ``DatetimeIndex`` of the grid; missing samples are NaN. Series
         with no sample at all in the range are absent.
         """
+        index, keys, values = self.query_range_arrays(expr, start, end, step)
+        return {key: pd.Series(row, index=index, name="value") for key, row in zip(keys, values, strict=True)}
+
+    def query_range_arrays(self, expr: str, start: float, end: float,
+                           step: float) -> tuple[pd.DatetimeIndex, list[SeriesKey], np.ndarray]:
+        """:meth:`query_range` as one array: the grid, the series' keys, and their values (series x grid).
+
+        What a serve cycle reads: no pandas object per series.
+        """
         if end < start:
             raise ValueError(f"end {end} is before start {start}")
         stamps = grid(start, end, step)
@@ -117,8 +135,8 @@ class PrometheusReader:
                     index = int(round((float(ts) - start) / step))
                     if 0 <= index < len(stamps):
                         target[index] = _float(value)
-        index = pd.to_datetime(stamps, unit="s", utc=True)
-        return {key: pd.Series(values, index=index, name="value") for key, values in columns.items()}
+        values = np.stack(list(columns.values())) if columns else np.empty((0, len(stamps)))
+        return pd.to_datetime(stamps, unit="s", utc=True), list(columns), values
 
     def _request(self, expr: str, start: float, end: float, step: float) -> list[tuple[dict, list]]:
         """One range request, answered within ``timeout`` or failed.

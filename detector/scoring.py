@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
 from detector.models import make_model, model_class
 from detector.models.base import Model, band_score, empty_scores
 from detector.models.robust import RobustModel
-from detector.reader import SeriesKey, counter_rate
+from detector.reader import SeriesKey, counter_rate, counter_rates
 from detector.store import ModelBundle
 
 log = logging.getLogger("boxwatch.detector.scoring")
@@ -69,15 +69,9 @@ def build_units(
     index, total = shard
     units: dict[SeriesKey, pd.DataFrame] = {}
     if not multivariate:
-        for key, series in raw.items():
-            values = counter_rate(series, query.step) if query.counter else series
-            unit = tuple(sorted(output_labels(dict(key)).items()))
-            if unit in units:
-                log.warning("two series with the same labels once __name__ is dropped; keeping the first",
-                            extra=kv(query=alias, labels=dict(unit)))
-                continue
-            if shard_of(unit, total) == index:
-                units[unit] = values.to_frame("value")
+        for unit, key in univariate_keys(raw, shard, alias).items():
+            series = raw[key]
+            units[unit] = (counter_rate(series, query.step) if query.counter else series).to_frame("value")
         return units
     columns: dict[SeriesKey, dict[str, pd.Series]] = {}
     for key, series in raw.items():
@@ -90,6 +84,59 @@ def build_units(
     for entity, features in columns.items():
         units[entity] = pd.DataFrame(dict(sorted(features.items())))
     return units
+
+
+def univariate_keys(raw: Iterable[SeriesKey], shard: tuple[int, int], alias: str) -> dict[SeriesKey, SeriesKey]:
+    """Unit key (output labels) -> source key of this replica's univariate units, in query order."""
+    index, total = shard
+    units: dict[SeriesKey, SeriesKey] = {}
+    for key in raw:
+        unit = tuple(sorted(output_labels(dict(key)).items()))
+        if unit in units:
+            log.warning("two series with the same labels once __name__ is dropped; keeping the first",
+                        extra=kv(query=alias, labels=dict(unit)))
+            continue
+        if shard_of(unit, total) == index:
+            units[unit] = key
+    return units
+
+
+class UnitRows(Mapping[SeriesKey, pd.DataFrame]):
+    """A univariate query's units as one array (units x grid points), each unit's frame made on demand.
+
+    What :func:`build_units` gives for a univariate query, without a pandas object per series:
+    the serve cycle scores the rows in batches and asks for a frame only for a unit scored alone.
+    """
+
+    def __init__(self, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray):
+        self.index = index
+        self.values = values
+        self._rows = {key: row for row, key in enumerate(keys)}
+
+    @classmethod
+    def from_query(cls, query: QueryConfig, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray,
+                   shard: tuple[int, int] = (0, 1), alias: str = "") -> UnitRows:
+        """The units of a range query's answer (:meth:`~detector.reader.PrometheusReader.query_range_arrays`)."""
+        position = {key: row for row, key in enumerate(keys)}
+        units = univariate_keys(keys, shard, alias)
+        rows = values[[position[key] for key in units.values()]] if units else values[:0]
+        return cls(index, list(units), counter_rates(rows, query.step) if query.counter else rows)
+
+    def after_first(self) -> UnitRows:
+        """Every unit without its first point."""
+        return UnitRows(self.index[1:], list(self._rows), self.values[:, 1:])
+
+    def row(self, key: SeriesKey) -> np.ndarray:
+        return self.values[self._rows[key]]
+
+    def __getitem__(self, key: SeriesKey) -> pd.DataFrame:
+        return pd.DataFrame({"value": self.row(key)}, index=self.index)
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 class FeaturewiseRobust(Model):
@@ -227,18 +274,81 @@ def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_de
     """
     if "value" not in frame.columns or (direction == "both" and min_deviation == 0):
         return result
-    expected = result["expected"].to_numpy(dtype=float)
-    lower = result["lower"].to_numpy(dtype=float)
-    upper = result["upper"].to_numpy(dtype=float)
+    score, lower, upper = band_arrays(frame["value"].to_numpy(dtype=float), result["expected"].to_numpy(dtype=float),
+                                      result["lower"].to_numpy(dtype=float), result["upper"].to_numpy(dtype=float),
+                                      result["score"].to_numpy(dtype=float), direction, min_deviation)
+    result["score"], result["lower"], result["upper"] = score, lower, upper
+    return result
+
+
+def band_arrays(values: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray, score: np.ndarray,
+                direction: str, min_deviation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`apply_band` on arrays (any shape): the score and band for ``direction`` and ``min_deviation``."""
+    if direction == "both" and min_deviation == 0:
+        return score, lower, upper
     has_band = ~(np.isnan(expected) | np.isnan(lower) | np.isnan(upper))
     if not has_band.any():
-        return result
-    banded = band_score(frame["value"].to_numpy(dtype=float), expected, lower, upper, direction, min_deviation)
-    result["score"] = np.where(has_band, banded, result["score"].to_numpy(dtype=float))
+        return score, lower, upper
+    banded = band_score(values, expected, lower, upper, direction, min_deviation)
+    score = np.where(has_band, banded, score)
     # The exported band is the one the score uses: at least min_deviation on each side.
-    result["lower"] = np.where(has_band, np.minimum(lower, expected - min_deviation), lower)
-    result["upper"] = np.where(has_band, np.maximum(upper, expected + min_deviation), upper)
-    return result
+    lower = np.where(has_band, np.minimum(lower, expected - min_deviation), lower)
+    upper = np.where(has_band, np.maximum(upper, expected + min_deviation), upper)
+    return score, lower, upper
+
+
+def score_online_many(
+    models: Sequence[Model],
+    seconds: np.ndarray,
+    values: np.ndarray,
+    direction: str = "both",
+    min_deviation: float = 0.0,
+    calibrations: Sequence[Calibration | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`score_online` of many units of one model class (``batch = True``) at once.
+
+    ``values[i, j]`` is unit ``i``'s value at ``seconds[j]`` (Unix time, the units share the
+    grid), for a multivariate model a row in the order of the model's ``columns_``;
+    ``models[i]`` and ``calibrations[i]`` are its model and calibration. Point by point, every
+    unit's point is scored and learned with one
+    :meth:`~detector.models.base.Model.score_learn_many` call. Returns ``expected``, ``lower``,
+    ``upper``, ``score`` and ``raw_score`` arrays (units x points), and for a multivariate model
+    ``top_features`` (lists): the same results :func:`score_online` gives unit by unit.
+    """
+    values = np.asarray(values, dtype=float)
+    kind = type(models[0]) if len(models) else Model
+    if any(type(model) is not kind for model in models):
+        raise ValueError("score_online_many scores the units of one model class at a time")
+    multivariate = values.ndim == 3
+    shape = values.shape[:2]
+    out = {column: np.full(shape, np.nan) for column in ("expected", "lower", "upper", "score")}
+    tops = np.empty(shape, dtype=object) if multivariate else None
+    for j, second in enumerate(seconds):
+        point = values[:, j]
+        rows = np.flatnonzero(~np.isnan(point).all(axis=1) if multivariate else ~np.isnan(point))
+        if not len(rows):
+            continue
+        result = kind.score_learn_many([models[i] for i in rows], float(second), point[rows])
+        for column, array in out.items():
+            array[rows, j] = result[column]
+        if tops is not None:
+            for i, top in zip(rows, result["top_features"], strict=True):
+                tops[i, j] = top
+    if not multivariate:  # a band per series: the query's direction and minimum deviation apply
+        out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
+                                                               out["score"], direction, min_deviation)
+    out["raw_score"] = out["score"].copy()
+    for i, calibration in enumerate(calibrations or ()):
+        if calibration is not None:
+            out["score"][i] = calibration.calibrate(out["raw_score"][i])
+    if tops is not None:
+        out["top_features"] = tops
+    return out
+
+
+def grid_seconds(index: pd.Index) -> np.ndarray:
+    """Unix seconds of a unit frame's ``DatetimeIndex``, as the models compute them."""
+    return pd.DatetimeIndex(index).as_unit("ns").asi8.astype(float) / 1e9
 
 
 def top_features(value: Any) -> list[str]:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from boxwatch.log import kv as _fields
@@ -38,13 +39,16 @@ from detector.peers import is_cross_sectional, member_points, stand_in
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
 from detector.scoring import (
     FALLBACK_WINDOW,
+    UnitRows,
     build_units,
     fit_bundle,
+    grid_seconds,
     is_multivariate,
     score_online,
+    score_online_many,
 )
 from detector.store import FitResult, FitSink, LocalStore, ModelBundle
-from detector.writer import RemoteWriter, ScoredPoint, scored_points
+from detector.writer import RemoteWriter, ScoredPoint, points_of, scored_points
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -366,16 +370,25 @@ class Detector:
             log.info("catching up", extra=_fields(query=alias, points=int((end - start) // query.step) + 1,
                                                   start=start, end=end))
         lead = query.step if query.counter else 0.0
+        multivariate = is_multivariate(config, alias)
+        arrays = None if multivariate else getattr(reader, "query_range_arrays", None)
         try:
-            raw = reader.query_range(query.expr, start - lead, end, query.step)
+            if arrays is not None:  # no pandas object per series: the rows are scored in batches
+                answer = arrays(query.expr, start - lead, end, query.step)
+            else:
+                raw = reader.query_range(query.expr, start - lead, end, query.step)
         except ReaderError as err:
             self._query_failed(alias, err)
             return 0, reader.last_request_seconds
         query_seconds = reader.last_request_seconds
-        multivariate = is_multivariate(config, alias)
-        units = build_units(query, multivariate, raw, self.shard, alias)
-        if lead:  # the extra point before start only served the first rate
-            units = {key: frame.iloc[1:] for key, frame in units.items()}
+        if arrays is not None:
+            units: Mapping[SeriesKey, pd.DataFrame] = UnitRows.from_query(query, *answer, self.shard, alias)
+            if lead:  # the extra point before start only served the first rate
+                units = units.after_first()
+        else:
+            units = build_units(query, multivariate, raw, self.shard, alias)
+            if lead:
+                units = {key: frame.iloc[1:] for key, frame in units.items()}
         try:
             query_seconds += self._add_fallbacks(alias, state, units, multivariate, start)
         except ReaderError as err:
@@ -409,7 +422,7 @@ class Detector:
             return max(trained_until + query.step, earliest) if trained_until < end else end
         return earliest
 
-    def _add_fallbacks(self, alias: str, state: QueryState, units: dict[SeriesKey, pd.DataFrame],
+    def _add_fallbacks(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
                        multivariate: bool, start: float) -> float:
         """Start a robust stand-in for every unit without a model, from its recent history."""
         with self._lock:
@@ -438,30 +451,32 @@ class Detector:
 
     def _score_units(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
                      query, threshold: float, end: float) -> tuple[list, list, dict]:
-        """Score each unit's new points; return all points, the points at ``end``, units per model."""
+        """Score each unit's new points; return all points, the points at ``end``, units per model.
+
+        Units whose model scores many units at once (``batch``) are scored together, one call per
+        model class and point; the others one by one.
+        """
         points: list[ScoredPoint] = []
         latest: list[ScoredPoint] = []
         used: dict[str, int] = {}
-        for key, frame in units.items():
-            with self._lock:
+        assigned: dict[SeriesKey, tuple[Model, str]] = {}
+        rows = units if isinstance(units, UnitRows) else None
+        with self._lock:
+            for key in units:
                 own = state.bundle.models.get(key) if state.bundle else None
                 model = own or state.fallback.get(key)
-                model_name = state.bundle.model_name if own is not None else model.name if model else ""
-            if model is None or frame.empty:
+                empty = not len(rows.index) if rows is not None else units[key].empty
+                if model is not None and not empty:
+                    assigned[key] = (model, state.bundle.model_name if own is not None else model.name)
+        scored = self._score_batches(alias, state, units, assigned, query)
+        for key in units:
+            if key not in assigned:
                 continue
-            try:
-                if is_cross_sectional(model):  # one series per member of the group
-                    unit_points = list(member_points(model, key, frame, alias, model_name, query.direction,
-                                                     query.min_deviation))
-                else:
-                    result = score_online(model, frame, query.direction, query.min_deviation,
-                                          self._calibration(state, key))
-                    labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
-                    unit_points = list(scored_points(labels, frame, result))
-            except Exception as err:  # one unit's model failing leaves the other units scored
-                with self._lock:
-                    self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
-                log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
+            model, model_name = assigned[key]
+            unit_points = scored.get(key)
+            if unit_points is None:
+                unit_points = self._score_unit(alias, state, key, units[key], model, model_name, query)
+            if unit_points is None:
                 continue
             for point in unit_points:
                 if point.score > threshold and not self.feedback.is_expected(dict(point.labels), point.timestamp):
@@ -472,6 +487,74 @@ class Detector:
                     latest.append(point)
                     used[model_name] = used.get(model_name, 0) + 1
         return points, latest, used
+
+    def _score_unit(self, alias: str, state: QueryState, key: SeriesKey, frame: pd.DataFrame, model: Model,
+                    model_name: str, query) -> list[ScoredPoint] | None:
+        """One unit's points, scored on its own; ``None`` (counted, logged) when its model fails."""
+        try:
+            if is_cross_sectional(model):  # one series per member of the group
+                return list(member_points(model, key, frame, alias, model_name, query.direction,
+                                          query.min_deviation))
+            result = score_online(model, frame, query.direction, query.min_deviation, self._calibration(state, key))
+            labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+            return list(scored_points(labels, frame, result))
+        except Exception as err:  # one unit's model failing leaves the other units scored
+            with self._lock:
+                self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
+            log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
+            return None
+
+    def _score_batches(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
+                       assigned: Mapping[SeriesKey, tuple[Model, str]], query) -> dict[SeriesKey, list[ScoredPoint]]:
+        """Points of the univariate units whose model class scores in batches, all of a class at once.
+
+        A batch that fails is logged and left to :meth:`_score_unit`, unit by unit.
+        """
+        groups: dict[tuple, list[SeriesKey]] = {}
+        rows = units if isinstance(units, UnitRows) else None
+        index = rows.index if rows is not None else None
+        for key, (model, _) in assigned.items():
+            if not type(model).batch or is_cross_sectional(model):
+                continue
+            if rows is not None:
+                if not model.multivariate:
+                    groups.setdefault((type(model), 1), []).append(key)
+                continue
+            frame = units[key]
+            columns = getattr(model, "columns_", ["value"]) if model.multivariate else ["value"]
+            if list(frame.columns) != ["value"] and not model.multivariate or set(columns) != set(frame.columns):
+                continue
+            if index is None:
+                index = frame.index
+            if frame.index is index or frame.index.equals(index):
+                groups.setdefault((type(model), len(columns)), []).append(key)
+        scored: dict[SeriesKey, list[ScoredPoint]] = {}
+        for keys in groups.values():
+            if len(keys) < 2:
+                continue
+            models = [assigned[key][0] for key in keys]
+            if models[0].multivariate:
+                values = np.stack([_columns(units[key], model.columns_) for key, model in zip(keys, models, strict=True)])
+            elif rows is not None:
+                values = np.stack([rows.row(key) for key in keys])
+            else:
+                values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
+            calibrations = [self._calibration(state, key) for key in keys]
+            try:
+                result = score_online_many(models, grid_seconds(index), values, query.direction,
+                                           query.min_deviation, calibrations)
+            except Exception as err:  # scored one by one instead, where a failing unit stays alone
+                log.warning("batch scoring failed; scoring unit by unit", extra=_fields(query=alias, error=err))
+                continue
+            stamps = index.asi8 / 1e9
+            plain = np.full(values.shape[1], np.nan)
+            for i, key in enumerate(keys):
+                labels = tuple(sorted({**dict(key), "query": alias, "model": assigned[key][1]}.items()))
+                tops = result["top_features"][i] if "top_features" in result else None
+                scored[key] = list(points_of(labels, stamps, plain if values.ndim == 3 else values[i],
+                                             result["expected"][i], result["lower"][i], result["upper"][i],
+                                             result["score"][i], result["raw_score"][i], tops))
+        return scored
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:
         """The unit's score calibration, started fresh for a unit seen for the first time."""
@@ -626,6 +709,13 @@ def adopt_calibration(state: QueryState, bundle: ModelBundle) -> None:
         state.calibration.setdefault(key, copy.deepcopy(calibration))
     for calibration in state.calibration.values():
         calibration.fit_level()
+
+
+def _columns(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """``frame[columns]`` as an array; without pandas' column lookup when the order already is that."""
+    if list(frame.columns) == columns:
+        return frame.to_numpy(dtype=float)
+    return frame[columns].to_numpy(dtype=float)
 
 
 def unit_labels(point: ScoredPoint) -> dict[str, str]:

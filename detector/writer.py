@@ -51,15 +51,22 @@ def scored_points(labels: tuple[tuple[str, str], ...], frame, result) -> Iterato
     import numpy as np
 
     scores = result["score"].to_numpy(dtype=float)
-    keep = np.flatnonzero(~np.isnan(scores))
-    if not len(keep):
+    if np.isnan(scores).all():
         return
     stamps = result.index.asi8 / 1e9 if hasattr(result.index, "asi8") else result.index
     values = frame["value"].to_numpy(dtype=float) if "value" in frame.columns else np.full(len(frame), np.nan)
     expected, lower, upper = (result[c].to_numpy(dtype=float) for c in ("expected", "lower", "upper"))
     tops = result["top_features"].to_numpy() if "top_features" in result.columns else None
     raws = result["raw_score"].to_numpy(dtype=float) if "raw_score" in result.columns else scores
-    for i in keep:
+    yield from points_of(labels, stamps, values, expected, lower, upper, scores, raws, tops)
+
+
+def points_of(labels: tuple[tuple[str, str], ...], stamps, values, expected, lower, upper, scores, raws,
+              tops=None) -> Iterator[ScoredPoint]:
+    """:class:`ScoredPoint` per position of the arrays with a score (NaN scores are skipped)."""
+    import numpy as np
+
+    for i in np.flatnonzero(~np.isnan(scores)):
         top = tops[i] if tops is not None else None
         yield ScoredPoint(labels, float(stamps[i]), float(values[i]), float(expected[i]), float(lower[i]),
                           float(upper[i]), float(scores[i]), tuple(top) if isinstance(top, list | tuple) else (),

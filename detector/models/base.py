@@ -20,6 +20,12 @@ single column ``value``, a multivariate one reads every column (one feature per 
 (river's learn_one after score_one). Models must not learn from points they flag as
 anomalous, so a baseline does not absorb the incident it is meant to report.
 
+A univariate model may also score many units at once: ``score_learn_many(models, seconds,
+values)`` (a class method, ``batch = True``) scores point ``values[i]`` at ``seconds`` with
+``models[i]`` and then learns it, for every ``i``, with arrays over the units instead of a
+frame and a call per unit; the results are the same as ``score`` then ``learn`` on each
+model's one-row frame. A serve cycle scores every unit of a query this way.
+
 Models follow scikit-learn's estimator contract: parameters are set in ``__init__`` and
 stored unchanged, ``fit`` returns ``self``, learned state ends with ``_``.
 """
@@ -27,6 +33,7 @@ stored unchanged, ``fit`` returns ``self``, learned state ends with ``_``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -46,6 +53,7 @@ class Model(ABC):
 
     name: ClassVar[str]
     multivariate: ClassVar[bool] = False
+    batch: ClassVar[bool] = False  # implements score_learn_many
 
     @abstractmethod
     def fit(self, history: pd.DataFrame) -> Model:
@@ -57,6 +65,15 @@ class Model(ABC):
 
     def learn(self, frame: pd.DataFrame) -> None:  # noqa: B027 - optional hook, no-op by default
         """Update online state with points that were just scored. Default: nothing."""
+
+    @classmethod
+    def score_learn_many(cls, models: Sequence[Model], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Score ``values[i]`` (one point at ``seconds``, Unix time) with ``models[i]``, then learn it.
+
+        Returns ``expected``, ``lower``, ``upper`` and ``score`` arrays over the units. NaN values
+        score NaN and are not learned. Only for models with ``batch = True``.
+        """
+        raise NotImplementedError(f"{cls.__name__} scores one unit at a time")
 
     def get_params(self) -> dict[str, Any]:
         """The ``__init__`` parameters, as scikit-learn's ``get_params`` returns them."""
@@ -105,6 +122,15 @@ def band_score(
     score = np.where(np.abs(deviation) < min_deviation, 0.0, score)
     nan = np.isnan(value) | np.isnan(expected) | np.isnan(lower) | np.isnan(upper)
     return np.where(nan, np.nan, score)
+
+
+def robust_standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: the median, and the robust sigma (1.4826 MAD; the standard deviation where the MAD
+    is 0, 1 where both are): what a feature is centred and scaled by so incidents do not set the scale."""
+    center = np.median(features, axis=0)
+    spread = MAD_TO_SIGMA * np.median(np.abs(features - center), axis=0)
+    fallback = np.std(features, axis=0)
+    return center, np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
 
 
 def empty_scores(index: pd.Index, columns: list[str] = SCORE_COLUMNS) -> pd.DataFrame:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, empty_scores
-from detector.models.robust import MAD_TO_SIGMA, RobustModel
+from detector.models.base import Model, empty_scores, robust_standardisation
+from detector.models.robust import RobustModel
 
 FOREST_MIN_POINTS = 50
 
@@ -79,10 +79,7 @@ class EnsembleModel(Model):
         features = features[~np.isnan(features).any(axis=1)]
         if len(features) < FOREST_MIN_POINTS:
             return self
-        self.center_ = np.median(features, axis=0)
-        spread = MAD_TO_SIGMA * np.median(np.abs(features - self.center_), axis=0)
-        fallback = np.std(features, axis=0)
-        self.scale_ = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+        self.center_, self.scale_ = robust_standardisation(features)
         standard = (features - self.center_) / self.scale_
         forest = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(standard)),
                                  random_state=self.random_state).fit(standard)

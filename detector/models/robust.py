@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,8 @@ class RobustModel(Model):
 
     Attributes
     ----------
-    window_ : collections.deque
-        The recent points the next score is based on (normal points only).
+    window_ : numpy.ndarray
+        The recent points the next score is based on (normal points only), oldest first.
 
     Examples
     --------
@@ -39,6 +40,7 @@ class RobustModel(Model):
     """
 
     name = "robust"
+    batch = True
 
     def __init__(self, window: int = 360, k: float = 5.0, min_points: int = 10, min_scale: float = 0.01):
         self.window = window
@@ -49,13 +51,28 @@ class RobustModel(Model):
     def fit(self, history: pd.DataFrame) -> RobustModel:
         values = history["value"].to_numpy(dtype=float)
         values = values[~np.isnan(values)]
-        self.window_ = deque(values[-self.window :].tolist(), maxlen=self.window)
+        self.window_ = values[-self.window :].copy() if self.window > 0 else values[:0]
         return self
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("window_"), deque):  # pickled before the window was an array
+            state["window_"] = np.fromiter(state["window_"], dtype=float)
+        self.__dict__.update(state)
+
+    def _push(self, value: float) -> None:
+        """Append ``value``, dropping the oldest point once the window is full."""
+        if self.window <= 0:
+            return
+        if len(self.window_) < self.window:
+            self.window_ = np.append(self.window_, value)
+        else:
+            self.window_[:-1] = self.window_[1:]
+            self.window_[-1] = value
 
     def _band(self) -> tuple[float, float, float]:
         if len(self.window_) < self.min_points:
             return np.nan, np.nan, np.nan
-        values = np.fromiter(self.window_, dtype=float)
+        values = self.window_
         median = float(np.median(values))
         sigma = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
         sigma = max(sigma, self.min_scale * abs(median), 1e-9)
@@ -77,4 +94,29 @@ class RobustModel(Model):
                 continue
             expected, lower, upper = self._band()
             if np.isnan(expected) or lower <= value <= upper:
-                self.window_.append(value)
+                self._push(value)
+
+    @classmethod
+    def score_learn_many(cls, models: Sequence[RobustModel], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`score` then :meth:`learn` of one point per model: medians of all windows at once."""
+        values = np.asarray(values, dtype=float)
+        expected, lower, upper = (np.full(len(models), np.nan) for _ in range(3))
+        for model in models:
+            model._check_fitted()
+        lengths = np.fromiter((len(m.window_) for m in models), dtype=int, count=len(models))
+        min_points = np.fromiter((m.min_points for m in models), dtype=float, count=len(models))
+        for length in np.unique(lengths[lengths >= min_points]):
+            rows = np.flatnonzero((lengths == length) & (lengths >= min_points))
+            table = np.stack([models[i].window_ for i in rows]) if length else np.empty((len(rows), 0))
+            median = np.median(table, axis=1)
+            sigma = MAD_TO_SIGMA * np.median(np.abs(table - median[:, None]), axis=1)
+            min_scale = np.array([models[i].min_scale for i in rows], dtype=float)
+            k = np.array([models[i].k for i in rows], dtype=float)
+            sigma = np.maximum(np.maximum(sigma, min_scale * np.abs(median)), 1e-9)
+            expected[rows], lower[rows], upper[rows] = median, median - k * sigma, median + k * sigma
+        score = band_score(values, expected, lower, upper)
+        with np.errstate(invalid="ignore"):
+            learned = ~np.isnan(values) & (np.isnan(expected) | (lower <= values) & (values <= upper))
+        for i in np.flatnonzero(learned):
+            models[i]._push(values[i])
+        return {"expected": expected, "lower": lower, "upper": upper, "score": score}

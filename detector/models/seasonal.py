@@ -104,6 +104,7 @@ class SeasonalModel(Model):
     """
 
     name = "seasonal"
+    batch = True
 
     def __init__(
         self,
@@ -327,3 +328,40 @@ class SeasonalModel(Model):
         for value, season, width in zip(frame["value"].to_numpy(dtype=float), seasonal, half, strict=True):
             if not np.isnan(value) and abs(value - season - self.level_) <= width:
                 self.level_ += self.level_alpha * (value - season - self.level_)
+
+    @classmethod
+    def score_learn_many(cls, models: Sequence[SeasonalModel], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`score` then :meth:`learn` of one point per model, the band arithmetic over all units at once."""
+        values = np.asarray(values, dtype=float)
+        stamp = np.array([seconds], dtype=float)
+        n = len(models)
+        level = np.empty(n)
+        seasonal = np.empty(n)
+        half = np.empty(n)
+        alpha = np.empty(n)
+        phases: dict[tuple[float, int], int] = {}
+        day_bins: dict[int, int] = {}
+        for i, model in enumerate(models):
+            model._check_fitted()
+            total = 0.0  # what _seasonal sums, profile by profile
+            for period, profile in zip(model.periods_, model.profiles_, strict=True):
+                key = (period, len(profile))
+                if key not in phases:
+                    phases[key] = int(model._phase(stamp, period, len(profile))[0])
+                total += profile[phases[key]]
+            bins = len(model.sigma_)
+            if bins not in day_bins:
+                day_bins[bins] = int(model._day_bin(stamp, bins)[0])
+            level[i], seasonal[i] = model.level_, total
+            half[i] = model.k * model.sigma_[day_bins[bins]]
+            alpha[i] = model.level_alpha
+        expected = level + seasonal
+        lower, upper = expected - half, expected + half
+        score = band_score(values, expected, lower, upper)
+        deviation = values - seasonal - level
+        with np.errstate(invalid="ignore"):
+            learned = ~np.isnan(values) & ~np.isnan(level) & (alpha > 0) & (np.abs(deviation) <= half)
+        moved = level + alpha * deviation
+        for i in np.flatnonzero(learned):
+            models[i].level_ = moved[i]
+        return {"expected": expected, "lower": lower, "upper": upper, "score": score}

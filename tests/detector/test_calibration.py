@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 
@@ -75,4 +77,19 @@ def test_calibration_is_saved_with_the_models(tmp_path):
     assert loaded.level_ == calibration.level_ > np.log(2)
     assert list(loaded.values_) == list(calibration.values_)
     probe = np.array([0.5, 30.0, 0.1])
+    np.testing.assert_array_equal(loaded.calibrate(probe), calibration.calibrate(probe))
+
+
+def test_a_calibration_pickled_with_a_deque_loads_and_scores_the_same():
+    """State saved before the recent values were an array (a deque then) still loads, same scores."""
+    import pickle
+    from collections import deque
+
+    calibration = CalibrationConfig().make()
+    calibration.calibrate(np.abs(np.random.default_rng(4).normal(0, 2, 500)))
+    old = copy.deepcopy(calibration)
+    old.__dict__["values_"] = deque(old.values_.tolist(), maxlen=old.window)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert isinstance(loaded.values_, np.ndarray) and list(loaded.values_) == list(calibration.values_)
+    probe = np.array([0.5, 30.0, 0.1, 2.0])
     np.testing.assert_array_equal(loaded.calibrate(probe), calibration.calibrate(probe))

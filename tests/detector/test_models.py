@@ -235,3 +235,91 @@ def test_min_deviation_also_floors_a_degenerate_band():
     from detector.models.base import band_score
 
     assert band_score([0.2], [0.0], [0.0], [0.0], direction="above", min_deviation=0.05)[0] == pytest.approx(4.0)
+
+
+def unit_histories() -> list[pd.DataFrame]:
+    """Five units: a daily cycle, a shifted one, a flat series, a short history and one too short to judge."""
+    long = daily_series(4, seed=3)
+    return [long, daily_series(4, seed=4) * 2 - 30, long * 0 + 7.0, long.iloc[-40:], long.iloc[-5:]]
+
+
+@pytest.mark.parametrize("name, params", [("robust", {"window": 100}), ("seasonal", {})])
+@pytest.mark.parametrize("direction, min_deviation", [("both", 0.0), ("above", 0.5)])
+def test_batch_scoring_gives_the_per_unit_results(name, params, direction, min_deviation):
+    """score_online_many over units == score_online unit by unit: scores, bands, calibration, what is learned."""
+    import copy
+
+    from detector.calibration import Calibration
+    from detector.scoring import grid_seconds, score_online, score_online_many
+
+    histories = unit_histories()
+    models = [make_model(name, params).fit(h) for h in histories]
+    twins = copy.deepcopy(models)
+    calibrations = [Calibration(min_points=20, window=50) for _ in models]
+    twin_calibrations = copy.deepcopy(calibrations)
+    rng = np.random.default_rng(5)
+    for cycle in range(12):  # one point per cycle, then a catch-up of three
+        index = pd.date_range(histories[0].index[-1] + pd.Timedelta(STEP) * (1 + 4 * cycle),
+                              periods=1 if cycle < 11 else 3, freq=STEP, tz="UTC")
+        values = 50 + rng.normal(0, 2, (len(models), len(index)))
+        values[0, -1] += 40 * (cycle in (3, 4))  # an incident the models must not learn
+        values[1, 0] = np.nan if cycle == 6 else values[1, 0]
+        batch = score_online_many(models, grid_seconds(index), values, direction, min_deviation, calibrations)
+        if cycle == 3:
+            assert batch["raw_score"][0, -1] > 1  # the incident is out of the band
+        for i, model in enumerate(twins):
+            frame = pd.DataFrame({"value": values[i]}, index=index)
+            single = score_online(model, frame, direction, min_deviation, twin_calibrations[i])
+            for column in ("expected", "lower", "upper", "score", "raw_score"):
+                np.testing.assert_array_equal(batch[column][i], single[column].to_numpy(dtype=float),
+                                              err_msg=f"{name} unit {i} {column} cycle {cycle}")
+    for model, twin in zip(models, twins, strict=True):
+        assert {k: str(v) for k, v in vars(model).items()} == {k: str(v) for k, v in vars(twin).items()}
+
+
+def test_batch_iforest_scores_and_explains_as_each_forest_does():
+    """Entities scored together (one walk of every forest) == each model's own score, top_features included."""
+    import copy
+
+    from detector.scoring import grid_seconds, score_online, score_online_many
+
+    histories = [gpu_frame(400, seed) for seed in (1, 2, 3)] + [gpu_frame(30, 4)]
+    models = [make_model("iforest", {"n_estimators": 40}).fit(h) for h in histories]
+    twins = copy.deepcopy(models)
+    columns = models[0].columns_
+    rng = np.random.default_rng(6)
+    explained = 0
+    for cycle in range(6):
+        index = pd.date_range(histories[0].index[-1] + pd.Timedelta("1min") * (1 + 3 * cycle),
+                              periods=1 if cycle < 5 else 2, freq="1min", tz="UTC")
+        rows = np.stack([h[columns].to_numpy()[-len(index):] for h in histories[:3]]
+                        + [histories[0][columns].to_numpy()[:len(index)]])
+        values = rows + rng.normal(0, 0.5, rows.shape)
+        values[1, -1, 0] += 40 * (cycle in (2, 3))  # one entity hot: explained
+        values[2, 0, 1] = np.nan if cycle == 1 else values[2, 0, 1]
+        batch = score_online_many(models, grid_seconds(index), values)
+        for i, model in enumerate(twins):
+            single = score_online(model, pd.DataFrame(values[i], index=index, columns=columns))
+            np.testing.assert_array_equal(batch["score"][i], single["score"].to_numpy(dtype=float))
+            for j in range(len(index)):
+                if not np.isnan(batch["score"][i, j]):
+                    assert batch["top_features"][i, j] == single["top_features"].iloc[j]
+                    explained += bool(batch["top_features"][i, j])
+    assert explained and np.isnan(batch["score"][3]).all()
+
+
+def test_a_robust_model_pickled_with_a_deque_window_loads_and_scores_the_same():
+    """Models saved before the window was an array (a deque then) still load and score alike."""
+    import copy
+    import pickle
+    from collections import deque
+
+    history, future = split(daily_series(2))
+    model = make_model("robust", {"window": 100}).fit(history)
+    old = copy.deepcopy(model)
+    old.__dict__["window_"] = deque(old.window_.tolist(), maxlen=100)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert isinstance(loaded.window_, np.ndarray) and list(loaded.window_) == list(model.window_)
+    for model_ in (model, loaded):
+        model_.learn(future.iloc[:30])
+    pd.testing.assert_frame_equal(loaded.score(future.iloc[30:40]), model.score(future.iloc[30:40]))

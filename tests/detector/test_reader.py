@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 
 from detector.config import ReaderConfig
-from detector.reader import PrometheusReader, PrometheusUnavailable, QueryError, counter_rate
+from detector.reader import PrometheusReader, PrometheusUnavailable, QueryError, counter_rate, counter_rates
 from tests.detector.conftest import STEP
 from tests.harness import free_port
 
@@ -159,3 +160,11 @@ def test_a_hung_prometheus_is_reported_within_one_timeout_and_scoring_resumes(lo
     assert detector.run_cycle(END + STEP) == 2
     assert detector.stats_copy()[0].prometheus_up is True
     detector.stop()
+
+
+def test_counter_rates_of_rows_are_counter_rate_of_each_series():
+    """The serve cycle's array path turns counters into rates exactly as the per-series path does."""
+    rows = np.array([[1, 3, np.nan, 7, 2, 5, 5, np.nan, np.nan, 9.0], [0, 0, 10, 4, 4, np.nan, 6, 8, 1, 2]])
+    index = pd.date_range("2026-01-01", periods=rows.shape[1], freq="min", tz="UTC")
+    expected = [counter_rate(pd.Series(row, index=index), STEP).to_numpy() for row in rows]
+    np.testing.assert_array_equal(counter_rates(rows, STEP), np.stack(expected))
