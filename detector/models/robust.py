@@ -49,8 +49,8 @@ class RobustModel(Model):
         self.min_scale = min_scale
 
     def fit(self, history: pd.DataFrame) -> RobustModel:
-        values = history["value"].to_numpy(dtype=float)
-        values = values[~np.isnan(values)]
+        """Keep the last ``window`` values that are not missing: the band's median and MAD come from them."""
+        values = history["value"].dropna().to_numpy(dtype=float)
         self.window_ = values[-self.window :].copy() if self.window > 0 else values[:0]
         return self
 
