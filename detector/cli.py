@@ -18,6 +18,7 @@ from typing import Any
 
 from boxwatch import __version__
 from boxwatch.log import kv, setup_logging
+from boxwatch.memory import limit_arenas
 from boxwatch.times import parse_duration, parse_time
 from boxwatch.web import Limits, Server, add_web_flags, load_web_config, parse_listen_address
 from detector import registry_cli
@@ -58,6 +59,10 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 DETECTOR_LIMITS = Limits(workers=16, max_queued=64, max_connections=512, read_timeout=10.0,
                          write_timeout=60.0, max_body_bytes=16 << 20)
 
+# glibc gives each thread that allocates an arena of its own (up to 8 per core), and each keeps what its
+# thread freed: the fitting thread's large temporaries, the HTTP workers' answers.
+SERVE_MALLOC_ARENAS = 2
+
 
 def _serve(args: argparse.Namespace) -> int:
     """Build the service and what the configuration enables around it, wire them, serve until a signal."""
@@ -67,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     from detector.store import FitSink, LocalStore
 
     setup_logging(args.log_level, args.log_format)
+    limit_arenas(SERVE_MALLOC_ARENAS)
     config = load_or_report(args)
     if config is None:
         log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
