@@ -7,17 +7,19 @@ module's own and the registry's (:data:`detector.registry_cli.COMMANDS`), listed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from boxwatch import __version__
 from boxwatch.log import kv, setup_logging
+from boxwatch.memory import limit_arenas
 from boxwatch.times import parse_duration, parse_time
 from boxwatch.web import Limits, Server, add_web_flags, load_web_config, parse_listen_address
 from detector import registry_cli
@@ -58,16 +60,21 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 DETECTOR_LIMITS = Limits(workers=16, max_queued=64, max_connections=512, read_timeout=10.0,
                          write_timeout=60.0, max_body_bytes=16 << 20)
 
+# glibc gives each thread that allocates an arena of its own (up to 8 per core), and each keeps what its
+# thread freed: the fitting thread's large temporaries, the HTTP workers' answers.
+SERVE_MALLOC_ARENAS = 2
+
 
 def _serve(args: argparse.Namespace) -> int:
     """Build the service and what the configuration enables around it, wire them, serve until a signal."""
-    from detector.api import add_routes, create_app
-    from detector.metrics import build_registry
-    from detector.service import Detector
-    from detector.store import FitSink, LocalStore
-
     setup_logging(args.log_level, args.log_format)
-    config = load_or_report(args)
+    limit_arenas(SERVE_MALLOC_ARENAS)
+    with _pyarrow_hidden():  # the configuration's check imports pandas already
+        config = load_or_report(args)
+        from detector.api import add_routes, create_app
+        from detector.metrics import build_registry
+        from detector.service import Detector
+        from detector.store import FitSink, LocalStore
     if config is None:
         log.error("refusing to start with an invalid configuration", extra=kv(file=args.config))
         return 1
@@ -119,6 +126,27 @@ def _serve(args: argparse.Namespace) -> int:
         part.stop()
     detector.stop()
     return 0
+
+
+@contextlib.contextmanager
+def _pyarrow_hidden() -> Iterator[None]:
+    """Import pandas as if pyarrow were not installed, then run the block (which cannot import pyarrow).
+
+    pandas 2 imports pyarrow at start whenever it is installed (about 60 MiB of resident memory), and
+    nothing on the serve path uses it. MLflow imports it itself when the registry is on (pandas then
+    reads and writes Parquet with it as usual; only its pyarrow-backed dtypes stay off); pandas imported
+    before the block keeps what it found.
+    """
+    if "pandas" in sys.modules or "pyarrow" in sys.modules:
+        yield
+        return
+    sys.modules["pyarrow"] = None  # type: ignore[assignment]  # makes `import pyarrow` raise ImportError
+    try:
+        import pandas  # noqa: F401
+        yield
+    finally:
+        if "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
+            del sys.modules["pyarrow"]
 
 
 def _install_signals(stop: threading.Event, reload: Callable[[], None]) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from boxwatch.log import kv as _fields
+from boxwatch.memory import release_free_memory
 from detector.calibration import Calibration
 from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
@@ -634,6 +635,8 @@ class Detector:
                         state = self._states.get(alias)
                     if state is not None:
                         self._fit_failed(state, f"{type(err).__name__}: {err}")
+            if due:  # a fit's window, frames and temporaries are garbage now: give their pages back
+                release_free_memory()
             with self._lock:
                 next_fit = min((s.next_fit for s in self._states.values()), default=now + 60)
             self._fit_wakeup.wait(min(max(next_fit - self.clock(), 0.05), 30.0))

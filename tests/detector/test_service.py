@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -278,3 +279,13 @@ def test_raw_counter_query_is_scored_as_a_rate_across_a_reset(history_prometheus
     assert detector.sample("boxwatch_anomaly_score", gpu="0") == [0.0]
     # Read as a plain value, the reset would be a drop of thousands: an anomaly. As a rate it is nothing.
     assert requests.get(f"{detector.url}/api/v1/anomalies", timeout=5).json()["data"] == []
+
+
+def test_serving_without_the_registry_or_drift_does_not_load_pyarrow(history_prometheus, start_detector, tmp_path):
+    """pandas would load pyarrow (about 60 MiB resident) though nothing on the serve path uses it."""
+    pytest.importorskip("pyarrow")  # installed (MLflow needs it): the check below can fail
+    prom = history_prometheus(live_history([(("gpu", "0"),)]))
+    detector = start_detector(detector_config(prom.url, tmp_path / "state", {"temp": query()}))
+    detector.wait_for(lambda: gpus(detector) == {"0"}, what="a scored series")
+    maps = Path(f"/proc/{detector.proc.pid}/maps").read_text()
+    assert "pandas" in maps and "libarrow" not in maps
