@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from boxwatch.log import kv
-from detector.calibration import Calibration
+from detector.calibration import Calibration, calibrate_many
 from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
 from detector.models import make_model, model_class
 from detector.models.base import Model, band_score, empty_scores
@@ -338,9 +338,9 @@ def score_online_many(
         out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
                                                                out["score"], direction, min_deviation)
     out["raw_score"] = out["score"].copy()
-    for i, calibration in enumerate(calibrations or ()):
-        if calibration is not None:
-            out["score"][i] = calibration.calibrate(out["raw_score"][i])
+    calibrated = [i for i, calibration in enumerate(calibrations or ()) if calibration is not None]
+    if calibrated:  # every unit's calibration at once, point by point
+        out["score"][calibrated] = calibrate_many([calibrations[i] for i in calibrated], out["raw_score"][calibrated])
     if tops is not None:
         out["top_features"] = tops
     return out

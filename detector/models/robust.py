@@ -101,13 +101,18 @@ class RobustModel(Model):
         """:meth:`score` then :meth:`learn` of one point per model: medians of all windows at once."""
         values = np.asarray(values, dtype=float)
         expected, lower, upper = (np.full(len(models), np.nan) for _ in range(3))
-        for model in models:
-            model._check_fitted()
-        lengths = np.fromiter((len(m.window_) for m in models), dtype=int, count=len(models))
+        try:
+            windows = [m.window_ for m in models]
+        except AttributeError:
+            for model in models:
+                model._check_fitted()
+            raise
+        lengths = np.fromiter(map(len, windows), dtype=int, count=len(models))
         min_points = np.fromiter((m.min_points for m in models), dtype=float, count=len(models))
-        for length in np.unique(lengths[lengths >= min_points]):
-            rows = np.flatnonzero((lengths == length) & (lengths >= min_points))
-            table = np.stack([models[i].window_ for i in rows]) if length else np.empty((len(rows), 0))
+        ready = lengths >= min_points
+        for length in np.unique(lengths[ready]):
+            rows = np.flatnonzero((lengths == length) & ready)
+            table = np.stack([windows[i] for i in rows]) if length else np.empty((len(rows), 0))
             median = np.median(table, axis=1)
             sigma = MAD_TO_SIGMA * np.median(np.abs(table - median[:, None]), axis=1)
             min_scale = np.array([models[i].min_scale for i in rows], dtype=float)
