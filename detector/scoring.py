@@ -7,6 +7,7 @@ multivariate one. Units are keyed by their output labels, sorted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -86,12 +87,24 @@ def build_units(
     return units
 
 
+@functools.lru_cache(maxsize=200_000)  # the same series come back every cycle
+def unit_key(key: SeriesKey) -> SeriesKey:
+    """A univariate unit's key: its source series' output labels, sorted."""
+    return tuple(sorted(output_labels(dict(key)).items()))
+
+
+@functools.lru_cache(maxsize=200_000)
+def point_labels(key: SeriesKey, alias: str, model_name: str) -> tuple[tuple[str, str], ...]:
+    """A scored point's labels: the unit's plus ``query`` and ``model``, sorted."""
+    return tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+
+
 def univariate_keys(raw: Iterable[SeriesKey], shard: tuple[int, int], alias: str) -> dict[SeriesKey, SeriesKey]:
     """Unit key (output labels) -> source key of this replica's univariate units, in query order."""
     index, total = shard
     units: dict[SeriesKey, SeriesKey] = {}
     for key in raw:
-        unit = tuple(sorted(output_labels(dict(key)).items()))
+        unit = unit_key(key)
         if unit in units:
             log.warning("two series with the same labels once __name__ is dropped; keeping the first",
                         extra=kv(query=alias, labels=dict(unit)))

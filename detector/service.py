@@ -44,6 +44,7 @@ from detector.scoring import (
     fit_bundle,
     grid_seconds,
     is_multivariate,
+    point_labels,
     score_online,
     score_online_many,
 )
@@ -496,7 +497,7 @@ class Detector:
                 return list(member_points(model, key, frame, alias, model_name, query.direction,
                                           query.min_deviation))
             result = score_online(model, frame, query.direction, query.min_deviation, self._calibration(state, key))
-            labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+            labels = point_labels(key, alias, model_name)
             return list(scored_points(labels, frame, result))
         except Exception as err:  # one unit's model failing leaves the other units scored
             with self._lock:
@@ -549,7 +550,7 @@ class Detector:
             stamps = index.asi8 / 1e9
             plain = np.full(values.shape[1], np.nan)
             for i, key in enumerate(keys):
-                labels = tuple(sorted({**dict(key), "query": alias, "model": assigned[key][1]}.items()))
+                labels = point_labels(key, alias, assigned[key][1])
                 tops = result["top_features"][i] if "top_features" in result else None
                 scored[key] = list(points_of(labels, stamps, plain if values.ndim == 3 else values[i],
                                              result["expected"][i], result["lower"][i], result["upper"][i],
