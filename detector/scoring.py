@@ -142,6 +142,13 @@ class UnitRows(Mapping[SeriesKey, pd.DataFrame]):
     def row(self, key: SeriesKey) -> np.ndarray:
         return self.values[self._rows[key]]
 
+    def rows_of(self, keys: Sequence[SeriesKey]) -> np.ndarray:
+        """The rows of ``keys``, in that order (the array itself when that is every row in order)."""
+        positions = [self._rows[key] for key in keys]
+        if positions == list(range(len(self.values))):
+            return self.values
+        return self.values[positions]
+
     def __getitem__(self, key: SeriesKey) -> pd.DataFrame:
         return pd.DataFrame({"value": self.row(key)}, index=self.index)
 

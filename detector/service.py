@@ -537,10 +537,10 @@ class Detector:
             if models[0].multivariate:
                 values = np.stack([_columns(units[key], model.columns_) for key, model in zip(keys, models, strict=True)])
             elif rows is not None:
-                values = np.stack([rows.row(key) for key in keys])
+                values = rows.rows_of(keys)
             else:
                 values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
-            calibrations = [self._calibration(state, key) for key in keys]
+            calibrations = self._calibrations(state, keys)
             try:
                 result = score_online_many(models, grid_seconds(index), values, query.direction,
                                            query.min_deviation, calibrations)
@@ -559,13 +559,22 @@ class Detector:
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:
         """The unit's score calibration, started fresh for a unit seen for the first time."""
+        return self._calibrations(state, [key])[0]
+
+    def _calibrations(self, state: QueryState, keys: list[SeriesKey]) -> list[Calibration | None]:
+        """:meth:`_calibration` of each of ``keys``, under one hold of the lock."""
         with self._lock:
-            calibration = state.calibration.get(key)
-            if calibration is None:
-                calibration = self.config.anomalies.calibration.make()
-                if calibration is not None:
-                    state.calibration[key] = calibration
-            return calibration
+            settings = self.config.anomalies.calibration
+            known = state.calibration
+            out = []
+            for key in keys:
+                calibration = known.get(key)
+                if calibration is None:
+                    calibration = settings.make()
+                    if calibration is not None:
+                        known[key] = calibration
+                out.append(calibration)
+            return out
 
     def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
         with self._lock:
