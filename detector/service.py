@@ -49,7 +49,7 @@ from detector.scoring import (
     score_online_many,
 )
 from detector.store import FitResult, FitSink, LocalStore, ModelBundle
-from detector.writer import RemoteWriter, ScoredPoint, points_of, scored_points
+from detector.writer import RemoteWriter, ScoredPoint, points_of_rows, scored_points
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -547,14 +547,11 @@ class Detector:
             except Exception as err:  # scored one by one instead, where a failing unit stays alone
                 log.warning("batch scoring failed; scoring unit by unit", extra=_fields(query=alias, error=err))
                 continue
-            stamps = index.asi8 / 1e9
-            plain = np.full(values.shape[1], np.nan)
-            for i, key in enumerate(keys):
-                labels = point_labels(key, alias, assigned[key][1])
-                tops = result["top_features"][i] if "top_features" in result else None
-                scored[key] = list(points_of(labels, stamps, plain if values.ndim == 3 else values[i],
-                                             result["expected"][i], result["lower"][i], result["upper"][i],
-                                             result["score"][i], result["raw_score"][i], tops))
+            labels = [point_labels(key, alias, assigned[key][1]) for key in keys]
+            plain = np.full(values.shape[:2], np.nan) if values.ndim == 3 else values
+            batch = points_of_rows(labels, index.asi8 / 1e9, plain, result["expected"], result["lower"],
+                                   result["upper"], result["score"], result["raw_score"], result.get("top_features"))
+            scored.update(zip(keys, batch, strict=True))
         return scored
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:

@@ -83,6 +83,26 @@ def points_of(labels: tuple[tuple[str, str], ...], stamps, values, expected, low
                           raw)
 
 
+def points_of_rows(labels, stamps, values, expected, lower, upper, scores, raws,
+                   tops=None) -> list[list[ScoredPoint]]:
+    """:func:`points_of` of each row of units x points arrays (``labels[i]`` row ``i``'s, the units share
+    ``stamps``), in one pass over the batch instead of a pass per unit."""
+    import numpy as np
+
+    out: list[list[ScoredPoint]] = [[] for _ in labels]
+    rows, cols = np.nonzero(~np.isnan(np.asarray(scores, dtype=float)))
+    if not len(rows):
+        return out
+    columns = [np.asarray(a, dtype=float)[rows, cols].tolist() for a in (values, expected, lower, upper, scores, raws)]
+    stamps = np.asarray(stamps, dtype=float)[cols].tolist()
+    for i, j, stamp, value, exp, low, up, score, raw in zip(rows.tolist(), cols.tolist(), stamps, *columns,
+                                                            strict=True):
+        top = tops[i, j] if tops is not None else None
+        out[i].append(ScoredPoint(labels[i], stamp, value, exp, low, up, score,
+                                  tuple(top) if isinstance(top, list | tuple) else (), raw))
+    return out
+
+
 def present(value: float) -> bool:
     return value is not None and not math.isnan(value)
 
