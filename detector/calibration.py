@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -149,6 +150,59 @@ class Calibration:
             if self.unfitted_ >= self.refit_every:
                 self.fit_level()
         return out
+
+
+def calibrate_many(calibrations: Sequence[Calibration], raw: np.ndarray) -> np.ndarray:
+    """:meth:`Calibration.calibrate` of each row of ``raw`` (units x points) with ``calibrations[i]``.
+
+    Point by point, the scores, the learning and the holds of all units are arrays; a unit's level
+    is re-fitted on its own only once it has ``min_points`` values (before that it is the band's).
+    The results and the state left behind are the same as each unit's ``calibrate`` of its row.
+    """
+    raw = np.asarray(raw, dtype=float)
+    out = np.full(raw.shape, np.nan)
+    count = len(calibrations)
+    if not count:
+        return out
+
+    def column(name: str, dtype=float) -> np.ndarray:
+        return np.fromiter((getattr(c, name) for c in calibrations), dtype=dtype, count=count)
+
+    level, hold_left, unfitted = column("level_"), column("hold_left_", int), column("unfitted_", int)
+    hold, min_raw, sustain, learn_below = column("hold", int), column("min_raw"), column("sustain"), column("learn_below")
+    refit_every, min_points, window = column("refit_every", int), column("min_points", int), column("window", int)
+    floor = np.maximum([math.log1p(m) for m in min_raw.tolist()], MIN_LEVEL)
+    lengths = np.fromiter((len(c.values_) for c in calibrations), dtype=int, count=count)
+    for j in range(raw.shape[1]):
+        value = raw[:, j]
+        rows = np.flatnonzero(~np.isnan(value))
+        if not len(rows):
+            continue
+        value = value[rows]
+        x = np.array([math.log1p(v) for v in np.maximum(value, 0.0).tolist()])  # math's log1p, as calibrate
+        score = x / level[rows]
+        learned = score <= learn_below[rows]
+        for i, push in zip(rows[learned].tolist(), x[learned].tolist(), strict=True):
+            calibrations[i]._push(push)
+        grown = rows[learned]
+        lengths[grown] = np.minimum(lengths[grown] + 1, window[grown])
+        unfitted[grown] += 1
+        left = hold_left[rows]
+        incident = (score > 1.0) | (left > 0) & (value > min_raw[rows]) & (score > sustain[rows])
+        after = ~incident & (left > 0)
+        score = np.where(incident, np.maximum(score, HELD), np.where(after, HELD, score))
+        hold_left[rows] = np.where(incident, hold[rows], np.where(after, left - 1, left))
+        out[rows, j] = score
+        due = rows[unfitted[rows] >= refit_every[rows]]
+        short = due[lengths[due] < min_points[due]]
+        level[short], unfitted[short] = floor[short], 0
+        for i in due[lengths[due] >= min_points[due]].tolist():
+            calibrations[i].unfitted_ = 0
+            level[i], unfitted[i] = calibrations[i].fit_level(), 0
+    for calibration, lvl, held, waiting in zip(calibrations, level.tolist(), hold_left.tolist(), unfitted.tolist(),
+                                               strict=True):
+        calibration.level_, calibration.hold_left_, calibration.unfitted_ = lvl, held, waiting
+    return out
 
 
 def tail_level(values: np.ndarray, quantile: float, target_rate: float) -> float:

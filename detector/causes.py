@@ -16,6 +16,7 @@ PSI) applies to every unit.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -171,6 +172,7 @@ def to_causes(kind: str, result: list[dict]) -> list[Cause]:
 # --------------------------------------------------------------------------- the finder
 
 
+@functools.lru_cache(maxsize=65536)  # called per scored point while runs are open
 def series_of(labels: Labels) -> Labels:
     """A run belongs to the series, not to the model serving it: a refit that swaps the stand-in
     for the fitted model (another ``model`` label) continues the run."""
@@ -209,6 +211,8 @@ class CauseFinder(Background):
         woke = False
         with self._lock:
             for point in sorted(points, key=lambda p: p.timestamp):
+                if point.score <= threshold and not self._runs:  # nothing to start or end: most cycles
+                    continue
                 key = series_of(point.labels)
                 run = self._runs.get(key)
                 if point.score > threshold:

@@ -34,6 +34,7 @@ from detector.httpclient import session_for
 log = logging.getLogger("boxwatch.detector.reader")
 
 SeriesKey = tuple[tuple[str, str], ...]
+DENSE_SAMPLES = 16  # a series answered with more samples than this is converted with arrays
 
 
 class ReaderError(RuntimeError):
@@ -121,22 +122,38 @@ class PrometheusReader:
         if end < start:
             raise ValueError(f"end {end} is before start {start}")
         stamps = grid(start, end, step)
+        count = len(stamps)
         chunk = self.config.max_points_per_request
-        columns: dict[SeriesKey, np.ndarray] = {}
+        rows: dict[SeriesKey, int] = {}
+        dense: dict[int, np.ndarray] = {}  # rows of series with many samples, filled array-wise
+        at_row: list[int] = []  # the few samples of the other series (a serve cycle's): one assignment at the end
+        at_column: list[int] = []
+        found: list[str] = []
         self.last_request_seconds = 0.0
-        for first in range(0, len(stamps), chunk):
+        for first in range(0, count, chunk):
             part = stamps[first:first + chunk]
             for labels, samples in self._request(expr, float(part[0]), float(part[-1]), step):
-                key = series_key(labels)
-                target = columns.get(key)
-                if target is None:
-                    target = columns[key] = np.full(len(stamps), np.nan)
+                row = rows.setdefault(series_key(labels), len(rows))
+                if len(samples) > DENSE_SAMPLES:
+                    target = dense.get(row)
+                    if target is None:
+                        target = dense[row] = np.full(count, np.nan)
+                    index = np.rint((np.array([ts for ts, _ in samples], dtype=float) - start) / step).astype(int)
+                    inside = (index >= 0) & (index < count)
+                    target[index[inside]] = _floats([value for _, value in samples])[inside]
+                    continue
                 for ts, value in samples:
                     index = int(round((float(ts) - start) / step))
-                    if 0 <= index < len(stamps):
-                        target[index] = _float(value)
-        values = np.stack(list(columns.values())) if columns else np.empty((0, len(stamps)))
-        return pd.to_datetime(stamps, unit="s", utc=True), list(columns), values
+                    if 0 <= index < count:
+                        at_row.append(row)
+                        at_column.append(index)
+                        found.append(value)
+        values = np.full((len(rows), count), np.nan)
+        for row, target in dense.items():
+            values[row] = target
+        if found:
+            values[at_row, at_column] = _floats(found)
+        return pd.to_datetime(stamps, unit="s", utc=True), list(rows), values
 
     def _request(self, expr: str, start: float, end: float, step: float) -> list[tuple[dict, list]]:
         """One range request, answered within ``timeout`` or failed.
@@ -188,6 +205,14 @@ def _float(value: str) -> float:
         return float(value)
     except ValueError:
         return math.nan
+
+
+def _floats(values: list[str]) -> np.ndarray:
+    """Prometheus' sample strings as floats ("NaN", "+Inf" included); one that is no number is NaN."""
+    try:
+        return np.array(values, dtype=float)
+    except ValueError:
+        return np.array([_float(value) for value in values], dtype=float)
 
 
 def _fmt(ts: float) -> str:

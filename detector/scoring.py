@@ -7,6 +7,7 @@ multivariate one. Units are keyed by their output labels, sorted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from boxwatch.log import kv
-from detector.calibration import Calibration
+from detector.calibration import Calibration, calibrate_many
 from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
 from detector.models import make_model, model_class
 from detector.models.base import Model, band_score, empty_scores
@@ -86,12 +87,24 @@ def build_units(
     return units
 
 
+@functools.lru_cache(maxsize=200_000)  # the same series come back every cycle
+def unit_key(key: SeriesKey) -> SeriesKey:
+    """A univariate unit's key: its source series' output labels, sorted."""
+    return tuple(sorted(output_labels(dict(key)).items()))
+
+
+@functools.lru_cache(maxsize=200_000)
+def point_labels(key: SeriesKey, alias: str, model_name: str) -> tuple[tuple[str, str], ...]:
+    """A scored point's labels: the unit's plus ``query`` and ``model``, sorted."""
+    return tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+
+
 def univariate_keys(raw: Iterable[SeriesKey], shard: tuple[int, int], alias: str) -> dict[SeriesKey, SeriesKey]:
     """Unit key (output labels) -> source key of this replica's univariate units, in query order."""
     index, total = shard
     units: dict[SeriesKey, SeriesKey] = {}
     for key in raw:
-        unit = tuple(sorted(output_labels(dict(key)).items()))
+        unit = unit_key(key)
         if unit in units:
             log.warning("two series with the same labels once __name__ is dropped; keeping the first",
                         extra=kv(query=alias, labels=dict(unit)))
@@ -128,6 +141,13 @@ class UnitRows(Mapping[SeriesKey, pd.DataFrame]):
 
     def row(self, key: SeriesKey) -> np.ndarray:
         return self.values[self._rows[key]]
+
+    def rows_of(self, keys: Sequence[SeriesKey]) -> np.ndarray:
+        """The rows of ``keys``, in that order (the array itself when that is every row in order)."""
+        positions = [self._rows[key] for key in keys]
+        if positions == list(range(len(self.values))):
+            return self.values
+        return self.values[positions]
 
     def __getitem__(self, key: SeriesKey) -> pd.DataFrame:
         return pd.DataFrame({"value": self.row(key)}, index=self.index)
@@ -338,9 +358,9 @@ def score_online_many(
         out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
                                                                out["score"], direction, min_deviation)
     out["raw_score"] = out["score"].copy()
-    for i, calibration in enumerate(calibrations or ()):
-        if calibration is not None:
-            out["score"][i] = calibration.calibrate(out["raw_score"][i])
+    calibrated = [i for i, calibration in enumerate(calibrations or ()) if calibration is not None]
+    if calibrated:  # every unit's calibration at once, point by point
+        out["score"][calibrated] = calibrate_many([calibrations[i] for i in calibrated], out["raw_score"][calibrated])
     if tops is not None:
         out["top_features"] = tops
     return out

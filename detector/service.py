@@ -45,11 +45,12 @@ from detector.scoring import (
     fit_bundle,
     grid_seconds,
     is_multivariate,
+    point_labels,
     score_online,
     score_online_many,
 )
 from detector.store import FitResult, FitSink, LocalStore, ModelBundle
-from detector.writer import RemoteWriter, ScoredPoint, points_of, scored_points
+from detector.writer import RemoteWriter, ScoredPoint, points_of_rows, scored_points
 
 log = logging.getLogger("boxwatch.detector")
 
@@ -497,7 +498,7 @@ class Detector:
                 return list(member_points(model, key, frame, alias, model_name, query.direction,
                                           query.min_deviation))
             result = score_online(model, frame, query.direction, query.min_deviation, self._calibration(state, key))
-            labels = tuple(sorted({**dict(key), "query": alias, "model": model_name}.items()))
+            labels = point_labels(key, alias, model_name)
             return list(scored_points(labels, frame, result))
         except Exception as err:  # one unit's model failing leaves the other units scored
             with self._lock:
@@ -537,35 +538,41 @@ class Detector:
             if models[0].multivariate:
                 values = np.stack([_columns(units[key], model.columns_) for key, model in zip(keys, models, strict=True)])
             elif rows is not None:
-                values = np.stack([rows.row(key) for key in keys])
+                values = rows.rows_of(keys)
             else:
                 values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
-            calibrations = [self._calibration(state, key) for key in keys]
+            calibrations = self._calibrations(state, keys)
             try:
                 result = score_online_many(models, grid_seconds(index), values, query.direction,
                                            query.min_deviation, calibrations)
             except Exception as err:  # scored one by one instead, where a failing unit stays alone
                 log.warning("batch scoring failed; scoring unit by unit", extra=_fields(query=alias, error=err))
                 continue
-            stamps = index.asi8 / 1e9
-            plain = np.full(values.shape[1], np.nan)
-            for i, key in enumerate(keys):
-                labels = tuple(sorted({**dict(key), "query": alias, "model": assigned[key][1]}.items()))
-                tops = result["top_features"][i] if "top_features" in result else None
-                scored[key] = list(points_of(labels, stamps, plain if values.ndim == 3 else values[i],
-                                             result["expected"][i], result["lower"][i], result["upper"][i],
-                                             result["score"][i], result["raw_score"][i], tops))
+            labels = [point_labels(key, alias, assigned[key][1]) for key in keys]
+            plain = np.full(values.shape[:2], np.nan) if values.ndim == 3 else values
+            batch = points_of_rows(labels, index.asi8 / 1e9, plain, result["expected"], result["lower"],
+                                   result["upper"], result["score"], result["raw_score"], result.get("top_features"))
+            scored.update(zip(keys, batch, strict=True))
         return scored
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:
         """The unit's score calibration, started fresh for a unit seen for the first time."""
+        return self._calibrations(state, [key])[0]
+
+    def _calibrations(self, state: QueryState, keys: list[SeriesKey]) -> list[Calibration | None]:
+        """:meth:`_calibration` of each of ``keys``, under one hold of the lock."""
         with self._lock:
-            calibration = state.calibration.get(key)
-            if calibration is None:
-                calibration = self.config.anomalies.calibration.make()
-                if calibration is not None:
-                    state.calibration[key] = calibration
-            return calibration
+            settings = self.config.anomalies.calibration
+            known = state.calibration
+            out = []
+            for key in keys:
+                calibration = known.get(key)
+                if calibration is None:
+                    calibration = settings.make()
+                    if calibration is not None:
+                        known[key] = calibration
+                out.append(calibration)
+            return out
 
     def _record_anomaly(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import requests
 
@@ -28,9 +28,12 @@ SCORE_FAMILIES = {
 }
 
 
-@dataclass(frozen=True)
-class ScoredPoint:
-    """One scored point of one unit: output labels (source labels + query + model) and values."""
+class ScoredPoint(NamedTuple):
+    """One scored point of one unit: output labels (source labels + query + model) and values.
+
+    A named tuple, not a dataclass: a serve cycle makes one per unit, and a frozen dataclass'
+    field-by-field ``__init__`` cost more than scoring the unit.
+    """
 
     labels: tuple[tuple[str, str], ...]
     timestamp: float
@@ -39,7 +42,7 @@ class ScoredPoint:
     lower: float
     upper: float
     score: float
-    top_features: tuple[str, ...] = field(default=())
+    top_features: tuple[str, ...] = ()
     raw_score: float = math.nan
 
     def field_value(self, name: str) -> float:
@@ -66,11 +69,38 @@ def points_of(labels: tuple[tuple[str, str], ...], stamps, values, expected, low
     """:class:`ScoredPoint` per position of the arrays with a score (NaN scores are skipped)."""
     import numpy as np
 
-    for i in np.flatnonzero(~np.isnan(scores)):
-        top = tops[i] if tops is not None else None
-        yield ScoredPoint(labels, float(stamps[i]), float(values[i]), float(expected[i]), float(lower[i]),
-                          float(upper[i]), float(scores[i]), tuple(top) if isinstance(top, list | tuple) else (),
-                          float(raws[i]))
+    keep = np.flatnonzero(~np.isnan(np.asarray(scores, dtype=float)))
+    if not len(keep):
+        return
+    columns = [np.asarray(a, dtype=float)[keep].tolist() for a in (stamps, values, expected, lower, upper, scores, raws)]
+    if tops is None:
+        for stamp, value, exp, low, up, score, raw in zip(*columns, strict=True):
+            yield ScoredPoint(labels, stamp, value, exp, low, up, score, (), raw)
+        return
+    for i, stamp, value, exp, low, up, score, raw in zip(keep.tolist(), *columns, strict=True):
+        top = tops[i]
+        yield ScoredPoint(labels, stamp, value, exp, low, up, score, tuple(top) if isinstance(top, list | tuple) else (),
+                          raw)
+
+
+def points_of_rows(labels, stamps, values, expected, lower, upper, scores, raws,
+                   tops=None) -> list[list[ScoredPoint]]:
+    """:func:`points_of` of each row of units x points arrays (``labels[i]`` row ``i``'s, the units share
+    ``stamps``), in one pass over the batch instead of a pass per unit."""
+    import numpy as np
+
+    out: list[list[ScoredPoint]] = [[] for _ in labels]
+    rows, cols = np.nonzero(~np.isnan(np.asarray(scores, dtype=float)))
+    if not len(rows):
+        return out
+    columns = [np.asarray(a, dtype=float)[rows, cols].tolist() for a in (values, expected, lower, upper, scores, raws)]
+    stamps = np.asarray(stamps, dtype=float)[cols].tolist()
+    for i, j, stamp, value, exp, low, up, score, raw in zip(rows.tolist(), cols.tolist(), stamps, *columns,
+                                                            strict=True):
+        top = tops[i, j] if tops is not None else None
+        out[i].append(ScoredPoint(labels[i], stamp, value, exp, low, up, score,
+                                  tuple(top) if isinstance(top, list | tuple) else (), raw))
+    return out
 
 
 def present(value: float) -> bool:

@@ -101,15 +101,20 @@ class RobustModel(Model):
         """:meth:`score` then :meth:`learn` of one point per model: medians of all windows at once."""
         values = np.asarray(values, dtype=float)
         expected, lower, upper = (np.full(len(models), np.nan) for _ in range(3))
-        for model in models:
-            model._check_fitted()
-        lengths = np.fromiter((len(m.window_) for m in models), dtype=int, count=len(models))
+        try:
+            windows = [m.window_ for m in models]
+        except AttributeError:
+            for model in models:
+                model._check_fitted()
+            raise
+        lengths = np.fromiter(map(len, windows), dtype=int, count=len(models))
         min_points = np.fromiter((m.min_points for m in models), dtype=float, count=len(models))
-        for length in np.unique(lengths[lengths >= min_points]):
-            rows = np.flatnonzero((lengths == length) & (lengths >= min_points))
-            table = np.stack([models[i].window_ for i in rows]) if length else np.empty((len(rows), 0))
-            median = np.median(table, axis=1)
-            sigma = MAD_TO_SIGMA * np.median(np.abs(table - median[:, None]), axis=1)
+        ready = lengths >= min_points
+        for length in np.unique(lengths[ready]):
+            rows = np.flatnonzero((lengths == length) & ready)
+            table = np.stack([windows[i] for i in rows]) if length else np.empty((len(rows), 0))
+            median = row_medians(table)
+            sigma = MAD_TO_SIGMA * row_medians(np.abs(table - median[:, None]))
             min_scale = np.array([models[i].min_scale for i in rows], dtype=float)
             k = np.array([models[i].k for i in rows], dtype=float)
             sigma = np.maximum(np.maximum(sigma, min_scale * np.abs(median)), 1e-9)
@@ -120,3 +125,20 @@ class RobustModel(Model):
         for i in np.flatnonzero(learned):
             models[i]._push(values[i])
         return {"expected": expected, "lower": lower, "upper": upper, "score": score}
+
+
+def row_medians(table: np.ndarray) -> np.ndarray:
+    """``np.median(table, axis=1)``, the same values at about half the cost for a window of even length.
+
+    ``np.median`` partitions around both middle positions; one partition around the upper one
+    leaves the lower middle value as the largest of the left part, a cheaper pass. A table with a
+    NaN (never a model's window) is left to ``np.median``, which propagates it.
+    """
+    width = table.shape[1]
+    if width < 2 or np.isnan(table).any():
+        return np.median(table, axis=1)
+    middle = width // 2
+    part = np.partition(table, middle, axis=1)
+    if width % 2:
+        return part[:, middle].copy()
+    return (part[:, :middle].max(axis=1) + part[:, middle]) / 2

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pandas as pd
 
-from detector.calibration import Calibration
+from detector.calibration import Calibration, calibrate_many
 from detector.config import CalibrationConfig
 from detector.models.robust import RobustModel
 from detector.scoring import score_online
@@ -93,3 +93,22 @@ def test_a_calibration_pickled_with_a_deque_loads_and_scores_the_same():
     assert isinstance(loaded.values_, np.ndarray) and list(loaded.values_) == list(calibration.values_)
     probe = np.array([0.5, 30.0, 0.1, 2.0])
     np.testing.assert_array_equal(loaded.calibrate(probe), calibration.calibrate(probe))
+
+
+def test_many_units_calibrated_together_score_and_learn_as_each_alone():
+    """A serve cycle calibrates all units of a query at once: same scores, same state after, for every
+    setting that changes the path (warm-up, a full window, holds, learning limits, refit spacing)."""
+    rng = np.random.default_rng(3)
+    units, points = 120, 300
+    raw = np.abs(rng.standard_t(2, (units, points))) * rng.uniform(0.2, 3, (units, 1))
+    raw[rng.random((units, points)) < 0.05] = np.nan
+    alone = [Calibration(min_points=(1, 5, 50)[i % 3], window=(10, 60, 4000)[i % 3], refit_every=(1, 3)[i % 2],
+                         hold=(0, 4)[i % 2], learn_below=(np.inf, 2.0)[i % 2]) for i in range(units)]
+    together = copy.deepcopy(alone)
+    expected = np.array([calibration.calibrate(row) for calibration, row in zip(alone, raw, strict=True)])
+    scored = np.hstack([calibrate_many(together, raw[:, first:first + 7]) for first in range(0, points, 7)])
+    np.testing.assert_array_equal(scored, expected)
+    assert (np.nan_to_num(expected) > 1).any() and (expected == 1 + 1e-6).any()  # alerts and holds were exercised
+    for one, other in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(one.values_, other.values_)
+        assert (one.level_, one.hold_left_, one.unfitted_) == (other.level_, other.hold_left_, other.unfitted_)

@@ -323,3 +323,17 @@ def test_a_robust_model_pickled_with_a_deque_window_loads_and_scores_the_same():
     for model_ in (model, loaded):
         model_.learn(future.iloc[:30])
     pd.testing.assert_frame_equal(loaded.score(future.iloc[30:40]), model.score(future.iloc[30:40]))
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 10, 11, 360, 361])
+def test_row_medians_are_numpys_medians(width):
+    """The robust model's batch band uses its own median of the windows: the same values as np.median,
+    on noisy, tied (rounded) and constant windows."""
+    from detector.models.robust import row_medians
+
+    rng = np.random.default_rng(width)
+    noisy = rng.normal(50, 3, (400, width))
+    tied = np.round(noisy, 0)
+    flat = np.full((5, width), 7.25)
+    for table in (noisy, tied, flat, np.abs(tied - np.median(tied, axis=1)[:, None])):
+        np.testing.assert_array_equal(row_medians(table), np.median(table, axis=1))

@@ -80,6 +80,19 @@ def test_smaller_chunks_give_the_same_answer(loaded):
 
 
 @pytest.mark.slow
+def test_series_answered_with_few_samples_read_as_with_many(loaded):
+    """A serve cycle's answer (a few samples a series) and a fit's (many) are read by two paths: same values,
+    gaps included."""
+    few = PrometheusReader(ReaderConfig(url=loaded.url, max_points_per_request=10))
+    start = END - 6 * 3600
+    keys, values = few.query_range_arrays("reader_test_value", start, END, STEP)[1:]
+    whole = PrometheusReader(ReaderConfig(url=loaded.url)).query_range("reader_test_value", start, END, STEP)
+    assert set(keys) == set(whole) and np.isnan(values).any() and not np.isnan(values).all()
+    for key, row in zip(keys, values, strict=True):
+        np.testing.assert_array_equal(row, whole[key].to_numpy())
+
+
+@pytest.mark.slow
 def test_gaps_stay_nan(loaded):
     reader = PrometheusReader(ReaderConfig(url=loaded.url))
     series = reader.query_range('reader_test_value{gpu="1"}', END - 8 * 3600, END, STEP)
