@@ -349,6 +349,12 @@ class Limits:
     max_body_bytes: int = 1 << 20
 
 
+# A refused request whose body was not read: after the answer, the server stops writing and reads (and
+# drops) what the client still sends for at most this long, so that closing with unread bytes does not
+# reset the connection and destroy the answer on its way (Apache's "lingering close").
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
+
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n"
          b"Retry-After: 1\r\nConnection: close\r\n\r\nserver busy, retry later\n")
 
@@ -629,7 +635,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         server = self.exchange.server
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.send_error(411, "a request body needs Content-Length")
+            self._refuse_unread(411, "a request body needs Content-Length")
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -639,13 +645,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(400, "bad Content-Length")
             return
         if length > server.limits.max_body_bytes:
-            self.send_error(413, f"request body over {server.limits.max_body_bytes} bytes")
+            self._refuse_unread(413, f"request body over {server.limits.max_body_bytes} bytes")
             return
         body = self.rfile.read(length) if length else b""
         if len(body) != length:
             return  # the client went away or the deadline passed
         status, headers, payload = server.run_app(self._environ(body), self.exchange.connection)
         self._respond(status, headers, payload)
+
+    def _refuse_unread(self, code: int, message: str) -> None:
+        """Answer ``code`` to a request whose body stays unread, then linger (see LINGER_SECONDS)."""
+        self.send_error(code, message)
+        sock = self.connection
+        with contextlib.suppress(OSError, ValueError):
+            self.wfile.flush()
+            if not isinstance(sock, ssl.SSLSocket):  # TLS: the answer is framed; just drain
+                sock.shutdown(socket.SHUT_WR)
+            deadline, drained = time.monotonic() + LINGER_SECONDS, 0
+            while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                data = sock.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Refusals the server makes itself (before the app sees the request) are JSON, like the app's."""
