@@ -325,7 +325,7 @@ def score_online_many(
     min_deviation: float = 0.0,
     calibrations: Sequence[Calibration | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """:func:`score_online` of many units of one model class (``batch = True``) at once.
+    """:func:`score_online` of many units of one model class (one whose ``batches()`` is true) at once.
 
     ``values[i, j]`` is unit ``i``'s value at ``seconds[j]`` (Unix time, the units share the
     grid), for a multivariate model a row in the order of the model's ``columns_``;

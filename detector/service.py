@@ -516,7 +516,7 @@ class Detector:
         rows = units if isinstance(units, UnitRows) else None
         index = rows.index if rows is not None else None
         for key, (model, _) in assigned.items():
-            if not type(model).batch or is_cross_sectional(model):
+            if not type(model).batches() or is_cross_sectional(model):
                 continue
             if rows is not None:
                 if not model.multivariate:

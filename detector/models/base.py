@@ -21,7 +21,7 @@ single column ``value``, a multivariate one reads every column (one feature per 
 anomalous, so a baseline does not absorb the incident it is meant to report.
 
 A univariate model may also score many units at once: ``score_learn_many(models, seconds,
-values)`` (a class method, ``batch = True``) scores point ``values[i]`` at ``seconds`` with
+values)`` (a class method; ``batches()`` says whether a class has one) scores point ``values[i]`` at ``seconds`` with
 ``models[i]`` and then learns it, for every ``i``, with arrays over the units instead of a
 frame and a call per unit; the results are the same as ``score`` then ``learn`` on each
 model's one-row frame. A serve cycle scores every unit of a query this way.
@@ -53,7 +53,6 @@ class Model(ABC):
 
     name: ClassVar[str]
     multivariate: ClassVar[bool] = False
-    batch: ClassVar[bool] = False  # implements score_learn_many
 
     @abstractmethod
     def fit(self, history: pd.DataFrame) -> Model:
@@ -71,9 +70,14 @@ class Model(ABC):
         """Score ``values[i]`` (one point at ``seconds``, Unix time) with ``models[i]``, then learn it.
 
         Returns ``expected``, ``lower``, ``upper`` and ``score`` arrays over the units. NaN values
-        score NaN and are not learned. Only for models with ``batch = True``.
+        score NaN and are not learned. Only for classes whose :meth:`batches` is true.
         """
         raise NotImplementedError(f"{cls.__name__} scores one unit at a time")
+
+    @classmethod
+    def batches(cls) -> bool:
+        """Whether the class scores many units at once: it (or a parent) implements score_learn_many."""
+        return cls.score_learn_many.__func__ is not Model.score_learn_many.__func__
 
     def get_params(self) -> dict[str, Any]:
         """The ``__init__`` parameters, as scikit-learn's ``get_params`` returns them."""

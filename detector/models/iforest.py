@@ -100,7 +100,6 @@ class IsolationForestModel(Model):
 
     name = "iforest"
     multivariate = True
-    batch = True
 
     def __init__(
         self,

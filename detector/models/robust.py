@@ -40,7 +40,6 @@ class RobustModel(Model):
     """
 
     name = "robust"
-    batch = True
 
     def __init__(self, window: int = 360, k: float = 5.0, min_points: int = 10, min_scale: float = 0.01):
         self.window = window

@@ -104,7 +104,6 @@ class SeasonalModel(Model):
     """
 
     name = "seasonal"
-    batch = True
 
     def __init__(
         self,
