@@ -790,14 +790,17 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def server_metrics(server: Server, prefix: str) -> Iterable[Any]:
-    """Counter families of ``server``: connections refused (busy) and cut at a deadline."""
+def server_metrics(server: Server | None, prefix: str) -> Iterable[Any]:
+    """Counter families of ``server``: connections refused (busy) and cut at a deadline.
+
+    ``server`` is None while a server is starting (it accepts connections a moment before its
+    owner learns of it); the families are then present with 0, so no scrape ever lacks them."""
     from prometheus_client.core import CounterMetricFamily
 
     yield CounterMetricFamily(f"{prefix}_http_connections_refused",
                               "Connections refused because every worker was busy and the queue full, "
-                              "or too many connections were open.", value=server.refused)
+                              "or too many connections were open.", value=server.refused if server else 0)
     yield CounterMetricFamily(f"{prefix}_http_connections_timed_out",
                               "Connections closed because the client did not send its request or read "
-                              "the response in time.", value=server.timed_out)
+                              "the response in time.", value=server.timed_out if server else 0)
 

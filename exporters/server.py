@@ -192,8 +192,7 @@ class InstrumentedCollector:
                 errors.add_metric([name], count)
         yield errors
         yield self._build_info
-        if self.server is not None:
-            yield from server_metrics(self.server, "boxwatch_exporter")
+        yield from server_metrics(self.server, "boxwatch_exporter")
 
 
 # Reading /proc and encoding process_* costs more than serving the rest of a scrape; Prometheus

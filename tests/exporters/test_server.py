@@ -59,6 +59,15 @@ def test_build_info_and_process_metrics_are_exported():
     assert registry.get_sample_value("process_resident_memory_bytes") > 0
 
 
+def test_server_families_are_present_before_the_server_is_attached():
+    """The HTTP server accepts scrapes a moment before the exporter learns of it: those scrapes
+    must still carry the server's families (at 0), or the exposition's shape depends on timing."""
+    registry = build_registry("test", Source({}))
+    assert registry.instrumented.server is None
+    assert registry.get_sample_value("boxwatch_exporter_http_connections_refused_total") == 0
+    assert registry.get_sample_value("boxwatch_exporter_http_connections_timed_out_total") == 0
+
+
 def test_http_endpoints():
     port = free_port()
     stop = threading.Event()
