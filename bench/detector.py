@@ -1,7 +1,7 @@
 """Benchmark the detector service against a real Prometheus holding generated history.
 
     python -m bench.detector [--series 200] [--days 14] [--cycles 20] [--models robust,seasonal,iforest]
-                             [--fit-series 3] [--json FILE]
+                             [--fit-series 3] [--cold] [--profile FILE] [--json FILE]
 
 Measures, per model:
 
@@ -21,6 +21,15 @@ figures are only as good as the machine was quiet.
 History is written with promtool before Prometheus starts; the serve cycles then run the
 service's own code path (``Detector.run_cycle``) once per 1-minute grid point over the
 last ``--cycles`` minutes of it, so every cycle scores one new point of every series.
+
+The cycles are timed at steady state, as a service that has run for days: each model's window
+is filled by its fit (``--serve-fit-days`` of history: a robust model keeps its last 360 points),
+and each unit's score calibration starts full (its ``window`` of 4,000 learned values, the state
+reached after ~2.8 days at 1m), so every cycle pays for the calibration's level fit over a full
+window. The values it starts with are ``log(1 + raw)`` of raw scores drawn as ``|z| / 5``, ``z``
+standard normal (a Gaussian series against a 5-sigma band); ``--cold`` starts the calibrations
+empty instead (the first hours of a service). ``--profile FILE`` writes a cProfile of the timed
+cycles of each model (``FILE.<model>``).
 
 Where another component adds its own figures (a model registry: import time and RSS with
 MLflow loaded), it appends a function to :data:`EXTRA_BENCHES`; each returns a dict of
@@ -120,7 +129,22 @@ def bench_fit(url: str, workdir: Path, model: str, days: float, fit_series: int,
             "fit_query_seconds": total - bundle.fit_seconds, "fit_points_per_series": int(days * 1440) + 1}
 
 
-def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, end: float) -> dict:
+def full_calibrations(config, keys, seed: int = 0) -> dict:
+    """Per key, a calibration holding a full window of learned values (see the module's docstring)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key in keys:
+        calibration = config.anomalies.calibration.make()
+        if calibration is None:
+            return {}
+        calibration.values_ = np.log1p(np.abs(rng.standard_normal(calibration.window)) / 5)
+        calibration.fit_level()
+        out[key] = calibration
+    return out
+
+
+def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, end: float, cold: bool = False,
+                 profile: str | None = None) -> dict:
     """Serve cycles over the last ``cycles`` minutes: throughput and detector vs Prometheus time."""
     from detector.service import Detector
 
@@ -130,14 +154,28 @@ def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, 
     began = time.perf_counter()
     bundle = detector.fit_query(model, first)
     fit_all = time.perf_counter() - began
+    if not cold:  # served as a bundle that carries its calibrations, as after a restart
+        bundle.calibration = full_calibrations(config, bundle.models)
+        detector.install_bundle(bundle)
     detector.run_cycle(first)  # the first cycle starts any stand-ins; measured cycles follow
     durations, query_seconds, scored = [], [], []
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
     for k in range(1, cycles + 1):
         began = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         scored.append(detector.run_cycle(first + k * STEP))
+        if profiler is not None:
+            profiler.disable()
         durations.append(time.perf_counter() - began)
         stats, _ = detector.stats_copy()
         query_seconds.append(stats.last_cycle_query_seconds)
+    if profiler is not None:
+        profiler.dump_stats(f"{profile}.{model}")
     units = len(bundle.models)
     assert min(scored) == units, f"a cycle scored {min(scored)} of {units} units"
     cycle = float(np.median(durations))
@@ -189,7 +227,9 @@ def bench_serve_process(url: str, workdir: Path, models: list[str], days: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.detector", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.detector", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=200, help="series per metric for the serve cycles")
     parser.add_argument("--days", type=float, default=14, help="days of 1-minute history (fit window)")
     parser.add_argument("--cycles", type=int, default=20, help="serve cycles to time")
@@ -197,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit window of the models behind the serve cycles (keeps the set-up short)")
     parser.add_argument("--models", default="robust,seasonal,iforest")
     parser.add_argument("--fit-series", type=int, default=3, help="series fitted for the fit-time figure")
+    parser.add_argument("--cold", action="store_true",
+                        help="start the score calibrations empty (default: full, as at steady state)")
+    parser.add_argument("--profile", help="write a cProfile of each model's timed cycles to FILE.<model>")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -215,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {model}", file=sys.stderr)
                 figures = bench_fit(prom.url, workdir, model, args.days, args.fit_series, end)
                 figures.update(bench_cycles(prom.url, workdir, model, min(args.serve_fit_days, args.days),
-                                            args.cycles, end))
+                                            args.cycles, end, args.cold, args.profile))
                 figures["rss_bytes"] = rss_bytes()
                 results["models"][model] = figures
             results["peak_rss_bytes"] = peak_rss_bytes()

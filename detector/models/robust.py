@@ -53,6 +53,28 @@ class RobustModel(Model):
         self.window_ = values[-self.window :].copy() if self.window > 0 else values[:0]
         return self
 
+    @property
+    def window_(self) -> np.ndarray:
+        """The recent points, oldest first (a copy where a :class:`RobustBank` holds them)."""
+        bank = self.__dict__.get("_bank")
+        if bank is not None:
+            return bank.window(self._row)
+        try:
+            return self.__dict__["window_"]
+        except KeyError:
+            raise AttributeError("window_") from None
+
+    @window_.setter
+    def window_(self, values: np.ndarray) -> None:
+        self.__dict__.pop("_bank", None)
+        self.__dict__["window_"] = values
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_bank", "_row")}
+        if "window_" in state:
+            state["window_"] = self.window_
+        return state
+
     def __setstate__(self, state: dict) -> None:
         if isinstance(state.get("window_"), deque):  # pickled before the window was an array
             state["window_"] = np.fromiter(state["window_"], dtype=float)
@@ -62,11 +84,14 @@ class RobustModel(Model):
         """Append ``value``, dropping the oldest point once the window is full."""
         if self.window <= 0:
             return
-        if len(self.window_) < self.window:
-            self.window_ = np.append(self.window_, value)
+        if "_bank" in self.__dict__:  # learning on its own: the model takes its window back from the bank
+            self.window_ = self.window_
+        window = self.window_
+        if len(window) < self.window:
+            self.window_ = np.append(window, value)
         else:
-            self.window_[:-1] = self.window_[1:]
-            self.window_[-1] = value
+            window[:-1] = window[1:]
+            window[-1] = value
 
     def _band(self) -> tuple[float, float, float]:
         if len(self.window_) < self.min_points:
@@ -97,15 +122,30 @@ class RobustModel(Model):
 
     @classmethod
     def score_learn_many(cls, models: Sequence[RobustModel], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
-        """:meth:`score` then :meth:`learn` of one point per model: medians of all windows at once."""
+        """:meth:`score` then :meth:`learn` of one point per model: the windows of all models at once.
+
+        The windows live in a :class:`RobustBank` (made on the first call for these models, kept
+        while they are scored together), so a cycle neither copies nor re-sorts them.
+        """
         values = np.asarray(values, dtype=float)
+        if not len(models):
+            return {name: np.empty(0) for name in ("expected", "lower", "upper", "score")}
+        bank = RobustBank.of(models)
+        if bank is None:
+            return cls._score_learn_stacked(models, values)
+        rows = np.fromiter([m._row for m in models], dtype=np.intp, count=len(models))
+        expected, lower, upper = bank.bands(rows)
+        score = band_score(values, expected, lower, upper)
+        with np.errstate(invalid="ignore"):
+            learned = ~np.isnan(values) & (np.isnan(expected) | (lower <= values) & (values <= upper))
+        bank.push(rows[learned], values[learned])
+        return {"expected": expected, "lower": lower, "upper": upper, "score": score}
+
+    @classmethod
+    def _score_learn_stacked(cls, models: Sequence[RobustModel], values: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`score_learn_many` for models a bank does not take (different window sizes, no window)."""
         expected, lower, upper = (np.full(len(models), np.nan) for _ in range(3))
-        try:
-            windows = [m.window_ for m in models]
-        except AttributeError:
-            for model in models:
-                model._check_fitted()
-            raise
+        windows = [m.window_ for m in models]  # every model was checked for a fit by RobustBank.of
         lengths = np.fromiter(map(len, windows), dtype=int, count=len(models))
         min_points = np.fromiter((m.min_points for m in models), dtype=float, count=len(models))
         ready = lengths >= min_points
@@ -124,6 +164,168 @@ class RobustModel(Model):
         for i in np.flatnonzero(learned):
             models[i]._push(values[i])
         return {"expected": expected, "lower": lower, "upper": upper, "score": score}
+
+
+class RobustBank:
+    """The windows of many :class:`RobustModel` of one window size, as two matrices.
+
+    Row ``r`` holds one model's window twice: in arrival order in a ring (``ring[r]``, the oldest
+    at ``head[r]`` once full) and sorted (``sorted[r, :length[r]]``, padded with ``inf``). The
+    median is then one element (or the mean of two), the MAD the k-th smallest distance from it,
+    found by a binary search over the two sorted runs of distances below and above the median, and
+    learning a point moves one value out of and one into each sorted row. These are the values
+    ``np.median`` gives, bit for bit, at a cost that grows with the number of models, not with
+    models times window. A model attached to a bank reads its window from it
+    (:attr:`RobustModel.window_`) and pickles it as its own; a model that learns on its own
+    takes its window back.
+    """
+
+    def __init__(self, models: Sequence[RobustModel]):
+        width = models[0].window
+        windows = [m.window_ for m in models]
+        count = len(models)
+        self.width = width
+        self.length = np.fromiter(map(len, windows), dtype=np.intp, count=count)
+        self.head = np.zeros(count, dtype=np.intp)
+        self.ring = np.zeros((count, width))
+        self.sorted = np.full((count, width), np.inf)
+        for r, window in enumerate(windows):
+            self.ring[r, : len(window)] = window
+            self.sorted[r, : len(window)] = np.sort(window)
+        self.k = np.fromiter((m.k for m in models), dtype=float, count=count)
+        self.min_scale = np.fromiter((m.min_scale for m in models), dtype=float, count=count)
+        self.min_points = np.fromiter((m.min_points for m in models), dtype=float, count=count)
+        for r, model in enumerate(models):
+            model.__dict__["window_"] = None  # the bank holds it now
+            model._bank, model._row = self, r
+
+    @classmethod
+    def of(cls, models: Sequence[RobustModel]) -> RobustBank | None:
+        """The bank all of ``models`` are in, a new one for them, or ``None`` where they differ in window size."""
+        bank = models[0].__dict__.get("_bank")
+        if bank is not None and all([m.__dict__.get("_bank") is bank for m in models]):
+            return bank
+        for model in models:
+            model._check_fitted()
+        width = models[0].window
+        if width <= 0 or any(m.window != width for m in models):
+            return None
+        return cls(models)
+
+    def window(self, row: int) -> np.ndarray:
+        """Row ``row``'s window, oldest first."""
+        length, head = int(self.length[row]), int(self.head[row])
+        if length < self.width:
+            return self.ring[row, :length].copy()
+        return np.concatenate((self.ring[row, head:], self.ring[row, :head]))
+
+    def bands(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``expected``, ``lower`` and ``upper`` of ``rows`` (NaN where a window has fewer than ``min_points``)."""
+        expected, lower, upper = (np.full(len(rows), np.nan) for _ in range(3))
+        length = self.length[rows]
+        ready = (length >= self.min_points[rows]) & (length > 0)
+        if not ready.any():
+            return expected, lower, upper
+        at = np.flatnonzero(ready)
+        rows, length = rows[at], length[at]
+        flat = self.sorted.reshape(-1)
+        base = rows * self.width
+        finite = np.isfinite(flat[base]) & np.isfinite(flat[base + length - 1])
+        half = length // 2
+        even = length % 2 == 0
+        median = np.where(even, (flat[base + half - np.where(even, 1, 0)] + flat[base + half]) / 2, flat[base + half])
+        mad = kth_distance_median(flat, base, length, median, half)
+        for i in np.flatnonzero(~finite):  # an infinite value: left to np.median, as a single model does
+            window = self.sorted[rows[i], : length[i]]
+            median[i] = np.median(window)
+            mad[i] = np.median(np.abs(window - median[i]))
+        sigma = MAD_TO_SIGMA * mad
+        sigma = np.maximum(np.maximum(sigma, self.min_scale[rows] * np.abs(median)), 1e-9)
+        k = self.k[rows]
+        expected[at], lower[at], upper[at] = median, median - k * sigma, median + k * sigma
+        return expected, lower, upper
+
+    def push(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Append ``values[i]`` to row ``rows[i]``'s window, dropping its oldest value once full."""
+        if not len(rows):
+            return
+        width = self.width
+        length, head = self.length[rows], self.head[rows]
+        full = length >= width
+        oldest = self.ring[rows, head]
+        self.ring[rows, np.where(full, head, head + length)] = values
+        self.head[rows] = np.where(full, (head + 1) % width, head)
+        self.length[rows] = np.minimum(length + 1, width)
+        flat = self.sorted.reshape(-1)
+        base = rows * width
+        # the sorted rows lose the oldest value (a padding inf while not full) and gain the new one:
+        # the values between the two places move one step towards the place that was freed
+        drop = np.where(full, search_rows(flat, base, length, oldest), length)
+        place = search_rows(flat, base, length, values)
+        place = np.where(place > drop, place - 1, place)
+        rightwards = place < drop
+        first = base + np.where(rightwards, place + 1, drop)
+        count = np.abs(drop - place)
+        total = int(count.sum())
+        if total:
+            starts = np.repeat(first - np.cumsum(count) + count, count)
+            target = starts + np.arange(total)
+            source = target + np.repeat(np.where(rightwards, -1, 1), count)
+            flat[target] = flat[source]
+        flat[base + place] = values
+
+
+def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per row, ``np.searchsorted(row[:length], value, side="left")`` of sorted rows starting at ``flat[base]``."""
+    found = np.zeros(len(base), dtype=np.intp)
+    step = 1 << (int(length.max(initial=0)).bit_length() - 1) if len(base) and length.max() > 0 else 0
+    while step:
+        ahead = found + step
+        below = (ahead <= length) & (flat[base + np.minimum(ahead, length) - 1] < values)
+        found += step * below
+        step >>= 1
+    return found
+
+
+def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, median: np.ndarray,
+                        half: np.ndarray) -> np.ndarray:
+    """Per sorted row ``flat[base:base+length]``, ``np.median(np.abs(row - median))``.
+
+    The distances of the values below the median (``median - row[half-1::-1]``) and above it
+    (``row[half:] - median``) are two ascending runs; the middle one(s) of their merge is found by
+    a binary search on how many come from the first run.
+    """
+    lower_count, upper_count = half, length - half
+    take = np.where(length % 2 == 0, half, half + 1)  # distances up to the (lower) middle one
+
+    def below(i):  # the i-th smallest distance of the run below the median
+        return median - flat[base + half - 1 - i]
+
+    def above(j):
+        return flat[base + half + j] - median
+
+    lo = np.maximum(0, take - upper_count)
+    hi = np.minimum(take, lower_count)
+    while True:  # smallest i with above(take - 1 - i) <= below(i), or i == hi
+        open_ = lo < hi
+        if not open_.any():
+            break
+        mid = (lo + hi) // 2
+        safe = np.where(open_, mid, 0)
+        j = np.clip(take - 1 - safe, 0, np.maximum(upper_count - 1, 0))
+        enough = open_ & (above(j) <= below(np.clip(safe, 0, np.maximum(lower_count - 1, 0))))
+        hi = np.where(enough, mid, hi)
+        lo = np.where(open_ & ~enough, mid + 1, lo)
+    i = lo
+    j = take - i
+    inf = np.inf
+    last_a = np.where(i > 0, below(np.clip(i - 1, 0, None)), -inf)
+    last_b = np.where(j > 0, above(np.clip(j - 1, 0, None)), -inf)
+    middle = np.maximum(last_a, last_b)
+    next_a = np.where(i < lower_count, below(np.minimum(i, np.maximum(lower_count - 1, 0))), inf)
+    next_b = np.where(j < upper_count, above(np.minimum(j, np.maximum(upper_count - 1, 0))), inf)
+    following = np.minimum(next_a, next_b)
+    return np.where(length % 2 == 0, (middle + following) / 2, middle)
 
 
 def row_medians(table: np.ndarray) -> np.ndarray:
