@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
+from detector.sortedrows import replace_in_rows, search_rows
 
 
 class RobustModel(Model):
@@ -256,35 +257,9 @@ class RobustBank:
         self.ring[rows, np.where(full, head, head + length)] = values
         self.head[rows] = np.where(full, (head + 1) % width, head)
         self.length[rows] = np.minimum(length + 1, width)
-        flat = self.sorted.reshape(-1)
-        base = rows * width
-        # the sorted rows lose the oldest value (a padding inf while not full) and gain the new one:
-        # the values between the two places move one step towards the place that was freed
-        drop = np.where(full, search_rows(flat, base, length, oldest), length)
-        place = search_rows(flat, base, length, values)
-        place = np.where(place > drop, place - 1, place)
-        rightwards = place < drop
-        first = base + np.where(rightwards, place + 1, drop)
-        count = np.abs(drop - place)
-        total = int(count.sum())
-        if total:
-            starts = np.repeat(first - np.cumsum(count) + count, count)
-            target = starts + np.arange(total)
-            source = target + np.repeat(np.where(rightwards, -1, 1), count)
-            flat[target] = flat[source]
-        flat[base + place] = values
-
-
-def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row, ``np.searchsorted(row[:length], value, side="left")`` of sorted rows starting at ``flat[base]``."""
-    found = np.zeros(len(base), dtype=np.intp)
-    step = 1 << (int(length.max(initial=0)).bit_length() - 1) if len(base) and length.max() > 0 else 0
-    while step:
-        ahead = found + step
-        below = (ahead <= length) & (flat[base + np.minimum(ahead, length) - 1] < values)
-        found += step * below
-        step >>= 1
-    return found
+        # the sorted rows lose the oldest value (a padding inf while not full) and gain the new one
+        flat, base = self.sorted.reshape(-1), rows * width
+        replace_in_rows(flat, base, length, np.where(full, search_rows(flat, base, length, oldest), length), values)
 
 
 def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, median: np.ndarray,

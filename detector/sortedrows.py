@@ -1,0 +1,45 @@
+"""Rows of a matrix kept sorted, updated in place for many rows at once.
+
+A row holds ``length`` valid values in ascending order, then padding (``inf``). Searching and
+replacing one value per row are a few array operations over all rows: a binary search as
+array steps, and one move of the values between the old and the new place. Used for the robust
+model's windows and the score calibration's tail (the same values ``np.sort`` would give).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: np.ndarray,
+                side: str = "left") -> np.ndarray:
+    """Per row, ``np.searchsorted(row[:length], value, side)`` of sorted rows starting at ``flat[base]``."""
+    found = np.zeros(len(base), dtype=np.intp)
+    longest = int(length.max(initial=0))
+    step = 1 << (longest.bit_length() - 1) if longest > 0 else 0
+    while step:
+        ahead = found + step
+        probe = flat[base + np.minimum(ahead, length) - 1]
+        before = probe < values if side == "left" else probe <= values
+        found += step * ((ahead <= length) & before)
+        step >>= 1
+    return found
+
+
+def replace_in_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, drop: np.ndarray,
+                    values: np.ndarray) -> None:
+    """In each sorted row, remove the value at ``drop`` and insert ``values[i]`` where it sorts among the
+    first ``length`` values. ``drop == length`` removes the padding just after them (the row grows
+    by one); ``values[i] = inf`` with ``drop < length`` removes a value (the row shrinks by one)."""
+    if not len(base):
+        return
+    place = search_rows(flat, base, length, values)
+    place = np.where(place > drop, place - 1, place)
+    rightwards = place < drop
+    count = np.abs(drop - place)
+    total = int(count.sum())
+    if total:  # the values between the two places move one step towards the freed one
+        first = base + np.where(rightwards, place + 1, drop)
+        target = np.repeat(first - np.cumsum(count) + count, count) + np.arange(total)
+        flat[target] = flat[target + np.repeat(np.where(rightwards, -1, 1), count)]
+    flat[base + place] = values
