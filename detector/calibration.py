@@ -46,8 +46,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from detector.sortedrows import replace_in_rows, search_rows
+
 HELD = 1.0 + 1e-6  # a held score: just above the alert level
 MIN_LEVEL = 1e-6  # log(1 + raw) a score is measured against at least
+MARGIN = 64  # values kept sorted beyond the tail a level fit reads, on each side of a rebuild
+STATE = ("values_", "level_", "hold_left_", "unfitted_")
 
 
 class Calibration:
@@ -81,6 +85,13 @@ class Calibration:
         ``log(1 + raw)`` of the recent normal points, oldest first.
     level_ : float
         The current alert level in ``log(1 + raw)`` units.
+    hold_left_ : int
+        Points the score is still held above 1.
+    unfitted_ : int
+        Points learned since the level was last fitted.
+
+    The state lives in a :class:`CalibrationBank` while the calibration is used (one per set of
+    units calibrated together); a calibration pickles, copies and reads as its own values.
     """
 
     def __init__(self, target_rate: float = 0.1, window: int = 4000, min_points: int = 200,
@@ -100,30 +111,30 @@ class Calibration:
         self.hold_left_ = 0
         self.unfitted_ = 0
 
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_bank", "_row")}
+        if "_bank" in self.__dict__:
+            state.update((name, getattr(self, name)) for name in STATE)
+        return state
+
     def __setstate__(self, state: dict) -> None:
         if isinstance(state.get("values_"), deque):  # pickled before the values were an array
             state["values_"] = np.fromiter(state["values_"], dtype=float)
         self.__dict__.update(state)
 
-    def _push(self, x: float) -> None:
-        """Append ``x``, dropping the oldest value once ``window`` are kept (an array: a level fit reads
-        it without a copy, where a deque of 4,000 floats cost more to convert than the fit itself)."""
-        if len(self.values_) < self.window:
-            self.values_ = np.append(self.values_, x)
-        else:
-            self.values_[:-1] = self.values_[1:]
-            self.values_[-1] = x
+    def _detach(self) -> None:
+        """Take the state back from the bank (the bank's row is left to the others)."""
+        if "_bank" in self.__dict__:
+            state = {name: getattr(self, name) for name in STATE}
+            del self.__dict__["_bank"]
+            self.__dict__.update(state)
 
     def fit_level(self) -> float:
         """Re-estimate ``level_`` from the learned values (done on refit and every ``refit_every``)."""
-        floor = max(math.log1p(self.min_raw), MIN_LEVEL)
-        self.unfitted_ = 0
-        if len(self.values_) < self.min_points:
-            self.level_ = floor
-            return self.level_
-        values = self.values_
-        self.level_ = max(tail_level(values, self.tail_quantile, self.target_rate), float(values.max()), floor)
-        return self.level_
+        bank = CalibrationBank.of([self])
+        row = np.array([self._row])
+        bank.fit_levels(row)
+        return float(bank.level[self._row])
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated scores of consecutive raw scores, learning from each after it is scored.
@@ -131,82 +142,251 @@ class Calibration:
         NaN stays NaN (not enough history) and neither learns nor advances the hold.
         """
         raw = np.asarray(raw, dtype=float)
-        out = np.full(raw.shape, np.nan)
-        for i, value in enumerate(raw):
-            if math.isnan(value):
-                continue
-            x = math.log1p(max(value, 0.0))
-            score = x / self.level_
-            if score <= self.learn_below:
-                self._push(x)
-                self.unfitted_ += 1
-            if score > 1.0 or self.hold_left_ > 0 and value > self.min_raw and score > self.sustain:
-                self.hold_left_ = self.hold  # an incident lasts while its points are outside the band
-                score = max(score, HELD)
-            elif self.hold_left_ > 0:
-                self.hold_left_ -= 1
-                score = HELD
-            out[i] = score
-            if self.unfitted_ >= self.refit_every:
-                self.fit_level()
-        return out
+        return calibrate_many([self], raw.reshape(1, -1)).reshape(raw.shape)
+
+
+def _state_property(name: str, kind: type):
+    def get(self):
+        bank = self.__dict__.get("_bank")
+        if bank is None:
+            try:
+                return self.__dict__[name]
+            except KeyError:
+                raise AttributeError(name) from None
+        if name == "values_":
+            return bank.values(self._row)
+        return kind(getattr(bank, name[:-1])[self._row])
+
+    def set(self, value):
+        bank = self.__dict__.get("_bank")
+        if bank is None or name == "values_":
+            self._detach()
+            self.__dict__[name] = value
+        else:
+            getattr(bank, name[:-1])[self._row] = value
+            bank.stale[self._row] = True  # a level set from outside is re-fitted at the next fit
+
+    return property(get, set, doc=f"See the class' Attributes ({name}).")
+
+
+Calibration.values_ = _state_property("values_", np.ndarray)
+Calibration.level_ = _state_property("level_", float)
+Calibration.hold_left_ = _state_property("hold_left_", int)
+Calibration.unfitted_ = _state_property("unfitted_", int)
+
+
+def tail_need(length: np.ndarray, quantile: np.ndarray) -> np.ndarray:
+    """How many of the largest of ``length`` values a level fit reads: from the quantile's lower neighbour up."""
+    lower = np.floor((length - 1) * quantile)
+    return np.where(length > 0, length - np.clip(lower, 0, np.maximum(length - 1, 0)), 0).astype(np.intp)
+
+
+class CalibrationBank:
+    """The state of many :class:`Calibration` as arrays: row ``r`` is one calibration.
+
+    ``ring[r]`` holds its learned values in arrival order (the oldest at ``head[r]`` once full).
+    The level fit reads only the largest ones: the tail quantile's two neighbours, the values
+    above it and the maximum. Those are kept sorted in ``tail[r, :size[r]]`` (the largest ``size``
+    values; every other value is no larger than ``tail[r, 0]``), so learning a point moves one value
+    in a short sorted row, and the fit is an index, a search and a masked sum, for all units at
+    once. When too few are left (the oldest large values aged out), the row is rebuilt from the
+    ring with ``MARGIN`` values to spare.
+    """
+
+    def __init__(self, calibrations):
+        count = len(calibrations)
+        states = [{name: getattr(c, name) for name in STATE} for c in calibrations]
+
+        def column(name: str, dtype=float) -> np.ndarray:
+            return np.fromiter((getattr(c, name) for c in calibrations), dtype=dtype, count=count)
+
+        self.target_rate, self.min_points = column("target_rate"), column("min_points", np.intp)
+        self.tail_quantile, self.min_raw = column("tail_quantile"), column("min_raw")
+        self.hold, self.refit_every = column("hold", np.intp), column("refit_every", np.intp)
+        self.learn_below, self.sustain = column("learn_below"), column("sustain")
+        self.capacity = np.maximum(column("window", np.intp), 0)
+        self.floor = np.array([max(math.log1p(m), MIN_LEVEL) for m in self.min_raw.tolist()])
+        self.level = np.fromiter((s["level_"] for s in states), dtype=float, count=count)
+        self.hold_left = np.fromiter((s["hold_left_"] for s in states), dtype=np.intp, count=count)
+        self.unfitted = np.fromiter((s["unfitted_"] for s in states), dtype=np.intp, count=count)
+        width = int(self.capacity.max(initial=0))
+        self.width = max(width, 1)
+        self.ring = np.zeros((count, self.width))
+        self.length = np.zeros(count, dtype=np.intp)
+        self.head = np.zeros(count, dtype=np.intp)
+        for r, state in enumerate(states):
+            values = np.asarray(state["values_"], dtype=float)
+            values = values[len(values) - min(len(values), int(self.capacity[r])):]
+            self.ring[r, : len(values)] = values
+            self.length[r] = len(values)
+        # the tail rows are as wide as a full window needs (each unit the same wherever it is
+        # calibrated: a row's sum then adds the same values in the same order)
+        self.tail_width = np.minimum(tail_need(self.capacity, self.tail_quantile) + 2 * MARGIN, self.capacity)
+        self.tail_width = np.maximum(self.tail_width, 1)
+        self.span = int(self.tail_width.max(initial=1))
+        self.tail = np.full((count, self.span), np.inf)
+        self.size = np.zeros(count, dtype=np.intp)
+        self.stale = np.ones(count, dtype=bool)  # the tail or the count changed since the level was fitted
+        for r in range(count):
+            self._rebuild(r)
+        for r, calibration in enumerate(calibrations):
+            for name in STATE:
+                calibration.__dict__.pop(name, None)
+            calibration._bank, calibration._row = self, r
+
+    @classmethod
+    def of(cls, calibrations) -> CalibrationBank:
+        """The bank all of ``calibrations`` are in, or a new one for them."""
+        bank = calibrations[0].__dict__.get("_bank")
+        if bank is not None and all([c.__dict__.get("_bank") is bank for c in calibrations]):
+            return bank
+        return cls(calibrations)
+
+    def values(self, row: int) -> np.ndarray:
+        """Row ``row``'s learned values, oldest first."""
+        length, head = int(self.length[row]), int(self.head[row])
+        if length < self.capacity[row]:
+            return self.ring[row, :length].copy()
+        return np.concatenate((self.ring[row, head:length], self.ring[row, :head]))
+
+    def _rebuild(self, row: int) -> None:
+        """Row ``row``'s tail from its ring: the largest values a fit reads, with ``MARGIN`` to spare."""
+        length = int(self.length[row])
+        keep = min(length, int(tail_need(np.array([length]), self.tail_quantile[row:row + 1])[0]) + MARGIN,
+                   int(self.tail_width[row]))
+        self.tail[row] = np.inf
+        if keep:
+            self.tail[row, :keep] = np.sort(self.ring[row, :length])[length - keep:]
+        self.size[row] = keep
+
+    def learn(self, rows: np.ndarray, x: np.ndarray) -> None:
+        """Append ``x[i]`` to row ``rows[i]``, dropping its oldest value once ``window`` are kept."""
+        keep = self.capacity[rows] > 0
+        rows, x = rows[keep], x[keep]
+        if not len(rows):
+            return
+        capacity, length, head = self.capacity[rows], self.length[rows], self.head[rows]
+        full = length >= capacity
+        oldest = self.ring[rows, head]
+        self.ring[rows, np.where(full, head, head + length)] = x
+        self.head[rows] = np.where(full, (head + 1) % capacity, head)
+        self.length[rows] = np.minimum(length + 1, capacity)
+        self.stale[rows[~full]] = True
+        flat, span = self.tail.reshape(-1), self.span
+        # the oldest value leaves the tail if it was in it, else the values below it
+        size = self.size[rows]
+        smallest = self.tail[rows, 0]
+        out = full & (size > 0) & (oldest >= smallest)
+        leave = rows[out]
+        base = leave * span
+        replace_in_rows(flat, base, self.size[leave],
+                        search_rows(flat, base, self.size[leave], oldest[out]), np.full(len(leave), np.inf))
+        self.size[leave] -= 1
+        self.stale[leave] = True
+        # the new value joins the tail if it is not below it (the tail's smallest value leaves a full row)
+        size = self.size[rows]
+        smallest = self.tail[rows, 0]
+        join = (size > 0) & (x >= smallest)
+        enter = rows[join]
+        base = enter * span
+        size = self.size[enter]
+        crowded = size >= self.tail_width[enter]
+        replace_in_rows(flat, base, size, np.where(crowded, 0, size), x[join])
+        self.size[enter] = size + ~crowded
+        self.stale[enter] = True
+        short = rows[self.size[rows] < tail_need(self.length[rows], self.tail_quantile[rows])]
+        for row in short.tolist():
+            self._rebuild(row)
+
+    def fit_levels(self, rows: np.ndarray) -> None:
+        """Re-estimate the level of ``rows`` (the band's below ``min_points`` values) and restart their count.
+
+        The level is a function of the values (their number and the largest ones) only: a row whose
+        tail and count did not change since its last fit keeps its level, which a fit would repeat.
+        """
+        self.unfitted[rows] = 0
+        length = self.length[rows]
+        fitted = length >= np.maximum(self.min_points[rows], 1)
+        self.level[rows[~fitted]] = self.floor[rows[~fitted]]
+        self.stale[rows[~fitted]] = True
+        rows = rows[fitted & self.stale[rows]]
+        if len(rows):
+            self.level[rows] = self._levels(rows)
+            self.stale[rows] = False
+
+    def _levels(self, rows: np.ndarray) -> np.ndarray:
+        """``max(tail level, largest value, floor)``: the peaks-over-threshold level of the module's docstring.
+
+        The quantile is numpy's (linear, the same value to the last digit); the mean excess is a
+        sum, in ascending order, of the sorted values above it (the same as ``np.mean`` in arrival
+        order but for the last digits, and the same wherever the unit is calibrated).
+        """
+        quantile, target, length = self.tail_quantile[rows], self.target_rate[rows], self.length[rows]
+        size = self.size[rows]
+        flat, base = self.tail.reshape(-1), rows * self.span
+        start = base + size - length  # where the value of overall rank 0 would be
+        virtual = (length - 1) * quantile
+        lower = np.floor(virtual)
+        at_end = virtual >= length - 1
+        gamma = virtual - np.where(at_end, -1, lower)
+        a = flat[start + np.where(at_end, length - 1, lower).astype(np.intp)]
+        b = flat[start + np.where(at_end, length - 1, lower + 1).astype(np.intp)]
+        diff = b - a
+        u = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+        above = size - search_rows(flat, base, size, u, side="right")
+        largest = flat[base + size - 1]
+        p_u = above / length
+        column = np.arange(int(above.max(initial=0)))
+        picked = flat[np.minimum((base + size - above)[:, None] + column, base[:, None] + size[:, None] - 1)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            excess = np.where(column < above[:, None], picked - u[:, None], 0.0)
+            total = np.cumsum(excess, axis=1)[:, -1] if len(column) else np.zeros(len(rows))
+            mean_excess = total / above
+            tail = np.where((above > 0) & (p_u > target), u + mean_excess * np.log(p_u / target), largest)
+        return np.maximum(np.maximum(tail, largest), self.floor[rows])
 
 
 def calibrate_many(calibrations: Sequence[Calibration], raw: np.ndarray) -> np.ndarray:
     """:meth:`Calibration.calibrate` of each row of ``raw`` (units x points) with ``calibrations[i]``.
 
-    Point by point, the scores, the learning and the holds of all units are arrays; a unit's level
-    is re-fitted on its own only once it has ``min_points`` values (before that it is the band's).
-    The results and the state left behind are the same as each unit's ``calibrate`` of its row.
+    Point by point, the scores, the learning, the holds and the level fits of all units are arrays
+    (see :class:`CalibrationBank`). ``Calibration.calibrate`` is this with one unit, so the results
+    and the state left behind are the same as each unit's ``calibrate`` of its row.
     """
     raw = np.asarray(raw, dtype=float)
     out = np.full(raw.shape, np.nan)
     count = len(calibrations)
     if not count:
         return out
-
-    def column(name: str, dtype=float) -> np.ndarray:
-        return np.fromiter((getattr(c, name) for c in calibrations), dtype=dtype, count=count)
-
-    level, hold_left, unfitted = column("level_"), column("hold_left_", int), column("unfitted_", int)
-    hold, min_raw, sustain, learn_below = column("hold", int), column("min_raw"), column("sustain"), column("learn_below")
-    refit_every, min_points, window = column("refit_every", int), column("min_points", int), column("window", int)
-    floor = np.maximum([math.log1p(m) for m in min_raw.tolist()], MIN_LEVEL)
-    lengths = np.fromiter((len(c.values_) for c in calibrations), dtype=int, count=count)
+    bank = CalibrationBank.of(calibrations)
+    units = np.fromiter([c._row for c in calibrations], dtype=np.intp, count=count)
+    level, hold_left, unfitted = bank.level, bank.hold_left, bank.unfitted
     for j in range(raw.shape[1]):
         value = raw[:, j]
-        rows = np.flatnonzero(~np.isnan(value))
-        if not len(rows):
+        present = np.flatnonzero(~np.isnan(value))
+        if not len(present):
             continue
-        value = value[rows]
-        x = np.array([math.log1p(v) for v in np.maximum(value, 0.0).tolist()])  # math's log1p, as calibrate
+        rows, value = units[present], value[present]
+        x = np.array([math.log1p(v) for v in np.maximum(value, 0.0).tolist()])  # math's log1p, as before
         score = x / level[rows]
-        learned = score <= learn_below[rows]
-        for i, push in zip(rows[learned].tolist(), x[learned].tolist(), strict=True):
-            calibrations[i]._push(push)
-        grown = rows[learned]
-        lengths[grown] = np.minimum(lengths[grown] + 1, window[grown])
-        unfitted[grown] += 1
+        learned = score <= bank.learn_below[rows]
+        bank.learn(rows[learned], x[learned])
+        unfitted[rows[learned]] += 1
         left = hold_left[rows]
-        incident = (score > 1.0) | (left > 0) & (value > min_raw[rows]) & (score > sustain[rows])
+        incident = (score > 1.0) | (left > 0) & (value > bank.min_raw[rows]) & (score > bank.sustain[rows])
         after = ~incident & (left > 0)
         score = np.where(incident, np.maximum(score, HELD), np.where(after, HELD, score))
-        hold_left[rows] = np.where(incident, hold[rows], np.where(after, left - 1, left))
-        out[rows, j] = score
-        due = rows[unfitted[rows] >= refit_every[rows]]
-        short = due[lengths[due] < min_points[due]]
-        level[short], unfitted[short] = floor[short], 0
-        for i in due[lengths[due] >= min_points[due]].tolist():
-            calibrations[i].unfitted_ = 0
-            level[i], unfitted[i] = calibrations[i].fit_level(), 0
-    for calibration, lvl, held, waiting in zip(calibrations, level.tolist(), hold_left.tolist(), unfitted.tolist(),
-                                               strict=True):
-        calibration.level_, calibration.hold_left_, calibration.unfitted_ = lvl, held, waiting
+        hold_left[rows] = np.where(incident, bank.hold[rows], np.where(after, left - 1, left))
+        out[present, j] = score
+        due = rows[unfitted[rows] >= bank.refit_every[rows]]
+        if len(due):
+            bank.fit_levels(due)
     return out
 
 
 def tail_level(values: np.ndarray, quantile: float, target_rate: float) -> float:
-    """``x`` such that ``P(value > x) = target_rate`` under an exponential tail above ``quantile``."""
+    """``x`` such that ``P(value > x) = target_rate`` under an exponential tail above ``quantile``
+    (of values in any order; the calibration computes the same from its sorted tail)."""
     u = float(np.quantile(values, quantile))
     above = values[values > u]
     p_u = len(above) / len(values)

@@ -112,3 +112,23 @@ def test_many_units_calibrated_together_score_and_learn_as_each_alone():
     for one, other in zip(alone, together, strict=True):
         np.testing.assert_array_equal(one.values_, other.values_)
         assert (one.level_, one.hold_left_, one.unfitted_) == (other.level_, other.hold_left_, other.unfitted_)
+
+
+def test_the_level_from_the_sorted_tail_is_the_peaks_over_threshold_level_of_the_values():
+    """The kept-sorted tail (rebuilt when old large values age out) gives, after every point, the level
+    np.quantile and np.mean give over the values in arrival order, to 1e-12 relative (the mean's sum
+    runs in another order), through the filling of the window and long after it is full."""
+    from detector.calibration import tail_level
+
+    rng = np.random.default_rng(8)
+    raw = np.abs(rng.standard_t(3, 6000)) * np.repeat(rng.uniform(0.2, 2, 12), 500)  # the scale drifts
+    raw[rng.random(6000) < 0.02] = 0.0  # ties at the band's centre
+    calibration = Calibration(window=300, min_points=20, hold=0)
+    floor = np.log(2)
+    for value in raw:
+        calibration.calibrate(np.array([value]))
+        values = calibration.values_
+        if len(values) >= 20:
+            expected = max(tail_level(values, 0.9, 0.1), values.max(), floor)
+            assert abs(calibration.level_ - expected) <= 1e-12 * expected
+    assert len(calibration.values_) == 300
