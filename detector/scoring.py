@@ -88,8 +88,10 @@ def build_units(
 
 
 @functools.lru_cache(maxsize=200_000)  # the same series come back every cycle
+@functools.lru_cache(maxsize=200_000)
 def unit_key(key: SeriesKey) -> SeriesKey:
-    """A univariate unit's key: its source series' output labels, sorted."""
+    """A univariate unit's key: its source series' output labels, sorted (remembered: a serve cycle asks
+    for every series of a query at every cycle)."""
     return tuple(sorted(output_labels(dict(key)).items()))
 
 

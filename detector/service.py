@@ -464,17 +464,17 @@ class Detector:
         assigned: dict[SeriesKey, tuple[Model, str]] = {}
         rows = units if isinstance(units, UnitRows) else None
         with self._lock:
+            bundle = state.bundle
+            own_models = bundle.models if bundle else {}
+            fallback = state.fallback
             for key in units:
-                own = state.bundle.models.get(key) if state.bundle else None
-                model = own or state.fallback.get(key)
+                own = own_models.get(key)
+                model = own if own is not None else fallback.get(key)
                 empty = not len(rows.index) if rows is not None else units[key].empty
                 if model is not None and not empty:
-                    assigned[key] = (model, state.bundle.model_name if own is not None else model.name)
+                    assigned[key] = (model, bundle.model_name if own is not None else model.name)
         scored = self._score_batches(alias, state, units, assigned, query)
-        for key in units:
-            if key not in assigned:
-                continue
-            model, model_name = assigned[key]
+        for key, (model, model_name) in assigned.items():  # in the order of units
             unit_points = scored.get(key)
             if unit_points is None:
                 unit_points = self._score_unit(alias, state, key, units[key], model, model_name, query)
@@ -483,11 +483,10 @@ class Detector:
             for point in unit_points:
                 if point.score > threshold and not self.feedback.is_expected(dict(point.labels), point.timestamp):
                     self._record_anomaly(alias, model_name, key, point)
-            points.extend(unit_points)
-            for point in unit_points:
                 if point.timestamp == end:
                     latest.append(point)
                     used[model_name] = used.get(model_name, 0) + 1
+            points.extend(unit_points)
         return points, latest, used
 
     def _score_unit(self, alias: str, state: QueryState, key: SeriesKey, frame: pd.DataFrame, model: Model,
@@ -515,8 +514,13 @@ class Detector:
         groups: dict[tuple, list[SeriesKey]] = {}
         rows = units if isinstance(units, UnitRows) else None
         index = rows.index if rows is not None else None
+        batching: dict[type, bool] = {}
         for key, (model, _) in assigned.items():
-            if not type(model).batches() or is_cross_sectional(model):
+            kind = type(model)
+            batches = batching.get(kind)
+            if batches is None:
+                batches = batching[kind] = kind.batches()
+            if not batches or is_cross_sectional(model):
                 continue
             if rows is not None:
                 if not model.multivariate:
