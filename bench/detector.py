@@ -9,7 +9,8 @@ Measures, per model:
 * a serve cycle: series scored per second, the cycle's wall time, the time Prometheus took
   to answer the cycle's queries, and the ratio of the detector's own time to Prometheus' time;
 * the benchmark process' resident memory (RSS) after each stage, and the RSS of a real
-  ``serve`` process with every benchmarked query fitted (from its ``process_resident_memory_bytes``).
+  ``serve`` process with every benchmarked query fitted (from its ``process_resident_memory_bytes``;
+  its peak from ``/proc``), and the largest peak RSS of the child processes its fits ran in.
 
 ``--json FILE`` writes every figure; per model (the size is in ``args``): ``fit_seconds_per_series``,
 ``cycle_ms`` and ``prometheus_ms`` (medians over the cycles), ``series_per_second``,
@@ -103,8 +104,9 @@ def make_config(url: str, state_dir: Path, model: str, days: float):
                      group_by=["gpu", "uuid"])
     else:
         query.update(expr="bench_gpu_temperature_celsius")
+    # fitted in this process: the fit figure is the models' cost (the serve process below fits in a child)
     return validate({"schema_version": 1, "reader": {"url": url, "timeout": "120s"}, "queries": {model: query},
-                     "state_dir": str(state_dir)})
+                     "state_dir": str(state_dir), "fitting": {"isolate": False}})
 
 
 def bench_fit(url: str, workdir: Path, model: str, days: float, fit_series: int, end: float) -> dict:
@@ -219,11 +221,17 @@ def bench_serve_process(url: str, workdir: Path, models: list[str], days: float)
         wait_http(f"http://127.0.0.1:{port}/readyz", 1200, process.proc)
         ready = time.perf_counter() - began
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        status = Path(f"/proc/{process.proc.pid}/status").read_text()
     finally:
         process.stop()
     rss = next(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("process_resident_memory_bytes"))
-    return {"serve_rss_bytes": rss, "serve_listening_seconds": listening, "serve_ready_seconds": ready}
+    peak = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+    children = [float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("boxwatch_detector_fit_process_peak_memory_bytes{")]
+    return {"serve_rss_bytes": rss, "serve_peak_rss_bytes": peak,
+            "serve_fit_process_peak_rss_bytes": max(children, default=None),
+            "serve_listening_seconds": listening, "serve_ready_seconds": ready}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,11 +298,15 @@ def report(results: dict) -> None:
     print(f"load average (1 min) {results['load_average_start']:.1f} at the start, "
           f"{results.get('load_average_end', math.nan):.1f} at the end")
     print(f"peak RSS of this process (history generation included) {results['peak_rss_bytes'] / 2**20:.0f} MiB")
-    print(f"serve process with every query above fitted: RSS {results['serve_rss_bytes'] / 2**20:.0f} MiB, "
+    print(f"serve process with every query above fitted: RSS {results['serve_rss_bytes'] / 2**20:.0f} MiB "
+          f"(peak {results['serve_peak_rss_bytes'] / 2**20:.0f} MiB), "
           f"listening after {results['serve_listening_seconds']:.1f}s, ready after {results['serve_ready_seconds']:.1f}s")
+    if results["serve_fit_process_peak_rss_bytes"] is not None:
+        print(f"its fit processes: peak RSS {results['serve_fit_process_peak_rss_bytes'] / 2**20:.0f} MiB (the largest)")
     for key, value in results.items():
         if key not in ("args", "models", "generate_seconds", "promtool_seconds", "rss_start_bytes",
                        "peak_rss_bytes", "serve_rss_bytes", "serve_listening_seconds", "serve_ready_seconds",
+                       "serve_peak_rss_bytes", "serve_fit_process_peak_rss_bytes",
                        "load_average_start", "load_average_end"):
             print(f"{key}: {value}")
 

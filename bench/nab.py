@@ -119,6 +119,7 @@ def detector_config(spec: str, step: float, state_dir: str, calibration: dict | 
                             "params": settings["params"], "fit_every": FIT_EVERY, "fit_window": FIT_WINDOW}},
         "anomalies": {"calibration": {**settings["calibration"], **(calibration or {})}},
         "causes": {"enabled": False},
+        "fitting": {"isolate": False},  # hundreds of refits a file: a process each would be most of the replay
     })
 
 

@@ -41,12 +41,13 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import HTTPException
 
 from boxwatch import __version__, times
+from boxwatch.child import run_in_child
 from boxwatch.log import kv
 from detector import feedback
 from detector.models import MODELS, make_model
-from detector.models.base import NotFittedError
+from detector.models.base import Model, NotFittedError
 from detector.models.params import check_params, params_schema
-from detector.scoring import score_online
+from detector.scoring import fit_models, score_online
 from detector.service import Detector
 
 log = logging.getLogger("boxwatch.detector.api")
@@ -236,7 +237,7 @@ def create_app(detector: Detector, registry: CollectorRegistry) -> Flask:
             response[0].headers["Retry-After"] = "1"
             return response
         try:
-            return jsonify({"status": "success", "data": score_request(body)})
+            return jsonify({"status": "success", "data": score_request(body, detector.config.fitting.isolate)})
         finally:
             scoring.release()
 
@@ -296,8 +297,10 @@ def parse_time(text: str, name: str) -> float:
 # --------------------------------------------------------------------------- POST /api/v1/score
 
 
-def score_request(body: Any) -> dict[str, Any]:
-    """Fit the named model on ``history``, score ``points`` online; see the OpenAPI document."""
+def score_request(body: Any, isolate: bool = False) -> dict[str, Any]:
+    """Fit the named model on ``history``, score ``points`` online; see the OpenAPI document. With
+    ``isolate`` a model whose fit imports heavy packages is fitted in a child process, as the
+    service's fits are (``fitting.isolate``)."""
     if not isinstance(body, dict):
         raise BadRequest("body: expected a JSON object (Content-Type: application/json)")
     try:
@@ -322,11 +325,25 @@ def score_request(body: Any) -> dict[str, Any]:
         raise BadRequest(f"history.values: model {req.model!r} expects {shape}")
     try:
         with np.errstate(all="ignore"):
-            model.fit(history)
+            model = _fitted(model, history, isolate)
             result = score_online(model, points, req.direction, req.min_deviation)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError, NotFittedError) as err:
         raise BadRequest(f"history: cannot fit model {req.model!r}: {err}") from None
     return {"model": req.model, "params": model.get_params(), "scores": _rows(points, result)}
+
+
+def _fitted(model: Model, history: pd.DataFrame, isolate: bool) -> Model:
+    """``model`` fitted on ``history``: in a child process when ``isolate`` and its fit imports heavy
+    packages (``ValueError`` when the fit fails there, as it would here)."""
+    if not (isolate and model.fit_imports):
+        return model.fit(history)
+    models, failures = run_in_child(fit_models, model.name, model.get_params(), {(): history},
+                                    name="ad-hoc fit process").value
+    if failures:
+        raise ValueError(failures[0][1])
+    if () not in models:
+        raise ValueError("no value to fit on")
+    return models[()]
 
 
 def _request_problem(err: ValidationError, body: dict) -> str:

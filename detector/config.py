@@ -288,6 +288,17 @@ class DriftConfig(_Strict):
         return value
 
 
+class FittingConfig(_Strict):
+    """Where fits run."""
+
+    isolate: bool = Field(
+        True, description="Fit models whose fit imports scikit-learn or statsmodels (seasonal, iforest, ensemble) "
+        "in a child process, so the serving process never loads them (about 95 MiB); costs a process start and "
+        "those imports (a few seconds) per fit.")
+    timeout: Duration | None = Field(None, description="A fit in a child process running longer is stopped and "
+                                     "reported as failed (duration; default: no limit).")
+
+
 class CausesConfig(_Strict):
     """Cause hints: raw signals of the same GPU, container or journal unit around an anomaly (docs/causes.md)."""
 
@@ -365,6 +376,7 @@ class DetectorConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     causes: CausesConfig = Field(default_factory=CausesConfig)
+    fitting: FittingConfig = Field(default_factory=FittingConfig)
     maintenance: list[FeedbackWindow] = Field(default_factory=list, description="Known events (docs/feedback.md).")
     alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
 

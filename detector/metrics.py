@@ -98,6 +98,13 @@ class DetectorCollector:
             if alias in scored:
                 fits.add_metric([alias, model], value)
         yield fits
+        peaks = GaugeMetricFamily("boxwatch_detector_fit_process_peak_memory_bytes",
+                                  "Peak resident memory of the child process the last fit ran in.",
+                                  labels=["query", "model"])
+        for (alias, model), value in sorted(stats.fit_process_peak_bytes.items()):
+            if alias in scored:
+                peaks.add_metric([alias, model], value)
+        yield peaks
         yield _gauge("boxwatch_detector_models_ready", "1 once every query has fitted or loaded models.",
                      float(detector.ready))
         info = InfoMetricFamily("boxwatch_model", "The model version serving each query.",

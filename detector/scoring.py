@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from boxwatch.child import run_in_child
 from boxwatch.log import kv
 from detector.calibration import Calibration, calibrate_many
 from detector.config import RESERVED_OUTPUT_LABELS, DetectorConfig, QueryConfig
@@ -214,29 +216,54 @@ def is_multivariate(config: DetectorConfig, alias: str) -> bool:
     return bool(model_class(config.model_for(alias)[0]).multivariate)
 
 
+def fit_models(name: str, params: Mapping[str, Any], units: Mapping[SeriesKey, pd.DataFrame]
+               ) -> tuple[dict[SeriesKey, Model], list[tuple[SeriesKey, str]]]:
+    """A model ``name`` fitted per unit, and the units whose fit failed with the error (left to the
+    robust stand-in). Units without a value are skipped."""
+    models: dict[SeriesKey, Model] = {}
+    failures: list[tuple[SeriesKey, str]] = []
+    for key, frame in units.items():
+        if frame.dropna(how="all").empty:
+            continue
+        try:
+            models[key] = make_model(name, dict(params)).fit(frame)
+        except (ValueError, np.linalg.LinAlgError, ArithmeticError) as err:
+            failures.append((key, f"{type(err).__name__}: {err}"))
+    return models, failures
+
+
 def fit_bundle(
     config: DetectorConfig,
     alias: str,
     units: Mapping[SeriesKey, pd.DataFrame],
     training_start: float,
     training_end: float,
+    isolate: bool = False,
+    cancel: threading.Event | None = None,
 ) -> ModelBundle:
-    """Fit a model per unit; a unit whose fit fails is logged and left to the robust stand-in."""
+    """Fit a model per unit; a unit whose fit fails is logged and left to the robust stand-in.
+
+    With ``isolate``, a model whose fit imports heavy packages (``Model.fit_imports``) is fitted in
+    a child process (``config.fitting.timeout`` and ``cancel`` end it early), so this process does
+    not import them; :class:`~boxwatch.child.ChildFailed` when the child fails as a whole. The
+    bundle's ``fit_peak_rss_bytes`` is then the child's peak resident memory (else ``None``).
+    """
     name, params = config.model_for(alias)
     began = time.perf_counter()
-    models: dict[SeriesKey, Model] = {}
-    for key, frame in units.items():
-        if frame.dropna(how="all").empty:
-            continue
-        try:
-            models[key] = make_model(name, params).fit(frame)
-        except (ValueError, np.linalg.LinAlgError, ArithmeticError) as err:
-            log.warning("fit failed for a series; the robust model scores it",
-                        extra=kv(query=alias, model=name, labels=dict(key), error=err))
+    peak = None
+    if isolate and model_class(name).fit_imports:
+        done = run_in_child(fit_models, name, params, units, timeout=config.fitting.timeout, cancel=cancel,
+                            name=f"fit process of {alias}")
+        (models, failures), peak = done.value, done.peak_rss_bytes
+    else:
+        models, failures = fit_models(name, params, units)
+    for key, error in failures:
+        log.warning("fit failed for a series; the robust model scores it",
+                    extra=kv(query=alias, model=name, labels=dict(key), error=error))
     return ModelBundle(
         query=alias, model_name=name, models=models, params=params, config_hash=config.query_hash(alias),
         training_start=training_start, training_end=training_end, fitted_at=time.time(),
-        fit_seconds=time.perf_counter() - began,
+        fit_seconds=time.perf_counter() - began, fit_peak_rss_bytes=peak,
     )
 
 

@@ -89,6 +89,7 @@ class Stats:
     last_cycle_seconds: float = 0.0
     last_cycle_query_seconds: float = 0.0
     fit_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    fit_process_peak_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
     reload_success: bool = True
     reload_timestamp: float = 0.0
     remote_write_errors: int = 0
@@ -238,6 +239,8 @@ class Detector:
             state.next_fit = bundle.fitted_at + self.config.queries[bundle.query].fit_every
             state.fit_error = None
             self.stats.fit_seconds[(bundle.query, bundle.model_name)] = bundle.fit_seconds
+            if bundle.fit_peak_rss_bytes is not None:
+                self.stats.fit_process_peak_bytes[(bundle.query, bundle.model_name)] = bundle.fit_peak_rss_bytes
         return True
 
     def request_fit(self, alias: str | None = None) -> None:
@@ -674,8 +677,9 @@ class Detector:
             state = self._states.get(alias)
             if state is not None and state.config_hash == bundle.config_hash:
                 state.next_fit = max(state.next_fit, now + self.config.queries[alias].fit_every)
+        peak = {} if bundle.fit_peak_rss_bytes is None else {"fit_process_peak_rss_mib": bundle.fit_peak_rss_bytes >> 20}
         log.info("fitted models", extra=_fields(query=alias, model=bundle.model_name, series=len(bundle.models),
-                                                seconds=round(bundle.fit_seconds, 3)))
+                                                seconds=round(bundle.fit_seconds, 3), **peak))
         return served
 
     def fit(self, alias: str, now: float | None = None) -> FitResult | None:
@@ -699,7 +703,7 @@ class Detector:
             return None
         units = build_units(query, is_multivariate(config, alias), raw, self.shard, alias)
         units = self.feedback.mask_training(alias, config.model_for(alias)[0], units)  # known events: not normal
-        bundle = fit_bundle(config, alias, units, start, end)
+        bundle = fit_bundle(config, alias, units, start, end, isolate=config.fitting.isolate, cancel=self._stop)
         bundle.shard = self.shard
         if not bundle.models and units:
             self._fit_failed(state, "no series could be fitted")

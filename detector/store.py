@@ -204,6 +204,9 @@ class ModelBundle:
     calibration: dict[SeriesKey, Any] = field(default_factory=dict, repr=False, compare=False)
     """Per unit, the score calibration (:class:`detector.calibration.Calibration`) as it was when the
     bundle was saved, so a restart keeps what each series' scores have taught it."""
+    fit_peak_rss_bytes: int | None = field(default=None, compare=False)
+    """Peak resident memory of the child process the models were fitted in (``None``: fitted in process)."""
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no models): for the index and ``GET /api/v1/models``."""
         return {

@@ -53,6 +53,9 @@ class Model(ABC):
 
     name: ClassVar[str]
     multivariate: ClassVar[bool] = False
+    fit_imports: ClassVar[tuple[str, ...]] = ()
+    """Heavy packages ``fit`` imports (``"sklearn"``, ``"statsmodels"``) that scoring a fitted model does
+    not need: the service fits such a model in a child process, so the serving process never imports them."""
 
     @abstractmethod
     def fit(self, history: pd.DataFrame) -> Model:
@@ -140,3 +143,12 @@ def robust_standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def empty_scores(index: pd.Index, columns: list[str] = SCORE_COLUMNS) -> pd.DataFrame:
     """A result frame of NaN: what a model returns for points it cannot judge yet."""
     return pd.DataFrame(np.nan, index=index, columns=columns)
+
+
+def float32_at_most(values: np.ndarray) -> np.ndarray:
+    """``values`` as ``float32``, each rounded down: for any ``float32`` x, ``x <= result`` exactly when
+    ``x <= value``."""
+    out = values.astype(np.float32)
+    above = out.astype(float) > values
+    out[above] = np.nextafter(out[above], np.float32(-np.inf))
+    return out

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, empty_scores, robust_standardisation
+from detector.models.base import Model, empty_scores, float32_at_most, robust_standardisation
 from detector.models.robust import RobustModel
 
 FOREST_MIN_POINTS = 50
@@ -53,6 +53,7 @@ class EnsembleModel(Model):
     """
 
     name = "ensemble"
+    fit_imports = ("sklearn",)
 
     def __init__(self, window: int = 360, k: float = 5.0, min_points: int = 10, min_scale: float = 0.01,
                  n_estimators: int = 50, max_samples: int = 256, threshold_quantile: float = 0.995,
@@ -139,6 +140,10 @@ class FlatForest:
     scikit-learn walks the trees one at a time from Python: ~20 ms for one row with 50 trees,
     which is most of a scoring cycle. Here every tree advances one level per numpy step, so a
     row costs a few array operations per tree level. ``measure`` is ``-score_samples``.
+
+    Node ids and features are kept in the smallest integer dtypes that hold them and thresholds in
+    ``float32`` (rounded down: a row is compared as ``float32``, so every comparison comes out as with
+    scikit-learn's ``float64`` threshold); nothing of scikit-learn is kept, so scoring does not import it.
     """
 
     def __init__(self, forest):
@@ -158,12 +163,13 @@ class FlatForest:
             thresholds.append(np.where(leaf, np.inf, t.threshold))
             leaf_values.append(np.where(leaf, depth + _average_path_length(t.n_node_samples) - 1.0, 0.0))
             offset += t.node_count
-        self.left = np.concatenate(lefts)
-        self.right = np.concatenate(rights)
-        self.feature = np.concatenate(features)
-        self.threshold = np.concatenate(thresholds)
+        ids = np.min_scalar_type(max(offset - 1, 0))
+        self.left = np.concatenate(lefts).astype(ids)
+        self.right = np.concatenate(rights).astype(ids)
+        self.feature = np.concatenate(features).astype(np.min_scalar_type(max(forest.n_features_in_ - 1, 0)))
+        self.threshold = float32_at_most(np.concatenate(thresholds))
         self.leaf_value = np.concatenate(leaf_values)
-        self.roots = np.array(roots)
+        self.roots = np.array(roots, dtype=ids)
         self.max_depth = max(tree.tree_.max_depth for tree in forest.estimators_)
         self.denominator = len(forest.estimators_) * float(_average_path_length(np.array([forest.max_samples_]))[0])
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from detector.models.base import Model, empty_scores, robust_standardisation
+from detector.models.base import Model, empty_scores, float32_at_most, robust_standardisation
 
 RESULT_COLUMNS = ["expected", "lower", "upper", "score", "top_features"]
 
@@ -79,8 +79,9 @@ class IsolationForestModel(Model):
         Inverse covariance of the standardised columns (for ``top_features``).
     center_, scale_ : numpy.ndarray
         Robust standardisation of each feature the forest sees.
-    forest_ : sklearn.ensemble.IsolationForest or None
-        The fitted forest (None before enough history).
+    forest_ : ForestBank or None
+        The fitted forest as flat node arrays (None before enough history); scoring does not
+        need scikit-learn.
     baseline_, threshold_ : float
         Training median and calibrated threshold of the anomaly measure.
     last_row_ : numpy.ndarray
@@ -100,6 +101,7 @@ class IsolationForestModel(Model):
 
     name = "iforest"
     multivariate = True
+    fit_imports = ("sklearn",)
 
     def __init__(
         self,
@@ -171,14 +173,15 @@ class IsolationForestModel(Model):
         raw = self._feature_rows(values, previous)[complete]
         self.center_, self.scale_ = robust_standardisation(raw)
         standard = (raw - self.center_) / self.scale_
-        self.forest_ = IsolationForest(
+        forest = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=min(self.max_samples, len(standard))
             if isinstance(self.max_samples, int)
             else self.max_samples,
             random_state=self.random_state,
         ).fit(standard)
-        measure = -self.forest_.score_samples(standard)
+        self.forest_ = ForestBank.from_sklearn(forest)  # scikit-learn's estimator is not kept
+        measure = -forest.score_samples(standard)
         self.baseline_ = float(np.median(measure))
         quantile = float(np.quantile(measure, self.threshold_quantile))
         self.threshold_ = self.baseline_ + self.margin * max(quantile - self.baseline_, 1e-6)
@@ -283,6 +286,14 @@ class IsolationForestModel(Model):
             model.last_row_ = values[i].copy()
         return {**out, "top_features": tops}
 
+    def __setstate__(self, state: dict) -> None:
+        """Models saved with scikit-learn's forest (before ``forest_`` was a :class:`ForestBank`) load
+        with their forest converted: they score the same."""
+        forest = state.get("forest_")
+        if forest is not None and not isinstance(forest, ForestBank):
+            state["forest_"] = ForestBank.from_sklearn(forest)
+        self.__dict__.update(state)
+
     def learn(self, frame: pd.DataFrame) -> None:
         """Remember the last row, so the next frame's first delta is taken against it."""
         self._check_fitted()
@@ -302,75 +313,115 @@ def _total_scores(models: Sequence[IsolationForestModel], pairs: Sequence[tuple[
 
 
 class ForestBank:
-    """Fitted ``IsolationForest`` objects as flat node arrays: row ``k`` is walked through the trees of
-    forest ``k`` only, all rows and trees one tree level per numpy step.
+    """Fitted isolation forests as flat node arrays, nothing of scikit-learn kept: row ``k`` of a
+    table is walked through the trees of forest ``owners[k]`` only, all rows and trees one tree level
+    per numpy step.
+
+    A fitted model keeps its forest as a bank of one (:meth:`from_sklearn`, the one place scikit-learn's
+    forest is read, at fit time), in the smallest dtypes that hold it: node ids in ``uint8``/``uint16``,
+    features in ``uint8``, thresholds in ``float32``. Scoring needs numpy only, so a process that loads
+    fitted models never imports scikit-learn or SciPy. :meth:`of` concatenates the banks of many
+    models (``int32`` node ids) to score a serve cycle's entities in one pass.
 
     ``score_samples`` gives what each forest's own ``score_samples`` gives for its row, bit for bit:
-    rows are compared as float32 (scikit-learn's tree dtype), each tree adds its leaf's depth plus the
-    average path length of the leaf's samples less one, tree after tree, and the sum is normalised as
-    scikit-learn does (it reads the forest's per-tree depth and path-length tables). scikit-learn
-    walks one tree at a time from Python (~0.3 ms a tree, 100 trees per entity); here a serve cycle's
-    entities cost a few array operations per tree level. Banks are kept for the forests last asked
-    for (weakly: a refit's old forests are not held).
+    scikit-learn compares a row's ``float32`` value with the node's ``float64`` threshold, and the
+    threshold is kept as the largest ``float32`` not above it (the same comparison for every
+    ``float32`` value); each tree adds its leaf's depth plus the average path length of the leaf's
+    samples less one (kept in ``float64``), tree after tree, and the sum is normalised as
+    scikit-learn does. scikit-learn walks one tree at a time from Python (~0.3 ms a tree, 100 trees
+    per entity); here a serve cycle's entities cost a few array operations per tree level.
+    Concatenated banks are kept for the forests last asked for (weakly: a refit's old forests are
+    not held).
     """
 
     _recent: dict[tuple[int, ...], tuple[list, ForestBank]] = {}
 
-    @classmethod
-    def of(cls, forests: Sequence) -> ForestBank:
-        """The bank of ``forests`` (one per distinct forest), reused while the same forests are asked for."""
-        forests = list({id(forest): forest for forest in forests}.values())
-        key = tuple(id(forest) for forest in forests)
-        cached = cls._recent.get(key)
-        if cached is not None and all(ref() is forest for ref, forest in zip(cached[0], forests, strict=True)):
-            return cached[1]
-        bank = cls(forests)
-        if len(cls._recent) >= 8:
-            cls._recent.pop(next(iter(cls._recent)))
-        cls._recent[key] = ([weakref.ref(forest) for forest in forests], bank)
-        return bank
+    def __init__(self, left: np.ndarray, right: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+                 leaf: np.ndarray, roots: list[np.ndarray], denominators: np.ndarray, depth: int):
+        self.left, self.right, self.feature, self.threshold, self.leaf = left, right, feature, threshold, leaf
+        self.roots, self.denominators, self.depth = roots, denominators, depth
 
-    def __init__(self, forests: Sequence):
+    @classmethod
+    def from_sklearn(cls, forest) -> ForestBank:
+        """The bank of one fitted ``sklearn.ensemble.IsolationForest``."""
         from sklearn.ensemble._iforest import _average_path_length
 
-        lefts, rights, features, thresholds, leaves, self.roots, denominators = [], [], [], [], [], [], []
-        self.position = {id(forest): k for k, forest in enumerate(forests)}
-        offset, self.depth = 0, 0
-        for forest in forests:
-            subsample = forest._max_features != forest.n_features_in_
-            roots = []
-            for t, (tree, used) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
-                nodes = tree.tree_
-                leaf = nodes.children_left < 0
-                own = np.arange(nodes.node_count)
-                feature = np.maximum(nodes.feature, 0)
-                roots.append(offset)
-                lefts.append(np.where(leaf, own, nodes.children_left) + offset)
-                rights.append(np.where(leaf, own, nodes.children_right) + offset)
-                features.append(np.where(leaf, 0, np.asarray(used)[feature] if subsample else feature))
-                thresholds.append(np.where(leaf, np.inf, nodes.threshold))
-                leaves.append(forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0)
-                offset += nodes.node_count
-                self.depth = max(self.depth, nodes.max_depth)
-            self.roots.append(np.array(roots))
-            denominators.append(float(len(forest.estimators_) * _average_path_length([forest._max_samples])[0]))
-        self.denominators = np.array(denominators)
-        self.left = np.concatenate(lefts).astype(np.int32)
-        self.right = np.concatenate(rights).astype(np.int32)
-        self.feature = np.concatenate(features).astype(np.int32)
-        self.threshold = np.concatenate(thresholds)
-        self.leaf = np.concatenate(leaves)
+        lefts, rights, features, thresholds, leaves, roots = [], [], [], [], [], []
+        subsample = forest._max_features != forest.n_features_in_
+        offset, depth = 0, 0
+        for t, (tree, used) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
+            nodes = tree.tree_
+            leaf = nodes.children_left < 0
+            own = np.arange(nodes.node_count)
+            feature = np.maximum(nodes.feature, 0)
+            roots.append(offset)
+            lefts.append(np.where(leaf, own, nodes.children_left) + offset)
+            rights.append(np.where(leaf, own, nodes.children_right) + offset)
+            features.append(np.where(leaf, 0, np.asarray(used)[feature] if subsample else feature))
+            thresholds.append(np.where(leaf, np.inf, nodes.threshold))
+            leaves.append(forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0)
+            offset += nodes.node_count
+            depth = max(depth, nodes.max_depth)
+        ids = np.min_scalar_type(max(offset - 1, 0))
+        return cls(np.concatenate(lefts).astype(ids), np.concatenate(rights).astype(ids),
+                   np.concatenate(features).astype(np.min_scalar_type(max(forest.n_features_in_ - 1, 0))),
+                   float32_at_most(np.concatenate(thresholds)), np.concatenate(leaves).astype(float),
+                   [np.array(roots, dtype=ids)],
+                   np.array([float(len(forest.estimators_) * _average_path_length([forest._max_samples])[0])]),
+                   depth)
 
-    def score_samples(self, table: np.ndarray, owners: Sequence[int]) -> np.ndarray:
-        """Row ``k`` of ``table`` scored by forest ``owners[k]``: its ``score_samples`` (lower is more abnormal)."""
+    @classmethod
+    def of(cls, banks: Sequence[ForestBank]) -> ForestBank:
+        """One bank of ``banks`` (one per distinct bank, in the order first seen; ``position`` maps a
+        bank's ``id`` to its forest number), reused while the same banks are asked for."""
+        banks = list({id(bank): bank for bank in banks}.values())
+        key = tuple(id(bank) for bank in banks)
+        cached = cls._recent.get(key)
+        if cached is not None and all(ref() is bank for ref, bank in zip(cached[0], banks, strict=True)):
+            return cached[1]
+        joined = cls.concatenate(banks)
+        if len(cls._recent) >= 8:
+            cls._recent.pop(next(iter(cls._recent)))
+        cls._recent[key] = ([weakref.ref(bank) for bank in banks], joined)
+        return joined
+
+    @classmethod
+    def concatenate(cls, banks: Sequence[ForestBank]) -> ForestBank:
+        """The forests of ``banks`` in one bank, in order."""
+        lefts, rights, roots, offset = [], [], [], 0
+        for bank in banks:
+            lefts.append(bank.left.astype(np.int32) + offset)
+            rights.append(bank.right.astype(np.int32) + offset)
+            roots.extend(r.astype(np.int32) + offset for r in bank.roots)
+            offset += bank.left.size
+        joined = cls(np.concatenate(lefts), np.concatenate(rights),
+                     np.concatenate([bank.feature.astype(np.int32) for bank in banks]),
+                     np.concatenate([bank.threshold for bank in banks]), np.concatenate([bank.leaf for bank in banks]),
+                     roots, np.concatenate([bank.denominators for bank in banks]),
+                     max(bank.depth for bank in banks))
+        joined.position = {id(bank): k for k, bank in enumerate(banks)}
+        return joined
+
+    def score_samples(self, table: np.ndarray, owners: Sequence[int] | None = None) -> np.ndarray:
+        """Row ``k`` of ``table`` scored by forest ``owners[k]`` (default: the first forest for every
+        row): its ``score_samples`` (lower is more abnormal)."""
         rows = np.asarray(table, dtype=np.float32)
+        owners = np.zeros(len(rows), dtype=int) if owners is None else np.asarray(owners, dtype=int)
+        if not len(owners):
+            return np.zeros(0)
         counts = [len(self.roots[k]) for k in owners]
-        node = np.concatenate([self.roots[k] for k in owners])
+        node = np.concatenate([self.roots[k] for k in owners]).astype(np.int32)
         row = np.repeat(np.arange(len(owners)), counts)
         for _ in range(self.depth):
             node = np.where(rows[row, self.feature[node]] <= self.threshold[node], self.left[node], self.right[node])
         paths = np.zeros((len(owners), max(counts)))
         paths[row, np.concatenate([np.arange(count) for count in counts])] = self.leaf[node]
         depths = np.cumsum(paths, axis=1)[:, -1]  # tree after tree, as scikit-learn adds them
-        denominator = self.denominators[list(owners)]
+        denominator = self.denominators[owners]
         return -(2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the node arrays."""
+        return sum(a.nbytes for a in (self.left, self.right, self.feature, self.threshold, self.leaf, *self.roots))
+

@@ -104,6 +104,7 @@ class SeasonalModel(Model):
     """
 
     name = "seasonal"
+    fit_imports = ("statsmodels",)
 
     def __init__(
         self,

@@ -107,6 +107,25 @@ def test_score_endpoint_fits_on_history_and_scores_points(running):
 GOOD = {"history": {"timestamps": [1, 2, 3], "values": [1, 2, 3]}, "points": {"timestamps": [4], "values": [4]}}
 
 
+
+def test_an_ad_hoc_forest_is_fitted_in_a_child_and_serving_still_does_not_load_scikit_learn(running):
+    from pathlib import Path
+
+    rng = np.random.default_rng(3)
+    stamps = list(range(0, 30000, 60))
+    history = {"temp": list(60 + rng.normal(0, 1, 500)), "power": list(200 + rng.normal(0, 5, 500))}
+    body = {"model": "iforest", "history": {"timestamps": stamps, "values": history},
+            "points": {"timestamps": [30000, 30060], "values": {"temp": [60.0, 95.0], "power": [200.0, 201.0]}}}
+    response = requests.post(f"{running.url}/api/v1/score", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    normal, hot = response.json()["data"]["scores"]
+    assert normal["score"] < 1 < hot["score"] and hot["top_features"][0] == "temp"
+    maps = Path(f"/proc/{running.proc.pid}/maps").read_text()
+    assert not {"sklearn", "scipy", "statsmodels"} & {part for line in maps.splitlines() for part in line.split("/")}
+    short = {**body, "history": {"timestamps": stamps[:3], "values": {k: v[:3] for k, v in history.items()}}}
+    answer = requests.post(f"{running.url}/api/v1/score", json=short, timeout=60)
+    assert answer.status_code == 200 and answer.json()["data"]["scores"][0]["score"] is None  # too short: NaN
+
 @pytest.mark.parametrize("body, message", [
     ("not json", "body: expected a JSON object"),
     ([1, 2], "body: expected a JSON object"),

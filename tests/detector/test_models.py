@@ -371,3 +371,61 @@ def test_robust_windows_kept_sorted_give_np_median_bands_to_the_last_digit():
     for model, twin in zip(models, twins, strict=True):
         np.testing.assert_array_equal(model.window_, twin.window_)
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).window_, twin.window_)
+
+
+def test_a_fitted_forest_keeps_nothing_of_scikit_learn_and_scores_as_its_forest_bit_for_bit():
+    """The flat float32 / small-int node arrays give scikit-learn's score_samples exactly, also for
+    values that sit on a threshold, and a fitted model pickles without a scikit-learn object."""
+    import pickle
+
+    from sklearn.ensemble import IsolationForest
+
+    from detector.models.iforest import ForestBank
+
+    rng = np.random.default_rng(4)
+    train = rng.normal(0, 1, (600, 5))
+    forest = IsolationForest(n_estimators=30, random_state=0).fit(train)
+    bank = ForestBank.from_sklearn(forest)
+    on_thresholds = rng.choice(bank.threshold[np.isfinite(bank.threshold)], (200, 5))
+    rows = np.vstack([train, rng.normal(0, 3, (500, 5)), on_thresholds, np.nextafter(on_thresholds, np.inf)])
+    np.testing.assert_array_equal(bank.score_samples(rows), forest.score_samples(rows))
+    assert bank.threshold.dtype == np.float32 and bank.left.dtype.itemsize <= 2 and bank.feature.dtype == np.uint8
+
+    model = make_model("iforest").fit(gpu_frame(600))
+    ensemble = make_model("ensemble").fit(daily_series(2))
+    for fitted in (model, ensemble):
+        assert b"sklearn" not in pickle.dumps(fitted)
+
+
+def test_an_iforest_pickled_with_scikit_learns_forest_loads_and_scores_the_same():
+    """Models saved while ``forest_`` was the scikit-learn estimator still load and score alike."""
+    import copy
+    import pickle
+
+    from sklearn.ensemble import IsolationForest
+
+    frame = gpu_frame(700)
+    model = make_model("iforest", {"n_estimators": 40}).fit(frame.iloc[:600])
+    old = copy.deepcopy(model)
+    standard = (model._feature_rows(frame.to_numpy()[1:600], frame.to_numpy()[:599]) - model.center_) / model.scale_
+    old.__dict__["forest_"] = IsolationForest(n_estimators=40, max_samples=256, random_state=0).fit(standard)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert type(loaded.forest_).__name__ == "ForestBank"
+    pd.testing.assert_frame_equal(loaded.score(frame.iloc[600:]), model.score(frame.iloc[600:]))
+
+
+@pytest.mark.parametrize("name, history", [("seasonal", lambda: daily_series(3)), ("iforest", lambda: gpu_frame(500)),
+                                           ("ensemble", lambda: daily_series(2))])
+def test_a_fit_in_a_child_process_scores_as_one_in_process(name, history):
+    """What the service does with isolate on: the models come back pickled and score alike."""
+    from boxwatch.child import run_in_child
+    from detector.scoring import fit_models
+
+    frame = history()
+    units = {(("unit", "a"),): frame.iloc[:-50], (("unit", "b"),): frame.iloc[:-50] * 1.5 + 3}
+    done = run_in_child(fit_models, name, {}, units)
+    here, failures = fit_models(name, {}, units)
+    assert failures == [] and done.value[1] == [] and done.peak_rss_bytes > 0
+    for key in units:
+        future = frame.iloc[-50:] * (1.5 if key[0][1] == "b" else 1.0)
+        pd.testing.assert_frame_equal(done.value[0][key].score(future), here[key].score(future))

@@ -4,6 +4,7 @@ reloads and shards. Every check goes through the detector's HTTP endpoints or it
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -289,3 +290,66 @@ def test_serving_without_the_registry_or_drift_does_not_load_pyarrow(history_pro
     detector.wait_for(lambda: gpus(detector) == {"0"}, what="a scored series")
     maps = Path(f"/proc/{detector.proc.pid}/maps").read_text()
     assert "pandas" in maps and "libarrow" not in maps
+
+
+def _fit_children(pid: int) -> list[int]:
+    """The detector's fit processes now running."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == pid and b"boxwatch.child" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def mv_history(now: float) -> dict:
+    return {(metric, (("gpu", gpu),)): wave(now - 7200, now, STEP, base=base, seed=seed + int(gpu))
+            for gpu in ("0", "1") for metric, base, seed in (("mv_temp", 60, 0), ("mv_power", 200, 10))}
+
+
+def test_seasonal_and_forest_fits_run_in_a_child_so_serving_never_loads_scipy_or_scikit_learn(
+        history_prometheus, start_detector, tmp_path):
+    """The fits import statsmodels and scikit-learn (about 95 MiB resident); the serving process scores
+    their models with numpy only. The fit process' peak memory is exported."""
+    now = time.time()
+    prom = history_prometheus({**live_history([(("gpu", "0"),)], end=now), **mv_history(now)})
+    detector = start_detector(detector_config(prom.url, tmp_path / "state", {
+        "temp": query(model="seasonal"),
+        "gpu": query('{__name__=~"mv_temp|mv_power"}', model="iforest", group_by=["gpu"])}))
+    detector.wait_for(lambda: {s.labels["model"] for s in detector.samples("boxwatch_anomaly_score")}
+                      == {"seasonal", "iforest"}, timeout=90, what="both queries scored by their fitted models")
+    for query_alias, model in (("temp", "seasonal"), ("gpu", "iforest")):
+        peak = detector.sample("boxwatch_detector_fit_process_peak_memory_bytes", query=query_alias, model=model)
+        assert peak and peak[0] > 50 * 2**20
+    maps = Path(f"/proc/{detector.proc.pid}/maps").read_text()
+    assert "numpy" in maps
+    assert not {"sklearn", "scipy", "statsmodels"} & {part for line in maps.splitlines() for part in line.split("/")}
+    assert _fit_children(detector.proc.pid) == []
+
+
+def test_a_killed_fit_process_is_a_reported_fit_failure_and_the_robust_model_scores_on(
+        history_prometheus, start_detector, tmp_path):
+    now = time.time()
+    prom = history_prometheus(mv_history(now))
+    detector = start_detector(detector_config(prom.url, tmp_path / "state", {
+        "gpu": query('{__name__=~"mv_temp|mv_power"}', model="iforest", group_by=["gpu"])}))
+    deadline = time.monotonic() + 60
+    while not (children := _fit_children(detector.proc.pid)):
+        assert time.monotonic() < deadline, "no fit process started"
+        time.sleep(0.02)
+    os.kill(children[0], signal.SIGKILL)
+
+    def fit_error() -> str | None:
+        return requests.get(f"{detector.url}/api/v1/models", timeout=5).json()["data"][0]["fit_error"]
+
+    detector.wait_for(lambda: fit_error() is not None, what="the fit failure reported")
+    assert "SIGKILL" in fit_error()
+    assert "fit failed; retrying later" in detector.output()
+    assert detector.sample("boxwatch_detector_models_ready") == [0.0]
+    assert gpus(detector) == {"0", "1"}  # the stand-in still scores every entity
+    assert not Path(f"/proc/{children[0]}").exists()  # reaped: not even a zombie
+    assert detector.proc.poll() is None
