@@ -53,6 +53,9 @@ class Model(ABC):
 
     name: ClassVar[str]
     multivariate: ClassVar[bool] = False
+    calibrated: ClassVar[bool] = False
+    """True when the model's own score already means the same on every series (above 1: alert-worthy),
+    so the service publishes it as is instead of calibrating it per series (:mod:`detector.calibration`)."""
 
     @abstractmethod
     def fit(self, history: pd.DataFrame) -> Model:
