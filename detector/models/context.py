@@ -179,13 +179,10 @@ class ContextModel(Model):
         return out
 
     def learn(self, frame: pd.DataFrame) -> None:
+        """Learn the rows in order, each as :meth:`score_learn_many` learns it."""
         self._check_fitted()
-        values = frame[["value"]]
-        for i in range(len(values)):
-            point = values.iloc[i:i + 1]
-            value = float(point["value"].iloc[0])
-            self._learn(value, self._score(value, float(self.band_.score(point)["score"].iloc[0])))
-            self.band_.learn(point)
+        for value in frame["value"].to_numpy(dtype=float).tolist():
+            type(self).score_learn_many([self], 0.0, np.array([value]))
 
     @classmethod
     def score_learn_many(cls, models: Sequence[ContextModel], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
