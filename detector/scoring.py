@@ -283,13 +283,15 @@ def score_online(
     without one it is the raw score. Rows whose values are all NaN are skipped (NaN score)
     and not learned.
     """
+    if type(model).calibrated:  # its score already means the same on every series
+        calibration = None
     valid = ~np.isnan(frame.to_numpy(dtype=float)).all(axis=1)
     if len(frame) == 1:  # the usual serve cycle: one new point
         if not valid[0]:
             return with_raw(empty_scores(frame.index))
         result = model.score(frame)
         model.learn(frame)
-        return calibrate(apply_band(result, frame, direction, min_deviation), calibration)
+        return calibrate(apply_band(result, frame, direction, min_deviation, type(model).calibrated), calibration)
     rows = []
     for position in range(len(frame)):
         point = frame.iloc[position:position + 1]
@@ -300,7 +302,8 @@ def score_online(
         model.learn(point)
     if not rows:
         return with_raw(empty_scores(frame.index))
-    return calibrate(apply_band(pd.concat(rows), frame, direction, min_deviation), calibration)
+    return calibrate(apply_band(pd.concat(rows), frame, direction, min_deviation, type(model).calibrated),
+                     calibration)
 
 
 def with_raw(result: pd.DataFrame) -> pd.DataFrame:
@@ -316,22 +319,25 @@ def calibrate(result: pd.DataFrame, calibration: Calibration | None) -> pd.DataF
     return result
 
 
-def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float) -> pd.DataFrame:
+def apply_band(result: pd.DataFrame, frame: pd.DataFrame, direction: str, min_deviation: float,
+               gate: bool = False) -> pd.DataFrame:
     """Recompute ``score`` and the band with the query's direction and minimum deviation.
 
-    With the defaults (``both``, 0) the model's own score already is the band score.
+    With the defaults (``both``, 0) the model's own score already is the band score. With
+    ``gate`` (a model whose score is not its band distance) the score is kept, but 0 where the
+    band score for ``direction`` and ``min_deviation`` is 0.
     """
     if "value" not in frame.columns or (direction == "both" and min_deviation == 0):
         return result
     score, lower, upper = band_arrays(frame["value"].to_numpy(dtype=float), result["expected"].to_numpy(dtype=float),
                                       result["lower"].to_numpy(dtype=float), result["upper"].to_numpy(dtype=float),
-                                      result["score"].to_numpy(dtype=float), direction, min_deviation)
+                                      result["score"].to_numpy(dtype=float), direction, min_deviation, gate)
     result["score"], result["lower"], result["upper"] = score, lower, upper
     return result
 
 
 def band_arrays(values: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray, score: np.ndarray,
-                direction: str, min_deviation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                direction: str, min_deviation: float, gate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`apply_band` on arrays (any shape): the score and band for ``direction`` and ``min_deviation``."""
     if direction == "both" and min_deviation == 0:
         return score, lower, upper
@@ -339,7 +345,7 @@ def band_arrays(values: np.ndarray, expected: np.ndarray, lower: np.ndarray, upp
     if not has_band.any():
         return score, lower, upper
     banded = band_score(values, expected, lower, upper, direction, min_deviation)
-    score = np.where(has_band, banded, score)
+    score = np.where(has_band, np.where(banded == 0, 0.0, score) if gate else banded, score)
     # The exported band is the one the score uses: at least min_deviation on each side.
     lower = np.where(has_band, np.minimum(lower, expected - min_deviation), lower)
     upper = np.where(has_band, np.maximum(upper, expected + min_deviation), upper)
@@ -385,8 +391,10 @@ def score_online_many(
                 tops[i, j] = top
     if not multivariate:  # a band per series: the query's direction and minimum deviation apply
         out["score"], out["lower"], out["upper"] = band_arrays(values, out["expected"], out["lower"], out["upper"],
-                                                               out["score"], direction, min_deviation)
+                                                               out["score"], direction, min_deviation, kind.calibrated)
     out["raw_score"] = out["score"].copy()
+    if kind.calibrated:  # its score already means the same on every series
+        calibrations = None
     calibrated = [i for i, calibration in enumerate(calibrations or ()) if calibration is not None]
     if calibrated:  # every unit's calibration at once, point by point
         out["score"][calibrated] = calibrate_many([calibrations[i] for i in calibrated], out["raw_score"][calibrated])

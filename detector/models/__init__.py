@@ -16,6 +16,7 @@ MODELS: dict[str, str] = {
     "iforest": "detector.models.iforest:IsolationForestModel",
     "peer": "detector.models.peer:PeerModel",
     "ensemble": "detector.models.ensemble:EnsembleModel",
+    "context": "detector.models.context:ContextModel",
 }
 
 

@@ -88,6 +88,17 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
         "z_limit": Annotated[float, Field(gt=0, allow_inf_nan=True)],  # inf turns the guard off
         "random_state": Annotated[int, Field(ge=0, le=2**32 - 1)] | None,
     },
+    "context": {
+        "levels": Annotated[int, Field(ge=1, le=64)],
+        "orders": Annotated[int, Field(ge=1, le=8)],
+        "threshold": Annotated[float, Field(gt=0, le=1)],
+        "rest": Annotated[int, Field(ge=0, le=MAX_WINDOW)],
+        "min_points": Annotated[int, Field(ge=1, le=MAX_WINDOW)],
+        "window": Annotated[int, Field(ge=1, le=MAX_WINDOW)],
+        "k": Annotated[float, Field(gt=0, le=1000)],
+        "min_scale": Annotated[float, Field(ge=0, le=1000)],
+        "band_cap": Annotated[float, Field(gt=0, le=1000)],
+    },
 }
 
 
