@@ -53,15 +53,12 @@ class Model(ABC):
 
     name: ClassVar[str]
     multivariate: ClassVar[bool] = False
-<<<<<<< HEAD
     fit_imports: ClassVar[tuple[str, ...]] = ()
     """Heavy packages ``fit`` imports (``"sklearn"``, ``"statsmodels"``) that scoring a fitted model does
     not need: the service fits such a model in a child process, so the serving process never imports them."""
-=======
     calibrated: ClassVar[bool] = False
     """True when the model's own score already means the same on every series (above 1: alert-worthy),
     so the service publishes it as is instead of calibrating it per series (:mod:`detector.calibration`)."""
->>>>>>> nab
 
     @abstractmethod
     def fit(self, history: pd.DataFrame) -> Model:
