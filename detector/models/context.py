@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from detector.calibration import HELD
 from detector.models.base import Model, empty_scores
 from detector.models.robust import RobustModel
 
@@ -26,8 +27,12 @@ class ContextModel(Model):
     :class:`~detector.models.robust.RobustModel`, which also gives ``expected``, ``lower`` and
     ``upper``) up to twice the novelty at ``band_cap``, so that among new contexts the ones far
     from the recent level rank first. Otherwise the score is ``novelty / threshold`` (<= 1).
-    After a new context the next ``rest`` points score 0: one incident, one report (CAD's rest
-    period).
+    After a new context the next ``rest`` points are not scored: one incident, one report (CAD's
+    rest period). Of those, the first ``hold`` points, and every point after them while the value
+    stays outside the band, score just above 1 (:data:`~detector.calibration.HELD`); the rest
+    score 0. So the published score stays above 1 while the incident lasts (the shipped
+    ``AnomalyScoreHigh`` waits 3 minutes before it fires) without a second rising edge, as the
+    calibrated models' scores do; the hold never outlasts the rest period.
 
     The score means the same on every series (a share of the series' own contexts, and the
     band distance only ranks points that are novel already), so the service publishes it as
@@ -46,7 +51,10 @@ class ContextModel(Model):
     threshold : float
         Novelty (share of predicting contexts that did not predict the point) that scores 1.
     rest : int
-        Points scoring 0 after a new context.
+        Points not scored after a new context (held, then 0).
+    hold : int
+        Points of the rest period held just above 1 whatever the value (more while it stays
+        outside the band).
     min_points : int
         Points learned before the model scores (NaN before).
     window, k, min_scale :
@@ -66,6 +74,10 @@ class ContextModel(Model):
         Points learned.
     rest_left_ : int
         Points still in the rest period.
+    hold_left_ : int
+        Points still held whatever the value.
+    held_ : bool
+        Whether the rest period's points are still held.
     band_ : RobustModel
 
     Examples
@@ -81,14 +93,17 @@ class ContextModel(Model):
 
     name = "context"
     calibrated = True
+    # Models saved before the hold existed load without it.
+    hold, hold_left_, held_ = 0, 0, False
 
     def __init__(self, levels: int = 6, orders: int = 2, threshold: float = 0.9, rest: int = 150,
                  min_points: int = 20, window: int = 360, k: float = 5.0, min_scale: float = 0.01,
-                 band_cap: float = 5.0):
+                 band_cap: float = 5.0, hold: int = 10):
         self.levels = levels
         self.orders = orders
         self.threshold = threshold
         self.rest = rest
+        self.hold = hold
         self.min_points = min_points
         self.window = window
         self.k = k
@@ -104,7 +119,8 @@ class ContextModel(Model):
         self.table_: dict[tuple[int, ...], dict[int, int]] = {}
         self.recent_: tuple[int, ...] = ()
         self.seen_ = 0
-        self.rest_left_ = 0
+        self.rest_left_ = self.hold_left_ = 0
+        self.held_ = False
         for value in values.tolist():
             self._learn_level(self._level(value))
         self.band_ = RobustModel(self.window, self.k, min(self.min_points, self.window), self.min_scale)
@@ -152,7 +168,7 @@ class ContextModel(Model):
         if math.isnan(value) or self.seen_ < self.min_points:
             return math.nan
         if self.rest_left_ > 0:
-            return 0.0
+            return HELD if self.held_ and (self.hold_left_ > 0 or band > 1.0) else 0.0
         score = self.novelty(value) / self.threshold
         if score > 1.0:
             score *= 1.0 + min(0.0 if math.isnan(band) else band, self.band_cap) / self.band_cap
@@ -163,8 +179,10 @@ class ContextModel(Model):
             return
         if self.rest_left_ > 0:
             self.rest_left_ -= 1
+            self.hold_left_ = max(self.hold_left_ - 1, 0)
+            self.held_ = self.held_ and score > 1.0 and self.rest_left_ > 0
         elif score > 1.0:
-            self.rest_left_ = self.rest
+            self.rest_left_, self.hold_left_, self.held_ = self.rest, self.hold, self.rest > 0
         self._learn_level(self._level(value))
 
     def score(self, frame: pd.DataFrame) -> pd.DataFrame:

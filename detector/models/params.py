@@ -98,6 +98,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
         "k": Annotated[float, Field(gt=0, le=1000)],
         "min_scale": Annotated[float, Field(ge=0, le=1000)],
         "band_cap": Annotated[float, Field(gt=0, le=1000)],
+        "hold": Annotated[int, Field(ge=0, le=MAX_WINDOW)],
     },
 }
 

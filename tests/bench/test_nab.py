@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.nab import SHIPPED, read_nab_file, recalibrate, replay, rising_edges, to_anomaly_score
+from detector.calibration import HELD
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_NAB = Path(os.environ.get("BOXWATCH_NAB_DIR", REPO.parent / "shared" / "bench" / "nab"))
@@ -91,7 +92,8 @@ def test_published_scores_do_not_depend_on_future_rows(tmp_path):
     np.testing.assert_array_equal(full[:720], cut)
     np.testing.assert_array_equal(full_raw[:720], cut_raw)
     assert np.isnan(full[:10]).all() and not np.isnan(full[60:]).any()
-    assert full[700] > 1 and (full[701:711] == 0).all()  # caught at once, then the rest period
+    assert full[700] > 1 and (full[701:711] == HELD).all()  # caught at once, held (the alert's `for`)
+    assert rising_edges(full[690:]).sum() == 1 and (full[851:] <= 1).all()  # once: the shift is learned
     assert rising_edges(full[400:690]).sum() <= 2  # new extremes of the noise, at most
 
 

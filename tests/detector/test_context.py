@@ -50,7 +50,7 @@ def test_a_value_beyond_the_fitted_range_is_new_and_ranks_by_its_distance():
 
 def test_after_a_new_context_the_rest_period_scores_zero_then_scoring_resumes():
     history = cycle(600)
-    model = ContextModel(rest=5).fit(history)
+    model = ContextModel(rest=5, hold=0).fit(history)
     scores = []
     for value in [200.0, 10.0, 11.0, 12.0, 13.0, 14.0, 300.0]:
         point = after(history, [value])
@@ -58,6 +58,25 @@ def test_after_a_new_context_the_rest_period_scores_zero_then_scoring_resumes():
         model.learn(point)
         history = pd.concat([history, point])
     assert scores[0] > 1 and scores[1:6] == [0.0] * 5 and scores[6] > 1
+
+
+def test_an_incident_is_held_just_above_1_while_it_lasts_so_the_alert_waits_its_for_and_fires_once():
+    """The first ``hold`` points after a new context are held, then the points outside the band; the first
+    one back inside ends the hold (0 until the rest period is over): one rising edge of ``score > 1``."""
+    from detector.calibration import HELD
+
+    history = cycle(600)
+    model = ContextModel(rest=20, hold=3).fit(history)
+    values = [200.0, 10.0, 11.0, 12.0, 250.0, 250.0, 13.0, 300.0] + [10.0 + i % 12 for i in range(14)]
+    scores = []
+    for value in values:
+        point = after(history, [value])
+        scores.append(model.score(point)["score"].iloc[0])
+        model.learn(point)
+        history = pd.concat([history, point])
+    assert scores[0] > 1 and scores[1:6] == [HELD] * 5 and scores[6:21] == [0.0] * 15
+    above = np.array(scores) > 1
+    assert np.count_nonzero(above[1:] & ~above[:-1]) == 0 and above[0]
 
 
 def test_too_short_a_history_scores_nan_and_unfitted_raises():
