@@ -130,6 +130,7 @@ class Registry:
         self._client = None
         self._experiment_id: str | None = None
         self._lock = threading.RLock()
+        self._load_lock = threading.Lock()  # one download and check of a cached bundle at a time
 
     # ------------------------------------------------------------------ client
 
@@ -194,6 +195,12 @@ class Registry:
         """
         version = str(version)
         shard = tuple(shard or self.shard)
+        # The serving loop and a fit's registration may load the same version at once: one downloads
+        # and checks it, the other then finds it cached, or refused (a refused file is deleted).
+        with self._load_lock:
+            return self._load_version(name, version, shard)
+
+    def _load_version(self, name: str, version: str, shard: tuple[int, int]) -> ModelBundle:
         refused = self._refused.get((name, version))
         if refused is not None:
             raise RejectedModel(refused)

@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -176,14 +177,11 @@ def test_a_foreign_pickle_in_the_state_dir_is_refused_and_refitted(history, tmp_
         detector.stop()
 
 
-def test_a_foreign_pickle_registered_as_champion_is_refused(history, tmp_path):
-    """Anyone who reaches MLflow can register a version and move ``champion``: serve must not unpickle it."""
+def _register_foreign_champion(state: Path, tmp_path: Path, marker: Path) -> None:
+    """Version 1 of ``NAME`` in the embedded store of ``state``: a pickle that creates ``marker``, as ``champion``."""
     from detector.mlflow_model import BundlePythonModel
     from detector.registry import import_mlflow
 
-    marker = tmp_path / "pwned"
-    state = tmp_path / "state"
-    config = _config(history, state)
     uri = f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
     (state / "mlflow").mkdir(parents=True)
     mlflow = import_mlflow()
@@ -202,6 +200,46 @@ def test_a_foreign_pickle_registered_as_champion_is_refused(history, tmp_path):
     version = client.create_model_version(NAME, info.model_uri, run_id=run.info.run_id,
                                           model_id=getattr(info, "model_id", None))
     client.set_registered_model_alias(NAME, "champion", version.version)
+
+
+def test_a_foreign_version_loaded_by_several_threads_at_once_is_refused_by_each(history, tmp_path):
+    """Serving and a fit's registration load the champion at the same time: each must see the refusal,
+    not a cache file another thread deleted (which once stopped the refit from being registered)."""
+    from detector.config import DetectorConfig
+    from detector.registry import Registry, RejectedModel
+
+    marker = tmp_path / "pwned"
+    state = tmp_path / "state"
+    _register_foreign_champion(state, tmp_path, marker)
+    registry = Registry(DetectorConfig.model_validate(_config(history, state)))
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def load() -> None:
+        barrier.wait()
+        try:
+            registry.load_version(NAME, "1")
+            outcomes.append("loaded")
+        except RejectedModel:
+            outcomes.append("refused")
+        except Exception as err:  # noqa: BLE001 - what the test is about
+            outcomes.append(f"{type(err).__name__}: {err}")
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == ["refused"] * 6
+    assert not marker.exists()
+
+
+def test_a_foreign_pickle_registered_as_champion_is_refused(history, tmp_path):
+    """Anyone who reaches MLflow can register a version and move ``champion``: serve must not unpickle it."""
+    marker = tmp_path / "pwned"
+    state = tmp_path / "state"
+    config = _config(history, state)
+    _register_foreign_champion(state, tmp_path, marker)
 
     detector = DetectorProcess(tmp_path / "serve", config)
     try:
