@@ -58,8 +58,10 @@ def model_replay(task: tuple[str, dict, Path, str]) -> np.ndarray:
         if fitted_at is None and i >= FIRST_FIT_ROWS or fitted_at is not None and (
                 times[i - 1] - fitted_at >= fit_every or i >= 2 * fitted_rows):
             start = np.searchsorted(times, times[i - 1] - window)
-            model = make_model(name, params).fit(frame.iloc[start:i])
-            fitted_at, fitted_rows = times[i - 1], i
+            refit = make_model(name, params).fit(frame.iloc[start:i])
+            if model is not None:
+                refit.carry_over(model)  # as the service installs a refit
+            model, fitted_at, fitted_rows = refit, times[i - 1], i
         if model is not None:
             out[i] = kind.score_learn_many([model], times[i], values[i:i + 1])["score"][0]
     return out

@@ -233,6 +233,7 @@ class Detector:
                     query=bundle.query, shard=f"{bundle.shard[0]}/{bundle.shard[1]}",
                     this_shard=f"{self.shard[0]}/{self.shard[1]}"))
                 return False
+            carry_over(state.bundle, bundle)
             state.bundle = bundle
             state.fallback.clear()  # units the bundle lacks get a fresh stand-in at the next cycle
             adopt_calibration(state, bundle)
@@ -718,6 +719,17 @@ class Detector:
             query = self.config.queries.get(state.alias)
             state.next_fit = self.clock() + min(FIT_RETRY_SECONDS, query.fit_every if query else FIT_RETRY_SECONDS)
         log.warning("fit failed; retrying later", extra=_fields(query=state.alias, reason=reason))
+
+
+def carry_over(previous: ModelBundle | None, bundle: ModelBundle) -> None:
+    """Each series' model in ``bundle`` takes over what the one it replaces in ``previous`` must hand on
+    (:meth:`~detector.models.base.Model.carry_over`: an incident in progress)."""
+    if previous is None:
+        return
+    for key, model in bundle.models.items():
+        old = previous.models.get(key)
+        if old is not None and old is not model:
+            model.carry_over(old)
 
 
 def adopt_calibration(state: QueryState, bundle: ModelBundle) -> None:

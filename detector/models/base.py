@@ -71,6 +71,10 @@ class Model(ABC):
     def learn(self, frame: pd.DataFrame) -> None:  # noqa: B027 - optional hook, no-op by default
         """Update online state with points that were just scored. Default: nothing."""
 
+    def carry_over(self, previous: Model) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Take over from ``previous`` (the model this refit replaces for the same series) the online
+        state that must outlive a refit, such as an incident in progress. Default: nothing."""
+
     @classmethod
     def score_learn_many(cls, models: Sequence[Model], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
         """Score ``values[i]`` (one point at ``seconds``, Unix time) with ``models[i]``, then learn it.

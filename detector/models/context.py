@@ -32,7 +32,10 @@ class ContextModel(Model):
     stays outside the band, score just above 1 (:data:`~detector.calibration.HELD`); the rest
     score 0. So the published score stays above 1 while the incident lasts (the shipped
     ``AnomalyScoreHigh`` waits 3 minutes before it fires) without a second rising edge, as the
-    calibrated models' scores do; the hold never outlasts the rest period.
+    calibrated models' scores do; the hold never outlasts the rest period. Once the value is back
+    inside the band, a later point outside it whose context is new is the next incident: it is
+    scored, and starts a rest period of its own (the rest keeps one incident to one report, it
+    does not hide the next). A refit takes over the rest period (:meth:`carry_over`).
 
     The score means the same on every series (a share of the series' own contexts, and the
     band distance only ranks points that are novel already), so the service publishes it as
@@ -127,6 +130,14 @@ class ContextModel(Model):
         self.band_.fit(history[["value"]])
         return self
 
+    def carry_over(self, previous: Model) -> None:
+        """An incident's rest period (and its hold) goes on across a refit: the refit must not
+        report the same incident again, nor drop its held score before the alert rule fires."""
+        if isinstance(previous, ContextModel) and previous.rest_left_ > 0:
+            self.rest_left_ = min(previous.rest_left_, self.rest)
+            self.hold_left_ = min(previous.hold_left_, self.hold)
+            self.held_ = previous.held_ and self.rest_left_ > 0
+
     def _level(self, value: float) -> int:
         """The value's bin: ``0..levels-1`` inside the fitted range, ``-1`` below it, ``levels`` above."""
         if math.isnan(self.low_):
@@ -167,22 +178,26 @@ class ContextModel(Model):
         """The point's score, from its novelty and its band distance ``band`` (NaN: no band yet)."""
         if math.isnan(value) or self.seen_ < self.min_points:
             return math.nan
-        if self.rest_left_ > 0:
-            return HELD if self.held_ and (self.hold_left_ > 0 or band > 1.0) else 0.0
+        resting = self.rest_left_ > 0
+        if resting:
+            if self.held_ and (self.hold_left_ > 0 or band > 1.0):
+                return HELD
+            if not band > 1.0:  # inside the band: nothing to report in the rest period
+                return 0.0
         score = self.novelty(value) / self.threshold
         if score > 1.0:
-            score *= 1.0 + min(0.0 if math.isnan(band) else band, self.band_cap) / self.band_cap
-        return score
+            return score * (1.0 + min(0.0 if math.isnan(band) else band, self.band_cap) / self.band_cap)
+        return 0.0 if resting else score
 
     def _learn(self, value: float, score: float) -> None:
         if math.isnan(value):
             return
-        if self.rest_left_ > 0:
+        if score > 1.0 and (self.rest_left_ == 0 or score != HELD):  # a new incident
+            self.rest_left_, self.hold_left_, self.held_ = self.rest, self.hold, self.rest > 0
+        elif self.rest_left_ > 0:
             self.rest_left_ -= 1
             self.hold_left_ = max(self.hold_left_ - 1, 0)
             self.held_ = self.held_ and score > 1.0 and self.rest_left_ > 0
-        elif score > 1.0:
-            self.rest_left_, self.hold_left_, self.held_ = self.rest, self.hold, self.rest > 0
         self._learn_level(self._level(value))
 
     def score(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -79,6 +79,25 @@ def test_an_incident_is_held_just_above_1_while_it_lasts_so_the_alert_waits_its_
     assert np.count_nonzero(above[1:] & ~above[:-1]) == 0 and above[0]
 
 
+def test_in_the_rest_period_a_new_excursion_after_the_incident_ended_is_reported():
+    """The rest period keeps one incident to one report; it does not hide the next one: once the value
+    is back inside the band, a point outside it whose context is new starts a new incident."""
+    from detector.calibration import HELD
+
+    history = cycle(600)
+    model = ContextModel(rest=50, hold=2).fit(history)
+    values = [200.0] + [10.0 + i % 12 for i in range(10)] + [-150.0, 10.0, 11.0]
+    scores = []
+    for value in values:
+        point = after(history, [value])
+        scores.append(model.score(point)["score"].iloc[0])
+        model.learn(point)
+        history = pd.concat([history, point])
+    assert scores[0] > 1 and scores[1:3] == [HELD] * 2 and scores[3:11] == [0.0] * 8
+    assert scores[11] > HELD and scores[12:14] == [HELD] * 2  # reported, then held as the first
+    assert model.rest_left_ == 50 - 2
+
+
 def test_too_short_a_history_scores_nan_and_unfitted_raises():
     history = cycle(10)
     assert np.isnan(ContextModel(min_points=20).fit(history).score(after(history, [5.0]))["score"].iloc[0])
