@@ -26,6 +26,17 @@ def after(frame: pd.DataFrame, values: list[float]) -> pd.DataFrame:
     return pd.DataFrame({"value": values}, index=idx)
 
 
+def score_one_by_one(model: ContextModel, history: pd.DataFrame, values: list[float]) -> list[float]:
+    """Each of ``values`` after ``history``, scored then learned, as a serve cycle does."""
+    scores = []
+    for value in values:
+        point = after(history, [value])
+        scores.append(model.score(point)["score"].iloc[0])
+        model.learn(point)
+        history = pd.concat([history, point])
+    return scores
+
+
 def test_known_contexts_score_below_one_and_a_new_one_above():
     history = cycle(600)
     model = make_model("context", {"rest": 0}).fit(history)
@@ -51,12 +62,7 @@ def test_a_value_beyond_the_fitted_range_is_new_and_ranks_by_its_distance():
 def test_after_a_new_context_the_rest_period_scores_zero_then_scoring_resumes():
     history = cycle(600)
     model = ContextModel(rest=5, hold=0).fit(history)
-    scores = []
-    for value in [200.0, 10.0, 11.0, 12.0, 13.0, 14.0, 300.0]:
-        point = after(history, [value])
-        scores.append(model.score(point)["score"].iloc[0])
-        model.learn(point)
-        history = pd.concat([history, point])
+    scores = score_one_by_one(model, history, [200.0, 10.0, 11.0, 12.0, 13.0, 14.0, 300.0])
     assert scores[0] > 1 and scores[1:6] == [0.0] * 5 and scores[6] > 1
 
 
@@ -68,12 +74,7 @@ def test_an_incident_is_held_just_above_1_while_it_lasts_so_the_alert_waits_its_
     history = cycle(600)
     model = ContextModel(rest=20, hold=3).fit(history)
     values = [200.0, 10.0, 11.0, 12.0, 250.0, 250.0, 13.0, 300.0] + [10.0 + i % 12 for i in range(14)]
-    scores = []
-    for value in values:
-        point = after(history, [value])
-        scores.append(model.score(point)["score"].iloc[0])
-        model.learn(point)
-        history = pd.concat([history, point])
+    scores = score_one_by_one(model, history, values)
     assert scores[0] > 1 and scores[1:6] == [HELD] * 5 and scores[6:21] == [0.0] * 15
     above = np.array(scores) > 1
     assert np.count_nonzero(above[1:] & ~above[:-1]) == 0 and above[0]
@@ -87,12 +88,7 @@ def test_in_the_rest_period_a_new_excursion_after_the_incident_ended_is_reported
     history = cycle(600)
     model = ContextModel(rest=50, hold=2).fit(history)
     values = [200.0] + [10.0 + i % 12 for i in range(10)] + [-150.0, 10.0, 11.0]
-    scores = []
-    for value in values:
-        point = after(history, [value])
-        scores.append(model.score(point)["score"].iloc[0])
-        model.learn(point)
-        history = pd.concat([history, point])
+    scores = score_one_by_one(model, history, values)
     assert scores[0] > 1 and scores[1:3] == [HELD] * 2 and scores[3:11] == [0.0] * 8
     assert scores[11] > HELD and scores[12:14] == [HELD] * 2  # reported, then held as the first
     assert model.rest_left_ == 50 - 2
