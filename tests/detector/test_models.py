@@ -420,6 +420,7 @@ def test_an_iforest_pickled_with_scikit_learns_forest_loads_and_scores_the_same(
     pd.testing.assert_frame_equal(loaded.score(frame.iloc[600:]), model.score(frame.iloc[600:]))
 
 
+@pytest.mark.slow  # a Python child process each
 @pytest.mark.parametrize("name, history", [("seasonal", lambda: daily_series(3)), ("iforest", lambda: gpu_frame(500)),
                                            ("ensemble", lambda: daily_series(2))])
 def test_a_fit_in_a_child_process_scores_as_one_in_process(name, history):
