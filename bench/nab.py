@@ -132,10 +132,7 @@ def replay(spec: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list
     score, raw = np.full(n, np.nan), np.full(n, np.nan)
     fit_rows: list[int] = []
     with tempfile.TemporaryDirectory(prefix="nab-") as state_dir:
-        config = detector_config(spec, step, state_dir)
-        clock = {"now": float(times[0])}
-        detector = Detector(config, fit_sink=lambda result: result.bundle, load_bundle=lambda alias: None,
-                            clock=lambda: clock["now"], reader=FileReader(frame, step))
+        detector, clock = file_detector(spec, frame, state_dir)
         fit_every = pd.Timedelta(FIT_EVERY).total_seconds()
         fitted_at, fitted_rows = None, 0
         for i in range(n):
@@ -148,11 +145,25 @@ def replay(spec: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list
                 fitted_at, fitted_rows = float(times[i - 1]), i
             clock["now"] = float(times[i])
             detector.run_cycle(clock["now"])
-            grid_time = align(times[i], step)
-            for point in detector.snapshot()[ALIAS]:
-                if point.timestamp == grid_time:
-                    score[i], raw[i] = point.score, point.raw_score
+            score[i], raw[i] = published(detector, align(times[i], step))
     return score, raw, fit_rows
+
+
+def file_detector(spec: str, frame: pd.DataFrame, state_dir: str) -> tuple[Detector, dict[str, float]]:
+    """The service for ``spec`` over a reader serving ``frame``, and its clock (``clock["now"]``, set by the caller)."""
+    step = file_step(frame)
+    clock = {"now": float(frame.index.asi8[0] / 1e9)}
+    detector = Detector(detector_config(spec, step, state_dir), fit_sink=lambda result: result.bundle,
+                        load_bundle=lambda alias: None, clock=lambda: clock["now"], reader=FileReader(frame, step))
+    return detector, clock
+
+
+def published(detector: Detector, grid_time: float) -> tuple[float, float]:
+    """The published score and raw score of the file's series at ``grid_time`` (NaN, NaN: none yet)."""
+    for point in detector.snapshot()[ALIAS]:
+        if point.timestamp == grid_time:
+            return point.score, point.raw_score
+    return math.nan, math.nan
 
 
 def recalibrate(raw: np.ndarray, fit_rows: list[int], calibration: dict[str, Any]) -> np.ndarray:

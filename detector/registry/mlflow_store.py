@@ -130,7 +130,7 @@ class Registry:
         self._client = None
         self._experiment_id: str | None = None
         self._lock = threading.RLock()
-        self._load_lock = threading.Lock()  # one download and check of a cached bundle at a time
+        self._load_lock = threading.Lock()  # one download and check of a cached bundle at a time; guards _refused
 
     # ------------------------------------------------------------------ client
 
@@ -214,14 +214,10 @@ class Registry:
             if tuple(bundle.shard) != shard:
                 raise UntrustedModel(f"model {name} v{version} was fitted for shard {bundle.shard[0]}/"
                                      f"{bundle.shard[1]}, this replica is {shard[0]}/{shard[1]}")
-        except UntrustedModel as err:
-            with self._lock:
-                first = (name, version) not in self._refused
-                self._refused[(name, version)] = str(err)
-            if first:
-                STATS.reject("registry")
-                log.error("refusing a registered model version", extra=kv(
-                    name=name, version=version, reason=str(err)))
+        except UntrustedModel as err:  # under the load lock: a version gets here once, then is refused above
+            self._refused[(name, version)] = str(err)
+            STATS.reject("registry")
+            log.error("refusing a registered model version", extra=kv(name=name, version=version, reason=str(err)))
             bundle_file.unlink(missing_ok=True)
             raise RejectedModel(str(err)) from err
         bundle.version = version

@@ -100,15 +100,12 @@ def test_published_scores_do_not_depend_on_future_rows(tmp_path):
 def test_a_refit_in_the_middle_of_an_incident_does_not_report_it_again(tmp_path):
     """The service installs a refit's models while the jump's score is held: the hold and the rest
     period go on with the new models (one rising edge, held for the alert's ``for``)."""
-    from bench.nab import ALIAS, FileReader, detector_config, file_step
-    from detector.service import Detector
+    from bench.nab import ALIAS, file_detector, published
 
     data, _ = write_corpus(tmp_path)
     frame = read_nab_file(data / "synthetic" / "jump.csv")[:780]
-    step, times = file_step(frame), frame.index.asi8 / 1e9
-    clock = {"now": float(times[0])}
-    detector = Detector(detector_config("shipped", step, str(tmp_path / "state")), fit_sink=lambda result: result.bundle,
-                        load_bundle=lambda alias: None, clock=lambda: clock["now"], reader=FileReader(frame, step))
+    detector, clock = file_detector("shipped", frame, str(tmp_path / "state"))
+    times = frame.index.asi8 / 1e9
     scores = []
     for i, now in enumerate(times.tolist()):
         if i in (300, 703):  # the second refit sees three rows of the jump
@@ -116,7 +113,7 @@ def test_a_refit_in_the_middle_of_an_incident_does_not_report_it_again(tmp_path)
             assert detector.fit_query(ALIAS, clock["now"]) is not None
         clock["now"] = now
         detector.run_cycle(now)
-        scores.append(next((p.score for p in detector.snapshot()[ALIAS] if p.timestamp == now), np.nan))
+        scores.append(published(detector, now)[0])
     scores = np.array(scores)
     assert scores[700] > 1 and (scores[701:711] == HELD).all()
     assert rising_edges(scores[690:]).sum() == 1
