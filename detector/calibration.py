@@ -224,7 +224,7 @@ class CalibrationBank:
         self.tail_width = np.minimum(tail_need(self.capacity, self.tail_quantile) + 2 * MARGIN, self.capacity)
         self.tail_width = np.maximum(self.tail_width, 1)
         self.span = int(self.tail_width.max(initial=1))
-        self.tail = np.full((count, self.span), np.inf)
+        self.tail = np.full((count + 1, self.span), np.inf)  # a spare row: every row's end is an index
         self.size = np.zeros(count, dtype=np.intp)
         self.stale = np.ones(count, dtype=bool)  # the tail or the count changed since the level was fitted
         for r in range(count):
@@ -317,9 +317,10 @@ class CalibrationBank:
     def _levels(self, rows: np.ndarray) -> np.ndarray:
         """``max(tail level, largest value, floor)``: the peaks-over-threshold level of the module's docstring.
 
-        The quantile is numpy's (linear, the same value to the last digit); the mean excess is a
-        sum, in ascending order, of the sorted values above it (the same as ``np.mean`` in arrival
-        order but for the last digits, and the same wherever the unit is calibrated).
+        The quantile is numpy's (linear, the same value to the last digit); the mean excess is the
+        (pairwise) sum of the sorted values above it divided by their number, less the quantile (the
+        same as ``np.mean`` in arrival order but for the last digits, and the same wherever the unit
+        is calibrated).
         """
         quantile, target, length = self.tail_quantile[rows], self.target_rate[rows], self.length[rows]
         size = self.size[rows]
@@ -336,12 +337,13 @@ class CalibrationBank:
         above = size - search_rows(flat, base, size, u, side="right")
         largest = flat[base + size - 1]
         p_u = above / length
-        column = np.arange(int(above.max(initial=0)))
-        picked = flat[np.minimum((base + size - above)[:, None] + column, base[:, None] + size[:, None] - 1)]
+        # the sum of each row's values above u, all rows in one reduceat over (start, end) pairs (the
+        # segments between two rows' pairs are summed too, and dropped)
+        bounds = np.empty(2 * len(rows), dtype=np.intp)
+        bounds[0::2], bounds[1::2] = base + size - above, base + size
+        total = np.add.reduceat(flat, bounds)[0::2] if len(rows) else np.zeros(0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            excess = np.where(column < above[:, None], picked - u[:, None], 0.0)
-            total = np.cumsum(excess, axis=1)[:, -1] if len(column) else np.zeros(len(rows))
-            mean_excess = total / above
+            mean_excess = np.where(above > 0, total, 0.0) / above - u
             tail = np.where((above > 0) & (p_u > target), u + mean_excess * np.log(p_u / target), largest)
         return np.maximum(np.maximum(tail, largest), self.floor[rows])
 

@@ -210,9 +210,14 @@ class CauseFinder(Background):
             return
         woke = False
         with self._lock:
-            for point in sorted(points, key=lambda p: p.timestamp):
-                if point.score <= threshold and not self._runs:  # nothing to start or end: most cycles
-                    continue
+            open_ = {key for key, run in self._runs.items() if run.ended is None}
+            # only a point above the threshold starts or continues a run, and only one of a series with an
+            # open run ends it: most cycles look at no point twice
+            if open_:
+                relevant = [p for p in points if p.score > threshold or series_of(p.labels) in open_]
+            else:
+                relevant = [p for p in points if p.score > threshold]
+            for point in sorted(relevant, key=lambda p: p.timestamp):
                 key = series_of(point.labels)
                 run = self._runs.get(key)
                 if point.score > threshold:

@@ -16,6 +16,7 @@ drop as a reset (the new value is the increase since the reset), as ``rate()`` d
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -35,6 +36,7 @@ log = logging.getLogger("boxwatch.detector.reader")
 
 SeriesKey = tuple[tuple[str, str], ...]
 DENSE_SAMPLES = 16  # a series answered with more samples than this is converted with arrays
+LAYOUTS = 256  # queries whose last answer's series keys are remembered
 
 
 class ReaderError(RuntimeError):
@@ -100,6 +102,7 @@ class PrometheusReader:
         self._session = session_for(config, session)
         self._sleep = sleep
         self.last_request_seconds = 0.0
+        self._layouts: dict[str, tuple[list[dict], tuple[SeriesKey, ...], dict[SeriesKey, int] | None]] = {}
 
     def close(self) -> None:
         self._session.close()
@@ -114,10 +117,12 @@ class PrometheusReader:
         return {key: pd.Series(row, index=index, name="value") for key, row in zip(keys, values, strict=True)}
 
     def query_range_arrays(self, expr: str, start: float, end: float,
-                           step: float) -> tuple[pd.DatetimeIndex, list[SeriesKey], np.ndarray]:
+                           step: float) -> tuple[pd.DatetimeIndex, tuple[SeriesKey, ...], np.ndarray]:
         """:meth:`query_range` as one array: the grid, the series' keys, and their values (series x grid).
 
-        What a serve cycle reads: no pandas object per series.
+        What a serve cycle reads: no pandas object per series. When the answer lists the same series
+        in the same order as the last answer to ``expr`` (a serve cycle's, cycle after cycle), the keys
+        are the same tuple object, so a caller may keep what it derived from them.
         """
         if end < start:
             raise ValueError(f"end {end} is before start {start}")
@@ -126,36 +131,69 @@ class PrometheusReader:
         chunk = self.config.max_points_per_request
         rows: dict[SeriesKey, int] = {}
         dense: dict[int, np.ndarray] = {}  # rows of series with many samples, filled array-wise
-        at_row: list[int] = []  # the few samples of the other series (a serve cycle's): one assignment at the end
-        at_column: list[int] = []
+        at_row: list[np.ndarray] = []  # the few samples of the other series (a serve cycle's): one assignment
+        at_stamp: list[np.ndarray] = []
         found: list[str] = []
+        keys: tuple[SeriesKey, ...] = ()
+        ordered = False  # one answer whose series are the rows in order: its keys (kept) are the rows'
         self.last_request_seconds = 0.0
         for first in range(0, count, chunk):
             part = stamps[first:first + chunk]
-            for labels, samples in self._request(expr, float(part[0]), float(part[-1]), step):
-                row = rows.setdefault(series_key(labels), len(rows))
-                if len(samples) > DENSE_SAMPLES:
-                    target = dense.get(row)
-                    if target is None:
-                        target = dense[row] = np.full(count, np.nan)
-                    index = np.rint((np.array([ts for ts, _ in samples], dtype=float) - start) / step).astype(int)
-                    inside = (index >= 0) & (index < count)
-                    target[index[inside]] = _floats([value for _, value in samples])[inside]
-                    continue
-                for ts, value in samples:
-                    index = int(round((float(ts) - start) / step))
-                    if 0 <= index < count:
-                        at_row.append(row)
-                        at_column.append(index)
-                        found.append(value)
+            result = self._request(expr, float(part[0]), float(part[-1]), step)
+            keys, positions = self._keys(expr, [item["metric"] for item in result])
+            if not rows and positions is not None:  # the first answer: its rows in answer order
+                ordered = count <= chunk
+                rows = positions if ordered else dict(positions)
+                row_of = np.arange(len(keys))
+            else:  # a series may be in some chunks only
+                row_of = np.fromiter([rows.setdefault(key, len(rows)) for key in keys], dtype=np.intp,
+                                     count=len(keys))
+            samples = [item["values"] for item in result]
+            lengths = np.fromiter(map(len, samples), dtype=np.intp, count=len(samples))
+            many = lengths > DENSE_SAMPLES
+            for i in np.flatnonzero(many).tolist():
+                target = dense.get(int(row_of[i]))
+                if target is None:
+                    target = dense[int(row_of[i])] = np.full(count, np.nan)
+                index = np.rint((np.array([ts for ts, _ in samples[i]], dtype=float) - start) / step).astype(int)
+                inside = (index >= 0) & (index < count)
+                target[index[inside]] = _floats([value for _, value in samples[i]])[inside]
+            few = samples if not many.any() else [samples[i] for i in np.flatnonzero(~many).tolist()]
+            flat = list(itertools.chain.from_iterable(few))
+            if flat:
+                at_row.append(np.repeat(row_of[~many], lengths[~many]))
+                at_stamp.append(np.array([ts for ts, _ in flat], dtype=float))
+                found.extend([value for _, value in flat])
         values = np.full((len(rows), count), np.nan)
         for row, target in dense.items():
             values[row] = target
         if found:
-            values[at_row, at_column] = _floats(found)
-        return pd.to_datetime(stamps, unit="s", utc=True), list(rows), values
+            index = np.rint((np.concatenate(at_stamp) - start) / step).astype(np.intp)
+            inside = (index >= 0) & (index < count)
+            values[np.concatenate(at_row)[inside], index[inside]] = _floats(found)[inside]
+        if not ordered:
+            keys = tuple(rows)  # several answers (or repeated series): in order of first appearance
+        return pd.to_datetime(stamps, unit="s", utc=True), keys, values
 
-    def _request(self, expr: str, start: float, end: float, step: float) -> list[tuple[dict, list]]:
+    def _keys(self, expr: str, metrics: list[dict]) -> tuple[tuple[SeriesKey, ...], dict[SeriesKey, int] | None]:
+        """The series' keys of an answer's label sets, and each key's position (``None`` if a key repeats).
+
+        The same objects as last time when the answer lists the same series in the same order as the
+        last answer to ``expr`` (a serve cycle's, cycle after cycle): no sort or hash per series.
+        """
+        known = self._layouts.get(expr)
+        if known is not None and known[0] == metrics:
+            return known[1], known[2]
+        keys = tuple(series_key(labels) for labels in metrics)
+        positions = dict(zip(keys, range(len(keys))))
+        if len(positions) < len(keys):
+            positions = None
+        if len(self._layouts) >= LAYOUTS:
+            self._layouts.clear()
+        self._layouts[expr] = (metrics, keys, positions)
+        return keys, positions
+
+    def _request(self, expr: str, start: float, end: float, step: float) -> list[dict]:
         """One range request, answered within ``timeout`` or failed.
 
         Connection errors, 5xx and 429 are retried with backoff while the deadline (one
@@ -188,7 +226,7 @@ class PrometheusReader:
                         raise QueryError(body.get("error", "query failed"))
                     if body["data"]["resultType"] != "matrix":
                         raise QueryError(f"expected a range vector, got {body['data']['resultType']}")
-                    return [(item["metric"], item["values"]) for item in body["data"]["result"]]
+                    return body["data"]["result"]
                 problem = f"HTTP {response.status_code}: {_error_text(response)}"
                 if response.status_code < 500 and response.status_code != 429:
                     raise QueryError(problem)

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -90,7 +90,6 @@ def build_units(
 
 
 @functools.lru_cache(maxsize=200_000)  # the same series come back every cycle
-@functools.lru_cache(maxsize=200_000)
 def unit_key(key: SeriesKey) -> SeriesKey:
     """A univariate unit's key: its source series' output labels, sorted (remembered: a serve cycle asks
     for every series of a query at every cycle)."""
@@ -118,30 +117,62 @@ def univariate_keys(raw: Iterable[SeriesKey], shard: tuple[int, int], alias: str
     return units
 
 
+class UnitLayout(NamedTuple):
+    """Which rows of a range query's answer are this replica's units, and under which unit keys."""
+
+    source: tuple[SeriesKey, ...]  # the answer's series keys it was worked out from
+    units: list[SeriesKey]
+    rows: dict[SeriesKey, int]  # unit key -> row of the units' array
+    take: np.ndarray | None  # the answer's row of each unit; None: every row, in order
+
+    @classmethod
+    def of(cls, keys: Sequence[SeriesKey], shard: tuple[int, int], alias: str) -> UnitLayout:
+        """The layout of ``keys``; the last one made for ``alias`` and ``shard`` when ``keys`` is the same
+        object (the reader hands back the same keys while a query's series stay the same)."""
+        known = _LAYOUTS.get((alias, shard))
+        if known is not None and known.source is keys:
+            return known
+        position = {key: row for row, key in enumerate(keys)}
+        units = list(univariate_keys(keys, shard, alias).items())
+        take = np.fromiter([position[key] for _, key in units], dtype=np.intp, count=len(units))
+        layout = cls(keys if isinstance(keys, tuple) else tuple(keys), [unit for unit, _ in units],
+                     {unit: row for row, (unit, _) in enumerate(units)},
+                     None if np.array_equal(take, np.arange(len(keys))) else take)
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()
+        _LAYOUTS[(alias, shard)] = layout
+        return layout
+
+
+_LAYOUTS: dict[tuple[str, tuple[int, int]], UnitLayout] = {}
+
+
 class UnitRows(Mapping[SeriesKey, pd.DataFrame]):
     """A univariate query's units as one array (units x grid points), each unit's frame made on demand.
 
     What :func:`build_units` gives for a univariate query, without a pandas object per series:
     the serve cycle scores the rows in batches and asks for a frame only for a unit scored alone.
+    ``layout`` is the same object from cycle to cycle while the query's units stay the same.
     """
 
-    def __init__(self, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray):
+    def __init__(self, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray,
+                 layout: UnitLayout | None = None):
         self.index = index
         self.values = values
-        self._rows = {key: row for row, key in enumerate(keys)}
+        self.layout = layout
+        self._rows = layout.rows if layout is not None else {key: row for row, key in enumerate(keys)}
 
     @classmethod
     def from_query(cls, query: QueryConfig, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray,
                    shard: tuple[int, int] = (0, 1), alias: str = "") -> UnitRows:
         """The units of a range query's answer (:meth:`~detector.reader.PrometheusReader.query_range_arrays`)."""
-        position = {key: row for row, key in enumerate(keys)}
-        units = univariate_keys(keys, shard, alias)
-        rows = values[[position[key] for key in units.values()]] if units else values[:0]
-        return cls(index, list(units), counter_rates(rows, query.step) if query.counter else rows)
+        layout = UnitLayout.of(keys, shard, alias)
+        rows = values if layout.take is None else values[layout.take]
+        return cls(index, layout.units, counter_rates(rows, query.step) if query.counter else rows, layout)
 
     def after_first(self) -> UnitRows:
         """Every unit without its first point."""
-        return UnitRows(self.index[1:], list(self._rows), self.values[:, 1:])
+        return UnitRows(self.index[1:], list(self._rows), self.values[:, 1:], self.layout)
 
     def row(self, key: SeriesKey) -> np.ndarray:
         return self.values[self._rows[key]]

@@ -16,6 +16,7 @@ never computes and never waits on Prometheus.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import threading
@@ -73,6 +74,32 @@ class QueryState:
     snapshot: list[ScoredPoint] = field(default_factory=list)
     models_in_snapshot: dict[str, int] = field(default_factory=dict)
     fit_error: str | None = None
+    plan: ScoringPlan | None = None  # the last cycle's, while its units, bundle and stand-ins hold
+
+
+@dataclass
+class Batch:
+    """Units of one model class scored together, one model call per point (see :meth:`Detector._plan`)."""
+
+    keys: list[SeriesKey]
+    models: list[Model]
+    names: list[str]  # each unit's model name (a fitted model's or its stand-in's)
+    model_name: str | None  # the one name when every unit has it
+    labels: list[tuple[tuple[str, str], ...]]  # each unit's point labels
+    calibrations: list[Calibration | None]
+    take: np.ndarray | None  # the units' rows of the query's :class:`UnitRows`; None: every row, in order
+
+
+@dataclass
+class ScoringPlan:
+    """Which model scores each unit of a query, and which units are scored together."""
+
+    layout: Any  # the UnitLayout it was made for (None: not kept)
+    bundle: ModelBundle | None
+    config: DetectorConfig
+    assigned: dict[SeriesKey, tuple[Model, str]]  # unit -> its model and the model's name
+    batches: list[Batch]
+    alone: list[SeriesKey]  # assigned units scored one by one, in the order of units
 
 
 @dataclass
@@ -236,6 +263,7 @@ class Detector:
             carry_over(state.bundle, bundle)
             state.bundle = bundle
             state.fallback.clear()  # units the bundle lacks get a fresh stand-in at the next cycle
+            state.plan = None
             adopt_calibration(state, bundle)
             state.next_fit = bundle.fitted_at + self.config.queries[bundle.query].fit_every
             state.fit_error = None
@@ -432,7 +460,11 @@ class Detector:
                        multivariate: bool, start: float) -> float:
         """Start a robust stand-in for every unit without a model, from its recent history."""
         with self._lock:
-            known = set(state.bundle.models) if state.bundle else set()
+            plan = state.plan
+            if (isinstance(units, UnitRows) and plan is not None and plan.layout is units.layout
+                    and plan.bundle is state.bundle and len(plan.assigned) == len(units)):
+                return 0.0  # the units of the last cycle, each with its model
+            known = state.bundle.models if state.bundle else {}
             missing = [key for key in units if key not in known and key not in state.fallback]
             config = self.config
             query = config.queries[alias]
@@ -451,6 +483,7 @@ class Detector:
             created[key] = stand_in(config, alias, multivariate, frame)
         with self._lock:
             state.fallback.update(created)
+            state.plan = None
         log.info("scoring new series with the robust model until their own is fitted",
                  extra=_fields(query=alias, series=len(created)))
         return reader.last_request_seconds
@@ -465,58 +498,80 @@ class Detector:
         points: list[ScoredPoint] = []
         latest: list[ScoredPoint] = []
         used: dict[str, int] = {}
-        assigned: dict[SeriesKey, tuple[Model, str]] = {}
-        rows = units if isinstance(units, UnitRows) else None
-        with self._lock:
-            bundle = state.bundle
-            own_models = bundle.models if bundle else {}
-            fallback = state.fallback
-            for key in units:
-                own = own_models.get(key)
-                model = own if own is not None else fallback.get(key)
-                empty = not len(rows.index) if rows is not None else units[key].empty
-                if model is not None and not empty:
-                    assigned[key] = (model, bundle.model_name if own is not None else model.name)
-        scored = self._score_batches(alias, state, units, assigned, query)
-        for key, (model, model_name) in assigned.items():  # in the order of units
-            unit_points = scored.get(key)
-            if unit_points is None:
-                unit_points = self._score_unit(alias, state, key, units[key], model, model_name, query)
+        plan = self._plan(state, units)
+        scored, failed = self._score_batches(alias, units, plan, query)
+        for batch, scores, batch_points in scored:
+            with np.errstate(invalid="ignore"):
+                above = scores > threshold
+            for i in np.flatnonzero(above.any(axis=1)).tolist():  # an incident: few units, few points
+                for point in batch_points[i]:
+                    if point.score > threshold:
+                        self._found(alias, batch.names[i], batch.keys[i], point)
+            at_end = [unit_points[-1] for unit_points in batch_points
+                      if unit_points and unit_points[-1].timestamp == end]
+            latest.extend(at_end)
+            if batch.model_name is not None:
+                used[batch.model_name] = used.get(batch.model_name, 0) + len(at_end)
+            else:
+                for point in at_end:
+                    name = dict(point.labels)["model"]
+                    used[name] = used.get(name, 0) + 1
+            points.extend(itertools.chain.from_iterable(batch_points))
+        for key in plan.alone + failed:  # in the order of units
+            model, model_name = plan.assigned[key]
+            unit_points = self._score_unit(alias, state, key, units[key], model, model_name, query)
             if unit_points is None:
                 continue
             for point in unit_points:
-                if point.score > threshold and not self.feedback.is_expected(dict(point.labels), point.timestamp):
-                    self._record_anomaly(alias, model_name, key, point)
+                if point.score > threshold:
+                    self._found(alias, model_name, key, point)
                 if point.timestamp == end:
                     latest.append(point)
                     used[model_name] = used.get(model_name, 0) + 1
             points.extend(unit_points)
         return points, latest, used
 
-    def _score_unit(self, alias: str, state: QueryState, key: SeriesKey, frame: pd.DataFrame, model: Model,
-                    model_name: str, query) -> list[ScoredPoint] | None:
-        """One unit's points, scored on its own; ``None`` (counted, logged) when its model fails."""
-        try:
-            if is_cross_sectional(model):  # one series per member of the group
-                return list(member_points(model, key, frame, alias, model_name, query.direction,
-                                          query.min_deviation))
-            result = score_online(model, frame, query.direction, query.min_deviation, self._calibration(state, key))
-            labels = point_labels(key, alias, model_name)
-            return list(scored_points(labels, frame, result))
-        except Exception as err:  # one unit's model failing leaves the other units scored
-            with self._lock:
-                self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
-            log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
-            return None
+    def _found(self, alias: str, model_name: str, key: SeriesKey, point: ScoredPoint) -> None:
+        """A point above the threshold: kept as an anomaly unless the operator said it is expected."""
+        if not self.feedback.is_expected(dict(point.labels), point.timestamp):
+            self._record_anomaly(alias, model_name, key, point)
 
-    def _score_batches(self, alias: str, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
-                       assigned: Mapping[SeriesKey, tuple[Model, str]], query) -> dict[SeriesKey, list[ScoredPoint]]:
-        """Points of the univariate units whose model class scores in batches, all of a class at once.
+    def _plan(self, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame]) -> ScoringPlan:
+        """Which model scores each unit, and which units are scored together.
 
-        A batch that fails is logged and left to :meth:`_score_unit`, unit by unit.
+        Kept between cycles while the query's units (their :class:`~detector.scoring.UnitLayout`), its
+        bundle, its stand-ins and the configuration stay the same: a steady serve cycle goes straight to
+        the scoring.
         """
-        groups: dict[tuple, list[SeriesKey]] = {}
         rows = units if isinstance(units, UnitRows) else None
+        with self._lock:
+            bundle, config = state.bundle, self.config
+            plan = state.plan
+            if (rows is not None and plan is not None and plan.layout is rows.layout and plan.bundle is bundle
+                    and plan.config is config):
+                return plan
+            own_models = bundle.models if bundle else {}
+            fallback = state.fallback
+            assigned: dict[SeriesKey, tuple[Model, str]] = {}
+            if rows is None or len(rows.index):
+                for key in units:
+                    own = own_models.get(key)
+                    model = own if own is not None else fallback.get(key)
+                    if model is not None and (rows is not None or not units[key].empty):
+                        assigned[key] = (model, bundle.model_name if own is not None else model.name)
+            batches = self._batches(state, units, assigned, rows, state.alias)
+            batched = {key for batch in batches for key in batch.keys}
+            plan = ScoringPlan(rows.layout if rows is not None else None, bundle, config, assigned, batches,
+                               [key for key in assigned if key not in batched])
+            if rows is not None and len(rows.index):
+                state.plan = plan
+            return plan
+
+    def _batches(self, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
+                 assigned: Mapping[SeriesKey, tuple[Model, str]], rows: UnitRows | None, alias: str) -> list[Batch]:
+        """The univariate units (and multivariate ones on the same grid) whose model class scores in
+        batches, grouped by class: each group of two or more is a :class:`Batch`."""
+        groups: dict[tuple, list[SeriesKey]] = {}
         index = rows.index if rows is not None else None
         batching: dict[type, bool] = {}
         for key, (model, _) in assigned.items():
@@ -538,30 +593,70 @@ class Detector:
                 index = frame.index
             if frame.index is index or frame.index.equals(index):
                 groups.setdefault((type(model), len(columns)), []).append(key)
-        scored: dict[SeriesKey, list[ScoredPoint]] = {}
+        out = []
         for keys in groups.values():
             if len(keys) < 2:
                 continue
-            models = [assigned[key][0] for key in keys]
-            if models[0].multivariate:
-                values = np.stack([_columns(units[key], model.columns_) for key, model in zip(keys, models, strict=True)])
-            elif rows is not None:
-                values = rows.rows_of(keys)
+            names = [assigned[key][1] for key in keys]
+            take = None
+            if rows is not None:
+                positions = np.fromiter([rows.layout.rows[key] for key in keys], dtype=np.intp, count=len(keys))
+                take = None if np.array_equal(positions, np.arange(len(rows))) else positions
+            out.append(Batch(keys, [assigned[key][0] for key in keys], names,
+                             names[0] if len(set(names)) == 1 else None,
+                             [point_labels(key, alias, name) for key, name in zip(keys, names, strict=True)],
+                             self._calibrations(state, keys), take))
+        return out
+
+    def _score_unit(self, alias: str, state: QueryState, key: SeriesKey, frame: pd.DataFrame, model: Model,
+                    model_name: str, query) -> list[ScoredPoint] | None:
+        """One unit's points, scored on its own; ``None`` (counted, logged) when its model fails."""
+        try:
+            if is_cross_sectional(model):  # one series per member of the group
+                return list(member_points(model, key, frame, alias, model_name, query.direction,
+                                          query.min_deviation))
+            result = score_online(model, frame, query.direction, query.min_deviation, self._calibration(state, key))
+            labels = point_labels(key, alias, model_name)
+            return list(scored_points(labels, frame, result))
+        except Exception as err:  # one unit's model failing leaves the other units scored
+            with self._lock:
+                self.stats.scoring_errors[alias] = self.stats.scoring_errors.get(alias, 0) + 1
+            log.warning("scoring failed for a series", extra=_fields(query=alias, labels=dict(key), error=err))
+            return None
+
+    def _score_batches(self, alias: str, units: Mapping[SeriesKey, pd.DataFrame], plan: ScoringPlan,
+                       query) -> tuple[list[tuple[Batch, np.ndarray, list[list[ScoredPoint]]]], list[SeriesKey]]:
+        """Each batch of ``plan`` scored (:func:`~detector.scoring.score_online_many`): its scores (units x
+        points) and its points per unit; and the units of batches that failed.
+
+        A batch that fails is logged and its units are left to :meth:`_score_unit`, one by one, where a
+        failing unit stays alone.
+        """
+        scored, failed = [], []
+        for batch in plan.batches:
+            if isinstance(units, UnitRows):
+                index = units.index
+                values = units.values if batch.take is None else units.values[batch.take]
             else:
-                values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in keys])
-            calibrations = self._calibrations(state, keys)
+                index = units[batch.keys[0]].index
+                if batch.models[0].multivariate:
+                    values = np.stack([_columns(units[key], model.columns_)
+                                       for key, model in zip(batch.keys, batch.models, strict=True)])
+                else:
+                    values = np.stack([units[key].to_numpy(dtype=float)[:, 0] for key in batch.keys])
             try:
-                result = score_online_many(models, grid_seconds(index), values, query.direction,
-                                           query.min_deviation, calibrations)
-            except Exception as err:  # scored one by one instead, where a failing unit stays alone
+                result = score_online_many(batch.models, grid_seconds(index), values, query.direction,
+                                           query.min_deviation, batch.calibrations)
+            except Exception as err:
                 log.warning("batch scoring failed; scoring unit by unit", extra=_fields(query=alias, error=err))
+                failed.extend(batch.keys)
                 continue
-            labels = [point_labels(key, alias, assigned[key][1]) for key in keys]
             plain = np.full(values.shape[:2], np.nan) if values.ndim == 3 else values
-            batch = points_of_rows(labels, index.asi8 / 1e9, plain, result["expected"], result["lower"],
-                                   result["upper"], result["score"], result["raw_score"], result.get("top_features"))
-            scored.update(zip(keys, batch, strict=True))
-        return scored
+            scored.append((batch, result["score"],
+                           points_of_rows(batch.labels, index.asi8 / 1e9, plain, result["expected"], result["lower"],
+                                          result["upper"], result["score"], result["raw_score"],
+                                          result.get("top_features"))))
+        return scored, failed
 
     def _calibration(self, state: QueryState, key: SeriesKey) -> Calibration | None:
         """The unit's score calibration, started fresh for a unit seen for the first time."""

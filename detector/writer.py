@@ -9,6 +9,7 @@ seconds, each family's samples together, ``# EOF`` at the end). Remote write sen
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Iterable, Iterator
@@ -89,17 +90,25 @@ def points_of_rows(labels, stamps, values, expected, lower, upper, scores, raws,
     ``stamps``), in one pass over the batch instead of a pass per unit."""
     import numpy as np
 
-    out: list[list[ScoredPoint]] = [[] for _ in labels]
     rows, cols = np.nonzero(~np.isnan(np.asarray(scores, dtype=float)))
     if not len(rows):
-        return out
-    columns = [np.asarray(a, dtype=float)[rows, cols].tolist() for a in (values, expected, lower, upper, scores, raws)]
+        return [[] for _ in labels]
+    columns = [np.asarray(a, dtype=float)[rows, cols].tolist() for a in (values, expected, lower, upper, scores)]
     stamps = np.asarray(stamps, dtype=float)[cols].tolist()
-    for i, j, stamp, value, exp, low, up, score, raw in zip(rows.tolist(), cols.tolist(), stamps, *columns,
-                                                            strict=True):
-        top = tops[i, j] if tops is not None else None
-        out[i].append(ScoredPoint(labels[i], stamp, value, exp, low, up, score,
-                                  tuple(top) if isinstance(top, list | tuple) else (), raw))
+    row_list = rows.tolist()
+    if tops is None:
+        features = itertools.repeat(())
+    else:
+        features = [tuple(top) if isinstance(top, list | tuple) else () for top in tops[rows, cols].tolist()]
+    # tuple.__new__ over zipped columns: a named tuple's own __new__ is a Python call per point
+    made = list(map(tuple.__new__, itertools.repeat(ScoredPoint),
+                    zip([labels[i] for i in row_list], stamps, *columns, features,
+                        np.asarray(raws, dtype=float)[rows, cols].tolist())))
+    if len(made) == len(labels) and row_list == list(range(len(labels))):  # one point per unit (a serve cycle)
+        return [[point] for point in made]
+    out: list[list[ScoredPoint]] = [[] for _ in labels]
+    for i, point in zip(row_list, made, strict=True):
+        out[i].append(point)
     return out
 
 

@@ -93,6 +93,24 @@ def test_series_answered_with_few_samples_read_as_with_many(loaded):
 
 
 @pytest.mark.slow
+def test_the_same_series_answered_again_give_the_same_keys_and_other_series_new_ones(loaded):
+    """A serve cycle's answer lists the same series cycle after cycle: the keys come back as the same tuple
+    (what the service keeps its per-unit work by); a series that comes or goes gives new keys and rows."""
+    reader = PrometheusReader(ReaderConfig(url=loaded.url))
+    inside_gap = END - 4 * 3600  # gpu="1" has no sample for more than 5 minutes here
+    _, both, values = reader.query_range_arrays("reader_test_value", END - STEP, END, STEP)
+    _, again, _ = reader.query_range_arrays("reader_test_value", END - STEP, END, STEP)
+    assert again is both and len(both) == 2
+    _, one, gap_values = reader.query_range_arrays("reader_test_value", inside_gap, inside_gap, STEP)
+    assert one == ((("__name__", "reader_test_value"), ("gpu", "0")),)
+    assert gap_values.tolist() == [[float(inside_gap % 1000)]]
+    _, back, _ = reader.query_range_arrays("reader_test_value", END - STEP, END, STEP)
+    assert back == both and back is not both
+    row = {key: i for i, key in enumerate(back)}[(("__name__", "reader_test_value"), ("gpu", "1"))]
+    assert values[row].tolist() == [float((END - STEP) % 777), float(END % 777)]
+
+
+@pytest.mark.slow
 def test_gaps_stay_nan(loaded):
     reader = PrometheusReader(ReaderConfig(url=loaded.url))
     series = reader.query_range('reader_test_value{gpu="1"}', END - 8 * 3600, END, STEP)
