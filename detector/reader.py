@@ -185,7 +185,7 @@ class PrometheusReader:
         if known is not None and known[0] == metrics:
             return known[1], known[2]
         keys = tuple(series_key(labels) for labels in metrics)
-        positions = dict(zip(keys, range(len(keys))))
+        positions = dict(zip(keys, range(len(keys)), strict=True))
         if len(positions) < len(keys):
             positions = None
         if len(self._layouts) >= LAYOUTS:

@@ -97,13 +97,13 @@ def points_of_rows(labels, stamps, values, expected, lower, upper, scores, raws,
     stamps = np.asarray(stamps, dtype=float)[cols].tolist()
     row_list = rows.tolist()
     if tops is None:
-        features = itertools.repeat(())
+        features = [()] * len(row_list)
     else:
         features = [tuple(top) if isinstance(top, list | tuple) else () for top in tops[rows, cols].tolist()]
     # tuple.__new__ over zipped columns: a named tuple's own __new__ is a Python call per point
     made = list(map(tuple.__new__, itertools.repeat(ScoredPoint),
                     zip([labels[i] for i in row_list], stamps, *columns, features,
-                        np.asarray(raws, dtype=float)[rows, cols].tolist())))
+                        np.asarray(raws, dtype=float)[rows, cols].tolist(), strict=True)))
     if len(made) == len(labels) and row_list == list(range(len(labels))):  # one point per unit (a serve cycle)
         return [[point] for point in made]
     out: list[list[ScoredPoint]] = [[] for _ in labels]
