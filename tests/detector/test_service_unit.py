@@ -316,3 +316,33 @@ def test_the_sink_gets_the_fit_with_its_training_frames_and_what_it_returns_serv
     assert not result.same_fit(dataclasses.replace(served, fitted_at=served.fitted_at - 3600))
     units = detector.read_units("temp", NOW - 600, NOW)  # what drift reads its recent window with
     assert set(units) == {GPU0, GPU1} and len(units[GPU0]) == 11
+
+
+def _no_proxy_settings(monkeypatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_prometheus_is_read_through_the_proxy_the_environment_names_as_it_was_at_start(source, tmp_path,
+                                                                                       monkeypatch):
+    """``HTTP_PROXY`` and ``NO_PROXY`` apply as for any requests client; they are read once, when the service
+    makes its client, not at every request of every cycle."""
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", source.url)  # the range server answers a proxied request as well
+    queries = {"temp": {"expr": "unit_test_temp", "step": f"{STEP}s", "fit_window": "1h", "fit_every": "1h",
+                        "infer_every": f"{STEP}s"}}
+    proxied = Detector(validate(detector_config("http://prometheus.invalid:9090", tmp_path / "a", queries)),
+                       clock=lambda: NOW)
+    assert proxied.run_cycle(NOW) == 2  # a name that resolves nowhere: only the proxy could answer
+    assert source.requests
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = make_detector(source, tmp_path / "b")
+    assert direct.run_cycle(NOW) == 2
+    monkeypatch.delenv("NO_PROXY")  # a running service keeps the settings it started with
+    append(source, ("unit_test_temp", GPU0), NOW - 37 + STEP, NOW - 37 + STEP, lambda t: 50.0)
+    append(source, ("unit_test_temp", GPU1), NOW - 37 + STEP, NOW - 37 + STEP, lambda t: 50.0)
+    assert direct.run_cycle(NOW + STEP) == 2
+    assert proxied.run_cycle(NOW + STEP) == 2
