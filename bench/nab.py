@@ -55,7 +55,7 @@ if __package__ in (None, ""):
 
 from detector.config import DetectorConfig  # noqa: E402
 from detector.nabscore import STANDARD_PROFILES, Profile, load_profiles, score_corpus  # noqa: E402
-from detector.reader import align  # noqa: E402
+from detector.reader import align, utc_index  # noqa: E402
 from detector.service import Detector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ class FileReader:
         if not ok.any():
             return {}
         values = np.where(ok, self.values[np.maximum(at, 0)], np.nan)
-        index = pd.to_datetime(stamps, unit="s", utc=True)
+        index = utc_index(stamps)
         return {(("__name__", "value"),): pd.Series(values, index=index, name="value")}
 
     def close(self) -> None:
