@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.sortedrows import replace_in_rows, search_rows
+from detector.sortedrows import common_bank, replace_in_rows, rows_in_bank, search_rows
 
 HELD = 1.0 + 1e-6  # a held score: just above the alert level
 MIN_LEVEL = 1e-6  # log(1 + raw) a score is measured against at least
@@ -237,10 +237,7 @@ class CalibrationBank:
     @classmethod
     def of(cls, calibrations) -> CalibrationBank:
         """The bank all of ``calibrations`` are in, or a new one for them."""
-        bank = calibrations[0].__dict__.get("_bank")
-        if bank is not None and all([c.__dict__.get("_bank") is bank for c in calibrations]):
-            return bank
-        return cls(calibrations)
+        return common_bank(calibrations) or cls(calibrations)
 
     def values(self, row: int) -> np.ndarray:
         """Row ``row``'s learned values, oldest first."""
@@ -361,7 +358,7 @@ def calibrate_many(calibrations: Sequence[Calibration], raw: np.ndarray) -> np.n
     if not count:
         return out
     bank = CalibrationBank.of(calibrations)
-    units = np.fromiter([c._row for c in calibrations], dtype=np.intp, count=count)
+    units = rows_in_bank(calibrations)
     level, hold_left, unfitted = bank.level, bank.hold_left, bank.unfitted
     for j in range(raw.shape[1]):
         value = raw[:, j]
@@ -369,7 +366,8 @@ def calibrate_many(calibrations: Sequence[Calibration], raw: np.ndarray) -> np.n
         if not len(present):
             continue
         rows, value = units[present], value[present]
-        x = np.array([math.log1p(v) for v in np.maximum(value, 0.0).tolist()])  # math's log1p, as before
+        # math's log1p, as before (numpy's may differ in the last digit where it is vectorised)
+        x = np.fromiter(map(math.log1p, np.maximum(value, 0.0).tolist()), dtype=float, count=len(value))
         score = x / level[rows]
         learned = score <= bank.learn_below[rows]
         bank.learn(rows[learned], x[learned])

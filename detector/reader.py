@@ -168,9 +168,10 @@ class PrometheusReader:
             few = samples if not many.any() else [samples[i] for i in np.flatnonzero(~many).tolist()]
             flat = list(itertools.chain.from_iterable(few))
             if flat:
+                stamps_of, values_of = zip(*flat, strict=True)
                 at_row.append(np.repeat(row_of[~many], lengths[~many]))
-                at_stamp.append(np.array([ts for ts, _ in flat], dtype=float))
-                found.extend([value for _, value in flat])
+                at_stamp.append(np.array(stamps_of, dtype=float))
+                found.extend(values_of)
         values = np.full((len(rows), count), np.nan)
         for row, target in dense.items():
             values[row] = target

@@ -403,7 +403,7 @@ def score_online_many(
     """
     values = np.asarray(values, dtype=float)
     kind = type(models[0]) if len(models) else Model
-    if any(type(model) is not kind for model in models):
+    if len(set(map(type, models))) > 1:
         raise ValueError("score_online_many scores the units of one model class at a time")
     multivariate = values.ndim == 3
     shape = values.shape[:2]
@@ -414,7 +414,8 @@ def score_online_many(
         rows = np.flatnonzero(~np.isnan(point).all(axis=1) if multivariate else ~np.isnan(point))
         if not len(rows):
             continue
-        result = kind.score_learn_many([models[i] for i in rows], float(second), point[rows])
+        chosen = models if len(rows) == len(models) else [models[i] for i in rows]
+        result = kind.score_learn_many(chosen, float(second), point[rows])
         for column, array in out.items():
             array[rows, j] = result[column]
         if tops is not None:

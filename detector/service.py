@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -625,7 +625,7 @@ class Detector:
             return None
 
     def _score_batches(self, alias: str, units: Mapping[SeriesKey, pd.DataFrame], plan: ScoringPlan,
-                       query) -> tuple[list[tuple[Batch, np.ndarray, list[list[ScoredPoint]]]], list[SeriesKey]]:
+                       query) -> tuple[list[tuple[Batch, np.ndarray, list[Sequence[ScoredPoint]]]], list[SeriesKey]]:
         """Each batch of ``plan`` scored (:func:`~detector.scoring.score_online_many`): its scores (units x
         points) and its points per unit; and the units of batches that failed.
 

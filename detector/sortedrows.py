@@ -3,12 +3,32 @@
 A row holds ``length`` valid values in ascending order, then padding (``inf``). Searching and
 replacing one value per row are a few array operations over all rows: a binary search as
 array steps, and one move of the values between the old and the new place. Used for the robust
-model's windows and the score calibration's tail (the same values ``np.sort`` would give).
+model's windows and the score calibration's tail (the same values ``np.sort`` would give), and the
+look-up of the bank (the set of such rows) a list of models or calibrations lives in.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
+
+_bank_of, _row_of = attrgetter("_bank"), attrgetter("_row")
+
+
+def common_bank(members) -> object | None:
+    """The bank (``_bank``) every one of ``members`` is attached to, or ``None`` when they are not all in
+    one (a member without a bank included). One C-level pass: a serve cycle asks it of every unit."""
+    try:
+        banks = set(map(_bank_of, members))
+    except AttributeError:
+        return None
+    return banks.pop() if len(banks) == 1 else None
+
+
+def rows_in_bank(members) -> np.ndarray:
+    """Each member's row (``_row``) in its bank."""
+    return np.fromiter(map(_row_of, members), dtype=np.intp, count=len(members))
 
 
 def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: np.ndarray,

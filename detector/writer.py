@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import requests
@@ -85,9 +85,12 @@ def points_of(labels: tuple[tuple[str, str], ...], stamps, values, expected, low
 
 
 def points_of_rows(labels, stamps, values, expected, lower, upper, scores, raws,
-                   tops=None) -> list[list[ScoredPoint]]:
+                   tops=None) -> list[Sequence[ScoredPoint]]:
     """:func:`points_of` of each row of units x points arrays (``labels[i]`` row ``i``'s, the units share
-    ``stamps``), in one pass over the batch instead of a pass per unit."""
+    ``stamps``), in one pass over the batch instead of a pass per unit.
+
+    A row's points are a tuple when there is one (a serve cycle's): a tuple of numbers and strings is
+    left alone by the garbage collector after its first pass, a list never is."""
     import numpy as np
 
     rows, cols = np.nonzero(~np.isnan(np.asarray(scores, dtype=float)))
@@ -105,7 +108,7 @@ def points_of_rows(labels, stamps, values, expected, lower, upper, scores, raws,
                     zip([labels[i] for i in row_list], stamps, *columns, features,
                         np.asarray(raws, dtype=float)[rows, cols].tolist(), strict=True)))
     if len(made) == len(labels) and row_list == list(range(len(labels))):  # one point per unit (a serve cycle)
-        return [[point] for point in made]
+        return [(point,) for point in made]
     out: list[list[ScoredPoint]] = [[] for _ in labels]
     for i, point in zip(row_list, made, strict=True):
         out[i].append(point)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
-from detector.sortedrows import replace_in_rows, search_rows
+from detector.sortedrows import common_bank, replace_in_rows, rows_in_bank, search_rows
 
 
 class RobustModel(Model):
@@ -134,7 +134,7 @@ class RobustModel(Model):
         bank = RobustBank.of(models)
         if bank is None:
             return cls._score_learn_stacked(models, values)
-        rows = np.fromiter([m._row for m in models], dtype=np.intp, count=len(models))
+        rows = rows_in_bank(models)
         expected, lower, upper = bank.bands(rows)
         score = band_score(values, expected, lower, upper)
         with np.errstate(invalid="ignore"):
@@ -203,8 +203,8 @@ class RobustBank:
     @classmethod
     def of(cls, models: Sequence[RobustModel]) -> RobustBank | None:
         """The bank all of ``models`` are in, a new one for them, or ``None`` where they differ in window size."""
-        bank = models[0].__dict__.get("_bank")
-        if bank is not None and all([m.__dict__.get("_bank") is bank for m in models]):
+        bank = common_bank(models)
+        if bank is not None:
             return bank
         for model in models:
             model._check_fitted()
