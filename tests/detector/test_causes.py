@@ -85,3 +85,25 @@ def test_a_failing_cause_query_is_counted_and_never_raises():
     assert finder.current() == [] and finder.query_errors == len(checks({"gpu": "0"}, "600s"))
     finder.observe([ScoredPoint(labels, time.time() + 5, 60.0, 60.0, 55.0, 65.0, 0.0)])
     assert finder.refresh() == 0  # the run ended: nothing left to look up
+
+
+def test_a_run_ends_at_its_series_first_normal_point_whichever_model_scores_it():
+    """A refit can swap the model (another ``model`` label, another labels tuple) in the middle of a run: the
+    next normal point of the series still ends it, and other series' normal points leave it open."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = (CausesConfig(refresh=0.001, timeout=0.2), ReaderConfig(url=dead, timeout=0.2), 1.0)
+    finder = CauseFinder(lambda: settings)
+    now = time.time()
+    stand_in = (("gpu", "0"), ("model", "robust"), ("query", "t"))
+    fitted = tuple(sorted({**dict(stand_in), "model": "seasonal"}.items()))
+    calm = [ScoredPoint((("gpu", str(i)), ("model", "seasonal"), ("query", "t")), now, 60.0, 60.0, 55.0, 65.0, 0.1)
+            for i in range(1, 50)]
+    finder.observe([*calm, ScoredPoint(stand_in, now, 90.0, 60.0, 55.0, 65.0, 6.0)])
+    finder.observe(calm)  # another cycle: the run's series has no normal point yet
+    assert finder.refresh() == 1
+    finder.observe([*calm, ScoredPoint(fitted, now + 60, 61.0, 60.0, 55.0, 65.0, 0.2)])
+    assert finder.refresh() == 0  # ended by the fitted model's normal point
+    finder.observe([ScoredPoint(fitted, now + 120, 95.0, 60.0, 55.0, 65.0, 4.0)])
+    assert finder.refresh() == 1  # the next incident is a new run
+    finder.observe([ScoredPoint(fitted, now + 180, 60.0, 60.0, 55.0, 65.0, 0.0), *calm])
+    assert finder.refresh() == 0
