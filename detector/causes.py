@@ -248,6 +248,10 @@ class CauseFinder(Background):
 
     def _forget(self, config: CausesConfig) -> None:
         horizon = self._clock() - config.max_lookback
+        for key, run in self._runs.items():  # no point above the threshold for that long: its series is gone
+            if run.ended is None and run.last_above < horizon:
+                run.ended = run.last_above
+                self._cells.setdefault(key, [False])[0] = False
         for key in [k for k, r in self._runs.items() if r.ended is not None and r.ended < horizon]:
             del self._runs[key]
         if len(self._runs) > 10_000:  # a flood of anomalies: keep the open runs, drop the oldest closed ones

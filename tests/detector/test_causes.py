@@ -107,3 +107,22 @@ def test_a_run_ends_at_its_series_first_normal_point_whichever_model_scores_it()
     assert finder.refresh() == 1  # the next incident is a new run
     finder.observe([ScoredPoint(fitted, now + 180, 60.0, 60.0, 55.0, 65.0, 0.0), *calm])
     assert finder.refresh() == 0
+
+
+def test_the_run_of_a_series_that_vanished_is_closed_after_the_longest_lookback():
+    """A series gone in the middle of a run (a removed container) never scores a normal point: once no point of it
+    has been above the threshold for ``max_lookback``, its run ends and its causes are no longer looked up."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = (CausesConfig(refresh=0.001, timeout=0.2, max_lookback=600),
+                ReaderConfig(url=dead, timeout=0.2), 1.0)
+    now = [1_767_225_600.0]
+    finder = CauseFinder(lambda: settings, clock=lambda: now[0])
+    gone = (("container", "llm"), ("model", "robust"), ("query", "t"))
+    calm = [ScoredPoint((("container", "db"), ("model", "robust"), ("query", "t")), now[0], 1.0, 1.0, 0.0, 2.0, 0.1)]
+    finder.observe([ScoredPoint(gone, now[0], 90.0, 10.0, 5.0, 15.0, 6.0), *calm])
+    now[0] += 540
+    finder.observe(calm)
+    assert finder.refresh() == 1  # within the lookback: still an open incident
+    now[0] += 120
+    finder.observe(calm)
+    assert finder.refresh() == 0
