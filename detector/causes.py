@@ -197,9 +197,9 @@ class CauseFinder(Background):
         self._session = session or requests.Session()
         self._lock = threading.Lock()
         self._runs: dict[Labels, Run] = {}
-        # per series, [whether its run is open]; per labels tuple seen (by id, the tuple kept), its series' cell
-        self._cells: dict[Labels, list[bool]] = {}
-        self._by_id: dict[int, tuple[Labels, list[bool]]] = {}
+        # per series, [its latest run]; per labels tuple seen (by id, the tuple kept), its series' cell
+        self._cells: dict[Labels, list[Run | None]] = {}
+        self._by_id: dict[int, tuple[Labels, list[Run | None]]] = {}
         self._loop = Loop("detector-causes", self._pass, error_message="cause lookup pass failed")
         self.query_errors = 0
         self.lookups = 0
@@ -216,7 +216,7 @@ class CauseFinder(Background):
             # only a point above the threshold starts or continues a run, and only one of a series with an
             # open run ends it: the others are passed over by their labels' identity (no hash of the labels)
             if any(run.ended is None for run in self._runs.values()):
-                relevant = [p for p in points if p.score > threshold or self._open_cell(p.labels)[0]]
+                relevant = [p for p in points if p.score > threshold or self._has_open_run(p.labels)]
             else:
                 relevant = [p for p in points if p.score > threshold]
             for point in sorted(relevant, key=lambda p: p.timestamp):
@@ -225,33 +225,32 @@ class CauseFinder(Background):
                 if point.score > threshold:
                     if run is None or run.ended is not None:
                         run = self._runs[key] = Run(point.labels, point.timestamp, point.timestamp, point.score)
-                        self._cells.setdefault(key, [False])[0] = True
+                        self._cells.setdefault(key, [None])[0] = run
                         woke = True
                     run.labels, run.last_above, run.score = point.labels, point.timestamp, point.score
                 elif run is not None and run.ended is None and point.timestamp > run.last_above:
                     run.ended = point.timestamp
-                    self._cells.setdefault(key, [False])[0] = False
             self._forget(config)
         if woke:
             self._loop.wake()
 
-    def _open_cell(self, labels: Labels) -> list[bool]:
-        """``[True]`` while the series of ``labels`` has an open run: the series' cell, found by the identity of
+    def _has_open_run(self, labels: Labels) -> bool:
+        """Whether the series of ``labels`` has an open run. Its cell (its latest run) is found by the identity of
         the labels tuple (a serve cycle's points reuse their unit's tuple), by its series the first time."""
         entry = self._by_id.get(id(labels))
         if entry is None or entry[0] is not labels:
             if len(self._by_id) >= 200_000 or len(self._cells) >= 200_000:  # start afresh, open runs kept
                 self._by_id.clear()
-                self._cells = {key: cell for key, cell in self._cells.items() if cell[0]}
-            entry = self._by_id[id(labels)] = (labels, self._cells.setdefault(series_of(labels), [False]))
-        return entry[1]
+                self._cells = {key: [run] for key, run in self._runs.items() if run.ended is None}
+            entry = self._by_id[id(labels)] = (labels, self._cells.setdefault(series_of(labels), [None]))
+        run = entry[1][0]
+        return run is not None and run.ended is None
 
     def _forget(self, config: CausesConfig) -> None:
         horizon = self._clock() - config.max_lookback
-        for key, run in self._runs.items():  # no point above the threshold for that long: its series is gone
+        for run in self._runs.values():  # no point above the threshold for that long: its series is gone
             if run.ended is None and run.last_above < horizon:
                 run.ended = run.last_above
-                self._cells.setdefault(key, [False])[0] = False
         for key in [k for k, r in self._runs.items() if r.ended is not None and r.ended < horizon]:
             del self._runs[key]
         if len(self._runs) > 10_000:  # a flood of anomalies: keep the open runs, drop the oldest closed ones

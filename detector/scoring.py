@@ -177,12 +177,10 @@ class UnitRows(Mapping[SeriesKey, pd.DataFrame]):
     def row(self, key: SeriesKey) -> np.ndarray:
         return self.values[self._rows[key]]
 
-    def rows_of(self, keys: Sequence[SeriesKey]) -> np.ndarray:
-        """The rows of ``keys``, in that order (the array itself when that is every row in order)."""
-        positions = [self._rows[key] for key in keys]
-        if positions == list(range(len(self.values))):
-            return self.values
-        return self.values[positions]
+    def positions(self, keys: Sequence[SeriesKey]) -> np.ndarray | None:
+        """The rows of ``keys``, in that order; ``None`` when that is every row in order (``values`` itself)."""
+        positions = np.fromiter([self._rows[key] for key in keys], dtype=np.intp, count=len(keys))
+        return None if np.array_equal(positions, np.arange(len(self.values))) else positions
 
     def __getitem__(self, key: SeriesKey) -> pd.DataFrame:
         return pd.DataFrame({"value": self.row(key)}, index=self.index)

@@ -41,6 +41,7 @@ from detector.peers import is_cross_sectional, member_points, stand_in
 from detector.reader import PrometheusReader, PrometheusUnavailable, ReaderError, SeriesKey, align
 from detector.scoring import (
     FALLBACK_WINDOW,
+    UnitLayout,
     UnitRows,
     build_units,
     fit_bundle,
@@ -94,7 +95,7 @@ class Batch:
 class ScoringPlan:
     """Which model scores each unit of a query, and which units are scored together."""
 
-    layout: Any  # the UnitLayout it was made for (None: not kept)
+    layout: UnitLayout | None  # the layout of the units it was made for (None: not kept)
     bundle: ModelBundle | None
     config: DetectorConfig
     assigned: dict[SeriesKey, tuple[Model, str]]  # unit -> its model and the model's name
@@ -460,9 +461,8 @@ class Detector:
                        multivariate: bool, start: float) -> float:
         """Start a robust stand-in for every unit without a model, from its recent history."""
         with self._lock:
-            plan = state.plan
-            if (isinstance(units, UnitRows) and plan is not None and plan.layout is units.layout
-                    and plan.bundle is state.bundle and len(plan.assigned) == len(units)):
+            plan = self._kept_plan(state, units)
+            if plan is not None and len(plan.assigned) == len(units):
                 return 0.0  # the units of the last cycle, each with its model
             known = state.bundle.models if state.bundle else {}
             missing = [key for key in units if key not in known and key not in state.fallback]
@@ -545,11 +545,10 @@ class Detector:
         """
         rows = units if isinstance(units, UnitRows) else None
         with self._lock:
-            bundle, config = state.bundle, self.config
-            plan = state.plan
-            if (rows is not None and plan is not None and plan.layout is rows.layout and plan.bundle is bundle
-                    and plan.config is config):
+            plan = self._kept_plan(state, units)
+            if plan is not None:
                 return plan
+            bundle, config = state.bundle, self.config
             own_models = bundle.models if bundle else {}
             fallback = state.fallback
             assigned: dict[SeriesKey, tuple[Model, str]] = {}
@@ -566,6 +565,15 @@ class Detector:
             if rows is not None and len(rows.index):
                 state.plan = plan
             return plan
+
+    def _kept_plan(self, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame]) -> ScoringPlan | None:
+        """The query's plan when it was made for these units (the same layout), its bundle and configuration;
+        new stand-ins drop it (:meth:`_add_fallbacks`). Called under the lock."""
+        plan = state.plan
+        if (isinstance(units, UnitRows) and plan is not None and plan.layout is units.layout
+                and plan.bundle is state.bundle and plan.config is self.config):
+            return plan
+        return None
 
     def _batches(self, state: QueryState, units: Mapping[SeriesKey, pd.DataFrame],
                  assigned: Mapping[SeriesKey, tuple[Model, str]], rows: UnitRows | None, alias: str) -> list[Batch]:
@@ -598,14 +606,10 @@ class Detector:
             if len(keys) < 2:
                 continue
             names = [assigned[key][1] for key in keys]
-            take = None
-            if rows is not None:
-                positions = np.fromiter([rows.layout.rows[key] for key in keys], dtype=np.intp, count=len(keys))
-                take = None if np.array_equal(positions, np.arange(len(rows))) else positions
             out.append(Batch(keys, [assigned[key][0] for key in keys], names,
                              names[0] if len(set(names)) == 1 else None,
                              [point_labels(key, alias, name) for key, name in zip(keys, names, strict=True)],
-                             self._calibrations(state, keys), take))
+                             self._calibrations(state, keys), rows.positions(keys) if rows is not None else None))
         return out
 
     def _score_unit(self, alias: str, state: QueryState, key: SeriesKey, frame: pd.DataFrame, model: Model,
