@@ -2,7 +2,9 @@
 
 A row holds ``length`` valid values in ascending order, then padding (``inf``). Searching and
 replacing one value per row are a few array operations over all rows: a binary search as
-array steps, and one move of the values between the old and the new place. Used for the robust
+array steps, and one move of the values between the old and the new place (element-wise across
+rows where few move, a slice copy per row where many do, as when a trend puts the oldest and the
+newest value at opposite ends of the row). Used for the robust
 model's windows and the score calibration's tail (the same values ``np.sort`` would give), and the
 look-up of the bank (the set of such rows) a list of models or calibrations lives in.
 """
@@ -14,6 +16,9 @@ from operator import attrgetter
 import numpy as np
 
 _bank_of, _row_of = attrgetter("_bank"), attrgetter("_row")
+# A row moving more values than this moves them with one slice copy (about 1 us, whatever the count)
+# rather than element by element in the all-rows gather and scatter (about 13 ns a value).
+SLICE_FROM = 64
 
 
 def common_bank(members) -> object | None:
@@ -56,10 +61,17 @@ def replace_in_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, drop
     place = search_rows(flat, base, length, values)
     place = np.where(place > drop, place - 1, place)
     rightwards = place < drop
+    # the values between the two places move one step towards the freed one
     count = np.abs(drop - place)
+    first = base + np.where(rightwards, place + 1, drop)  # where the first of them goes
+    source = np.where(rightwards, -1, 1)  # where it comes from, relative to that
+    long = count > SLICE_FROM
+    if long.any():  # a trend puts the oldest and the newest value far apart: one slice copy a row
+        for to, n, by in zip(first[long].tolist(), count[long].tolist(), source[long].tolist(), strict=True):
+            flat[to:to + n] = flat[to + by:to + by + n]
+        count = np.where(long, 0, count)
     total = int(count.sum())
-    if total:  # the values between the two places move one step towards the freed one
-        first = base + np.where(rightwards, place + 1, drop)
+    if total:  # the short moves: all rows' values in one gather and one scatter
         target = np.repeat(first - np.cumsum(count) + count, count) + np.arange(total)
-        flat[target] = flat[target + np.repeat(np.where(rightwards, -1, 1), count)]
+        flat[target] = flat[target + np.repeat(source, count)]
     flat[base + place] = values

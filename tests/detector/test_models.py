@@ -436,3 +436,38 @@ def test_a_fit_in_a_child_process_scores_as_one_in_process(name, history):
     for key in units:
         future = frame.iloc[-50:] * (1.5 if key[0][1] == "b" else 1.0)
         pd.testing.assert_frame_equal(done.value[0][key].score(future), here[key].score(future))
+
+
+def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves():
+    """Replacing one value per row keeps every row equal to np.sort of its values: rows of random values
+    (short moves), of trending values (the oldest and the newest at opposite ends: long moves), rows that
+    grow, and rows that shrink by an inf."""
+    from detector.sortedrows import SLICE_FROM, replace_in_rows, search_rows
+
+    rng = np.random.default_rng(5)
+    count, width = 60, 4 * SLICE_FROM
+    windows = [list(rng.normal(0, 1, rng.integers(0, width))) for _ in range(count)]
+    table = np.full((count, width + 1), np.inf)
+    for row, window in enumerate(windows):
+        table[row, :len(window)] = np.sort(window)
+    flat, base = table.reshape(-1), np.arange(count) * (width + 1)
+    moved_far = False
+    for step in range(3 * width):
+        length = np.array([len(window) for window in windows])
+        trend = np.arange(count) % 3 == 0  # these rows' values only rise
+        values = np.where(trend, step + rng.random(count), rng.normal(0, 1, count))
+        shrink = (rng.random(count) < 0.05) & (length > 0)
+        values[shrink] = np.inf
+        full = (length >= width) | shrink
+        oldest = np.array([window[0] if window else np.inf for window in windows])
+        drop = np.where(full, search_rows(flat, base, length, oldest), length)
+        moved_far |= bool((np.abs(drop - search_rows(flat, base, length, values)) > SLICE_FROM).any())
+        replace_in_rows(flat, base, length, drop, values)
+        for row, window in enumerate(windows):
+            if full[row]:
+                window.pop(0)
+            if not shrink[row]:
+                window.append(values[row])
+            np.testing.assert_array_equal(table[row, :len(window)], np.sort(window))
+            assert np.isinf(table[row, len(window):]).all()
+    assert moved_far
