@@ -159,6 +159,7 @@ def bench_cycles(url: str, workdir: Path, model: str, days: float, cycles: int, 
     if not cold:  # served as a bundle that carries its calibrations, as after a restart
         bundle.calibration = full_calibrations(config, bundle.models)
         detector.install_bundle(bundle)
+    detector.settle_memory()  # what the service's fitting thread does after its fits
     detector.run_cycle(first)  # the first cycle starts any stand-ins; measured cycles follow
     durations, query_seconds, scored = [], [], []
     profiler = None

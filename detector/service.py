@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from boxwatch.log import kv as _fields
-from boxwatch.memory import release_free_memory
+from boxwatch.memory import freeze_survivors, release_free_memory
 from detector.calibration import Calibration
 from detector.causes import CauseFinder
 from detector.config import ConfigError, DetectorConfig, load_config
@@ -187,6 +187,7 @@ class Detector:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Detector:
+        self.settle_memory()  # the modules and the loaded models live as long as the service
         for name, target in (("scoring", self._scoring_loop), ("fitting", self._fitting_loop)):
             thread = threading.Thread(target=target, name=f"detector-{name}", daemon=True)
             thread.start()
@@ -194,6 +195,15 @@ class Detector:
         self.causes.start()
         self.feedback.start()
         return self
+
+    def settle_memory(self) -> None:
+        """After start-up and after fits: collect the garbage, give free pages back to the system, and
+        keep what is alive now (modules, models, calibrations) out of later garbage collections
+        (:func:`~boxwatch.memory.freeze_survivors`), so that a full collection in a serve cycle scans
+        that cycle's objects only. :meth:`start` and the fitting thread call it; a process that drives
+        the cycles itself (a benchmark) calls it after its fits, as the fitting thread would."""
+        freeze_survivors()
+        release_free_memory()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -749,8 +759,8 @@ class Detector:
                         state = self._states.get(alias)
                     if state is not None:
                         self._fit_failed(state, f"{type(err).__name__}: {err}")
-            if due:  # a fit's window, frames and temporaries are garbage now: give their pages back
-                release_free_memory()
+            if due:  # a fit's window, frames and temporaries are garbage now; the new models live long
+                self.settle_memory()
             with self._lock:
                 next_fit = min((s.next_fit for s in self._states.values()), default=now + 60)
             self._fit_wakeup.wait(min(max(next_fit - self.clock(), 0.05), 30.0))
