@@ -3,8 +3,10 @@
 A row holds ``length`` valid values in ascending order, then padding (``inf``). Searching and
 replacing one value per row are a few array operations over all rows: a binary search as
 array steps, and one move of the values between the old and the new place (element-wise across
-rows where few move, a slice copy per row where many do, as when a trend puts the oldest and the
-newest value at opposite ends of the row). Used for the robust
+rows where few move, a slice copy per row where many do). A row kept inside a wider buffer may
+instead move the values outside the two places, and with them its start, where that moves fewer:
+a trend, which puts the oldest and the newest value at opposite ends of the row, then moves almost
+none. Used for the robust
 model's windows and the score calibration's tail (the same values ``np.sort`` would give), and the
 look-up of the bank (the set of such rows) a list of models or calibrations lives in.
 """
@@ -16,8 +18,8 @@ from operator import attrgetter
 import numpy as np
 
 _bank_of, _row_of = attrgetter("_bank"), attrgetter("_row")
-# A row moving more values than this moves them with one slice copy (about 1 us, whatever the count)
-# rather than element by element in the all-rows gather and scatter (about 13 ns a value).
+# A run of more values than this moves with one slice copy (about 1 us, whatever its length) rather
+# than element by element in the all-rows gather and scatter (about 13 ns a value).
 SLICE_FROM = 64
 
 
@@ -52,26 +54,53 @@ def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: 
 
 
 def replace_in_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, drop: np.ndarray,
-                    values: np.ndarray) -> None:
+                    values: np.ndarray, room: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """In each sorted row, remove the value at ``drop`` and insert ``values[i]`` where it sorts among the
-    first ``length`` values. ``drop == length`` removes the padding just after them (the row grows
-    by one); ``values[i] = inf`` with ``drop < length`` removes a value (the row shrinks by one)."""
+    first ``length`` values; return how far each row's first value moved (-1, 0 or 1). ``drop ==
+    length`` removes the padding just after them (the row grows by one); ``values[i] = inf`` with
+    ``drop < length`` removes a value (the row shrinks by one).
+
+    The values between the two places step towards the freed one. Given ``room``, the free slots
+    before and after each row (a row kept inside a wider buffer), the values outside the two places
+    may step instead, the row starting one slot earlier or later, where that moves fewer values: a
+    trend (the oldest value at one end of the row, the newest at the other) then moves almost none.
+    Without ``room``, a row that grows needs a free slot after it.
+    """
+    shift = np.zeros(len(base), dtype=np.intp)
     if not len(base):
-        return
+        return shift
     place = search_rows(flat, base, length, values)
     place = np.where(place > drop, place - 1, place)
     rightwards = place < drop
-    # the values between the two places move one step towards the freed one
-    count = np.abs(drop - place)
-    first = base + np.where(rightwards, place + 1, drop)  # where the first of them goes
-    source = np.where(rightwards, -1, 1)  # where it comes from, relative to that
-    long = count > SLICE_FROM
-    if long.any():  # a trend puts the oldest and the newest value far apart: one slice copy a row
+    # each row moves one or two runs of values one step: where the first of a run goes, how many,
+    # and where each comes from relative to where it goes
+    first = [base + np.where(rightwards, place + 1, drop)]
+    count = [np.abs(drop - place)]
+    source = [np.where(rightwards, -1, 1)]
+    if room is not None:
+        before, after = room
+        # leftwards: the values after the freed place and those before the new one step left; a row
+        # that grows with no free slot after it does so whatever the cost
+        cramped = (drop >= length) & (after <= 0)
+        left = (before > 0) & (cramped | rightwards & (np.maximum(length - 1 - drop, 0) + place < count[0]))
+        # rightwards: the values before the freed place and those after the new one step right
+        right = ~rightwards & (drop < length) & (after > 0) & (drop + length - 1 - place < count[0])
+        first[0] = np.where(left, base + drop, np.where(right, base + 1, first[0]))
+        count[0] = np.where(left, np.maximum(length - 1 - drop, 0), np.where(right, drop, count[0]))
+        source[0] = np.where(left, 1, np.where(right, -1, source[0]))
+        first.append(np.where(left, base - 1, base + place + 2))
+        count.append(np.where(left, place, np.where(right, length - 1 - place, 0)))
+        source.append(np.where(left, 1, -1))
+        shift = np.where(left, -1, np.where(right, 1, 0))
+    first, count, source = np.concatenate(first), np.concatenate(count), np.concatenate(source)
+    long = count > SLICE_FROM  # the runs of a row read none of the places its other run writes
+    if long.any():  # one slice copy a run
         for to, n, by in zip(first[long].tolist(), count[long].tolist(), source[long].tolist(), strict=True):
             flat[to:to + n] = flat[to + by:to + by + n]
         count = np.where(long, 0, count)
     total = int(count.sum())
-    if total:  # the short moves: all rows' values in one gather and one scatter
+    if total:  # the short runs: all their values in one gather and one scatter
         target = np.repeat(first - np.cumsum(count) + count, count) + np.arange(total)
         flat[target] = flat[target + np.repeat(source, count)]
-    flat[base + place] = values
+    flat[base + place + shift] = values
+    return shift

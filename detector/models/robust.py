@@ -171,8 +171,9 @@ class RobustBank:
     """The windows of many :class:`RobustModel` of one window size, as two matrices.
 
     Row ``r`` holds one model's window twice: in arrival order in a ring (``ring[r]``, the oldest
-    at ``head[r]`` once full) and sorted (``sorted[r, :length[r]]``, padded with ``inf``). The
-    median is then one element (or the mean of two), the MAD the k-th smallest distance from it,
+    at ``head[r]`` once full) and sorted (``sorted[r, start[r]:start[r] + length[r]]``, in a row a
+    quarter of the window wider on each side, so that a trend moves the row rather than its values;
+    see :func:`~detector.sortedrows.replace_in_rows`). The median is then one element (or the mean of two), the MAD the k-th smallest distance from it,
     found by a binary search over the two sorted runs of distances below and above the median, and
     learning a point moves one value out of and one into each sorted row. These are the values
     ``np.median`` gives, bit for bit, at a cost that grows with the number of models, not with
@@ -189,10 +190,12 @@ class RobustBank:
         self.length = np.fromiter(map(len, windows), dtype=np.intp, count=count)
         self.head = np.zeros(count, dtype=np.intp)
         self.ring = np.zeros((count, width))
-        self.sorted = np.full((count, width), np.inf)
+        self.span = width + 2 * (width // 4 + 1)
+        self.sorted = np.full((count, self.span), np.inf)
+        self.start = (self.span - self.length) // 2
         for r, window in enumerate(windows):
             self.ring[r, : len(window)] = window
-            self.sorted[r, : len(window)] = np.sort(window)
+            self.sorted[r, self.start[r]:self.start[r] + len(window)] = np.sort(window)
         self.k = np.fromiter((m.k for m in models), dtype=float, count=count)
         self.min_scale = np.fromiter((m.min_scale for m in models), dtype=float, count=count)
         self.min_points = np.fromiter((m.min_points for m in models), dtype=float, count=count)
@@ -230,14 +233,14 @@ class RobustBank:
         at = np.flatnonzero(ready)
         rows, length = rows[at], length[at]
         flat = self.sorted.reshape(-1)
-        base = rows * self.width
+        base = rows * self.span + self.start[rows]
         finite = np.isfinite(flat[base]) & np.isfinite(flat[base + length - 1])
         half = length // 2
         even = length % 2 == 0
         median = np.where(even, (flat[base + half - np.where(even, 1, 0)] + flat[base + half]) / 2, flat[base + half])
         mad = kth_distance_median(flat, base, length, median, half)
         for i in np.flatnonzero(~finite):  # an infinite value: left to np.median, as a single model does
-            window = self.sorted[rows[i], : length[i]]
+            window = flat[base[i]:base[i] + length[i]]
             median[i] = np.median(window)
             mad[i] = np.median(np.abs(window - median[i]))
         sigma = MAD_TO_SIGMA * mad
@@ -258,8 +261,17 @@ class RobustBank:
         self.head[rows] = np.where(full, (head + 1) % width, head)
         self.length[rows] = np.minimum(length + 1, width)
         # the sorted rows lose the oldest value (a padding inf while not full) and gain the new one
-        flat, base = self.sorted.reshape(-1), rows * width
-        replace_in_rows(flat, base, length, np.where(full, search_rows(flat, base, length, oldest), length), values)
+        flat, start, span = self.sorted.reshape(-1), self.start[rows], self.span
+        base = rows * span + start
+        drop = np.where(full, search_rows(flat, base, length, oldest), length)
+        start += replace_in_rows(flat, base, length, drop, values, (start, span - start - length))
+        self.start[rows] = start
+        length = self.length[rows]
+        edge = np.flatnonzero((start == 0) | (start + length == span))
+        for row, at, n in zip(rows[edge].tolist(), start[edge].tolist(), length[edge].tolist(), strict=True):
+            middle = (span - n) // 2  # a row at the edge of its buffer goes back to the middle
+            self.sorted[row, middle:middle + n] = self.sorted[row, at:at + n].copy()
+            self.start[row] = middle
 
 
 def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, median: np.ndarray,

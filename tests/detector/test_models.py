@@ -438,20 +438,26 @@ def test_a_fit_in_a_child_process_scores_as_one_in_process(name, history):
         pd.testing.assert_frame_equal(done.value[0][key].score(future), here[key].score(future))
 
 
-def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves():
+@pytest.mark.parametrize("slack", [0, 3, 40])
+def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves(slack):
     """Replacing one value per row keeps every row equal to np.sort of its values: rows of random values
     (short moves), of trending values (the oldest and the newest at opposite ends: long moves), rows that
-    grow, and rows that shrink by an inf."""
+    grow, and rows that shrink by an inf; rows with free slots beside them in a wider buffer (``slack``
+    on each side) move either way, and neither touch a slot outside their buffer nor leave it."""
     from detector.sortedrows import SLICE_FROM, replace_in_rows, search_rows
 
     rng = np.random.default_rng(5)
     count, width = 60, 4 * SLICE_FROM
+    span = width + 1 + 2 * slack
     windows = [list(rng.normal(0, 1, rng.integers(0, width))) for _ in range(count)]
-    table = np.full((count, width + 1), np.inf)
+    table = np.full((count, span + 2), np.nan)  # a NaN guard column each side of every row's buffer
+    buffers = table[:, 1:-1]
+    start = np.full(count, slack)
     for row, window in enumerate(windows):
-        table[row, :len(window)] = np.sort(window)
-    flat, base = table.reshape(-1), np.arange(count) * (width + 1)
-    moved_far = False
+        buffers[row] = np.inf
+        buffers[row, slack:slack + len(window)] = np.sort(window)
+    flat = table.reshape(-1)
+    moved_far, shifted = False, 0
     for step in range(3 * width):
         length = np.array([len(window) for window in windows])
         trend = np.arange(count) % 3 == 0  # these rows' values only rise
@@ -460,14 +466,26 @@ def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves()
         values[shrink] = np.inf
         full = (length >= width) | shrink
         oldest = np.array([window[0] if window else np.inf for window in windows])
+        base = np.arange(count) * (span + 2) + 1 + start
         drop = np.where(full, search_rows(flat, base, length, oldest), length)
         moved_far |= bool((np.abs(drop - search_rows(flat, base, length, values)) > SLICE_FROM).any())
-        replace_in_rows(flat, base, length, drop, values)
+        room = (start, span - start - length) if slack else None
+        shift = replace_in_rows(flat, base, length, drop, values, room)
+        start += shift
+        shifted += int(np.abs(shift).sum())
+        assert np.isnan(table[:, [0, -1]]).all()
         for row, window in enumerate(windows):
             if full[row]:
                 window.pop(0)
             if not shrink[row]:
                 window.append(values[row])
-            np.testing.assert_array_equal(table[row, :len(window)], np.sort(window))
-            assert np.isinf(table[row, len(window):]).all()
+            np.testing.assert_array_equal(buffers[row, start[row]:start[row] + len(window)], np.sort(window))
+            assert 0 <= start[row] <= span - len(window)
+        edge = (start == 0) | (start + np.array([len(w) for w in windows]) >= span)
+        for row in np.flatnonzero(edge & (slack > 3)):  # back to the middle, as a bank does
+            n = len(windows[row])
+            middle = (span - n) // 2
+            buffers[row, middle:middle + n] = buffers[row, start[row]:start[row] + n].copy()
+            start[row] = middle
     assert moved_far
+    assert (shifted > 0) == (slack > 0)
