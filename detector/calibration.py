@@ -46,7 +46,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.sortedrows import common_bank, replace_in_rows, rows_in_bank, search_rows
+from detector.sortedrows import (
+    common_bank,
+    middle,
+    recentre,
+    replace_in_rows,
+    rows_in_bank,
+    search_rows,
+    wider,
+)
 
 HELD = 1.0 + 1e-6  # a held score: just above the alert level
 MIN_LEVEL = 1e-6  # log(1 + raw) a score is measured against at least
@@ -186,9 +194,11 @@ class CalibrationBank:
 
     ``ring[r]`` holds its learned values in arrival order (the oldest at ``head[r]`` once full).
     The level fit reads only the largest ones: the tail quantile's two neighbours, the values
-    above it and the maximum. Those are kept sorted in ``tail[r, :size[r]]`` (the largest ``size``
-    values; every other value is no larger than ``tail[r, 0]``), so learning a point moves one value
-    in a short sorted row, and the fit is an index, a search and a masked sum, for all units at
+    above it and the maximum. Those are kept sorted in ``tail[r, start[r]:start[r] + size[r]]`` (the
+    largest ``size`` values; every other value is no larger than the first), in a row a quarter wider
+    on each side (:func:`~detector.sortedrows.replace_in_rows`: values that enter at the top, as in an
+    incident, move the row rather than its values), so learning a point moves one value in a short
+    sorted row, and the fit is an index, a search and a masked sum, for all units at
     once. When too few are left (the oldest large values aged out), the row is rebuilt from the
     ring with ``MARGIN`` values to spare.
     """
@@ -223,9 +233,10 @@ class CalibrationBank:
         # calibrated: a row's sum then adds the same values in the same order)
         self.tail_width = np.minimum(tail_need(self.capacity, self.tail_quantile) + 2 * MARGIN, self.capacity)
         self.tail_width = np.maximum(self.tail_width, 1)
-        self.span = int(self.tail_width.max(initial=1))
+        self.span = wider(int(self.tail_width.max(initial=1)))
         self.tail = np.full((count + 1, self.span), np.inf)  # a spare row: every row's end is an index
         self.size = np.zeros(count, dtype=np.intp)
+        self.start = np.zeros(count, dtype=np.intp)
         self.stale = np.ones(count, dtype=bool)  # the tail or the count changed since the level was fitted
         for r in range(count):
             self._rebuild(r)
@@ -252,8 +263,9 @@ class CalibrationBank:
         keep = min(length, int(tail_need(np.array([length]), self.tail_quantile[row:row + 1])[0]) + MARGIN,
                    int(self.tail_width[row]))
         self.tail[row] = np.inf
+        start = self.start[row] = middle(self.span, keep)
         if keep:
-            self.tail[row, :keep] = np.sort(self.ring[row, :length])[length - keep:]
+            self.tail[row, start:start + keep] = np.sort(self.ring[row, :length])[length - keep:]
         self.size[row] = keep
 
     def learn(self, rows: np.ndarray, x: np.ndarray) -> None:
@@ -272,28 +284,34 @@ class CalibrationBank:
         flat, span = self.tail.reshape(-1), self.span
         # the oldest value leaves the tail if it was in it, else the values below it
         size = self.size[rows]
-        smallest = self.tail[rows, 0]
+        smallest = flat[rows * span + self.start[rows]]  # where size > 0
         out = full & (size > 0) & (oldest >= smallest)
         leave = rows[out]
-        base = leave * span
-        replace_in_rows(flat, base, self.size[leave],
-                        search_rows(flat, base, self.size[leave], oldest[out]), np.full(len(leave), np.inf))
+        self._replace(leave, lambda base, size: search_rows(flat, base, size, oldest[out]), np.full(len(leave), np.inf))
         self.size[leave] -= 1
         self.stale[leave] = True
         # the new value joins the tail if it is not below it (the tail's smallest value leaves a full row)
         size = self.size[rows]
-        smallest = self.tail[rows, 0]
+        smallest = flat[rows * span + self.start[rows]]
         join = (size > 0) & (x >= smallest)
         enter = rows[join]
-        base = enter * span
         size = self.size[enter]
         crowded = size >= self.tail_width[enter]
-        replace_in_rows(flat, base, size, np.where(crowded, 0, size), x[join])
+        self._replace(enter, lambda base, size: np.where(crowded, 0, size), x[join])
         self.size[enter] = size + ~crowded
         self.stale[enter] = True
+        recentre(self.tail, rows, self.start, self.size)
         short = rows[self.size[rows] < tail_need(self.length[rows], self.tail_quantile[rows])]
         for row in short.tolist():
             self._rebuild(row)
+
+    def _replace(self, rows: np.ndarray, drop, values: np.ndarray) -> None:
+        """:func:`~detector.sortedrows.replace_in_rows` in the tails of ``rows``: ``drop(base, size)`` the
+        place of the value each loses."""
+        flat, span, start, size = self.tail.reshape(-1), self.span, self.start[rows], self.size[rows]
+        base = rows * span + start
+        self.start[rows] = start + replace_in_rows(flat, base, size, drop(base, size), values,
+                                                   (start, span - start - size))
 
     def fit_levels(self, rows: np.ndarray) -> None:
         """Re-estimate the level of ``rows`` (the band's below ``min_points`` values) and restart their count.
@@ -321,7 +339,7 @@ class CalibrationBank:
         """
         quantile, target, length = self.tail_quantile[rows], self.target_rate[rows], self.length[rows]
         size = self.size[rows]
-        flat, base = self.tail.reshape(-1), rows * self.span
+        flat, base = self.tail.reshape(-1), rows * self.span + self.start[rows]
         start = base + size - length  # where the value of overall rank 0 would be
         virtual = (length - 1) * quantile
         lower = np.floor(virtual)

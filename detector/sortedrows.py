@@ -104,3 +104,26 @@ def replace_in_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, drop
         flat[target] = flat[target + np.repeat(source, count)]
     flat[base + place + shift] = values
     return shift
+
+
+def wider(width: int) -> int:
+    """The buffer of a row of up to ``width`` sorted values: a quarter of it free on each side, for the
+    row to move by (see :func:`replace_in_rows`)."""
+    return width + 2 * (width // 4 + 1)
+
+
+def middle(span: int, length: np.ndarray) -> np.ndarray:
+    """Where ``length`` values start in the middle of a buffer of ``span``."""
+    return (span - np.asarray(length)) // 2
+
+
+def recentre(table: np.ndarray, rows: np.ndarray, start: np.ndarray, length: np.ndarray) -> None:
+    """Move each of ``rows`` of ``table`` whose values (``length[row]`` from ``start[row]``) touch an end
+    of the row back to its middle, updating ``start``: the row can then move either way again."""
+    span = table.shape[1]
+    first, count = start[rows], length[rows]
+    edge = np.flatnonzero((first == 0) | (first + count >= span))
+    for row, at, n in zip(rows[edge].tolist(), first[edge].tolist(), count[edge].tolist(), strict=True):
+        to = (span - n) // 2
+        table[row, to:to + n] = table[row, at:at + n].copy()
+        start[row] = to

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 
 from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
-from detector.sortedrows import common_bank, replace_in_rows, rows_in_bank, search_rows
+from detector.sortedrows import (
+    common_bank,
+    middle,
+    recentre,
+    replace_in_rows,
+    rows_in_bank,
+    search_rows,
+    wider,
+)
 
 
 class RobustModel(Model):
@@ -190,9 +198,9 @@ class RobustBank:
         self.length = np.fromiter(map(len, windows), dtype=np.intp, count=count)
         self.head = np.zeros(count, dtype=np.intp)
         self.ring = np.zeros((count, width))
-        self.span = width + 2 * (width // 4 + 1)
+        self.span = wider(width)
         self.sorted = np.full((count, self.span), np.inf)
-        self.start = (self.span - self.length) // 2
+        self.start = middle(self.span, self.length)
         for r, window in enumerate(windows):
             self.ring[r, : len(window)] = window
             self.sorted[r, self.start[r]:self.start[r] + len(window)] = np.sort(window)
@@ -264,14 +272,8 @@ class RobustBank:
         flat, start, span = self.sorted.reshape(-1), self.start[rows], self.span
         base = rows * span + start
         drop = np.where(full, search_rows(flat, base, length, oldest), length)
-        start += replace_in_rows(flat, base, length, drop, values, (start, span - start - length))
-        self.start[rows] = start
-        length = self.length[rows]
-        edge = np.flatnonzero((start == 0) | (start + length == span))
-        for row, at, n in zip(rows[edge].tolist(), start[edge].tolist(), length[edge].tolist(), strict=True):
-            middle = (span - n) // 2  # a row at the edge of its buffer goes back to the middle
-            self.sorted[row, middle:middle + n] = self.sorted[row, at:at + n].copy()
-            self.start[row] = middle
+        self.start[rows] = start + replace_in_rows(flat, base, length, drop, values, (start, span - start - length))
+        recentre(self.sorted, rows, self.start, self.length)
 
 
 def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, median: np.ndarray,

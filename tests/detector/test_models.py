@@ -444,7 +444,7 @@ def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves(s
     (short moves), of trending values (the oldest and the newest at opposite ends: long moves), rows that
     grow, and rows that shrink by an inf; rows with free slots beside them in a wider buffer (``slack``
     on each side) move either way, and neither touch a slot outside their buffer nor leave it."""
-    from detector.sortedrows import SLICE_FROM, replace_in_rows, search_rows
+    from detector.sortedrows import SLICE_FROM, recentre, replace_in_rows, search_rows
 
     rng = np.random.default_rng(5)
     count, width = 60, 4 * SLICE_FROM
@@ -481,11 +481,7 @@ def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves(s
                 window.append(values[row])
             np.testing.assert_array_equal(buffers[row, start[row]:start[row] + len(window)], np.sort(window))
             assert 0 <= start[row] <= span - len(window)
-        edge = (start == 0) | (start + np.array([len(w) for w in windows]) >= span)
-        for row in np.flatnonzero(edge & (slack > 3)):  # back to the middle, as a bank does
-            n = len(windows[row])
-            middle = (span - n) // 2
-            buffers[row, middle:middle + n] = buffers[row, start[row]:start[row] + n].copy()
-            start[row] = middle
+        if slack > 3:  # rows at an edge back to the middle, as a bank does (with 3, rows stay at the edges)
+            recentre(buffers, np.arange(count), start, np.array([len(window) for window in windows]))
     assert moved_far
     assert (shifted > 0) == (slack > 0)
