@@ -186,7 +186,7 @@ Calibration.unfitted_ = _state_property("unfitted_", int)
 def tail_need(length: np.ndarray, quantile: np.ndarray) -> np.ndarray:
     """How many of the largest of ``length`` values a level fit reads: from the quantile's lower neighbour up."""
     lower = np.floor((length - 1) * quantile)
-    return np.where(length > 0, length - np.clip(lower, 0, np.maximum(length - 1, 0)), 0).astype(np.intp)
+    return np.where(length > 0, length - np.minimum(np.maximum(lower, 0), np.maximum(length - 1, 0)), 0).astype(np.intp)
 
 
 class CalibrationBank:

@@ -295,26 +295,27 @@ def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, 
 
     lo = np.maximum(0, take - upper_count)
     hi = np.minimum(take, lower_count)
+    last_upper, last_lower = np.maximum(upper_count - 1, 0), np.maximum(lower_count - 1, 0)
     while True:  # smallest i with above(take - 1 - i) <= below(i), or i == hi
         open_ = lo < hi
         if not open_.any():
             break
         mid = (lo + hi) // 2
-        safe = np.where(open_, mid, 0)
-        j = np.clip(take - 1 - safe, 0, np.maximum(upper_count - 1, 0))
-        enough = open_ & (above(j) <= below(np.clip(safe, 0, np.maximum(lower_count - 1, 0))))
+        safe = np.where(open_, mid, 0)  # >= 0 (np.minimum/np.maximum: np.clip costs 3x as much)
+        j = np.minimum(np.maximum(take - 1 - safe, 0), last_upper)
+        enough = open_ & (above(j) <= below(np.minimum(safe, last_lower)))
         hi = np.where(enough, mid, hi)
         lo = np.where(open_ & ~enough, mid + 1, lo)
     i = lo
     j = take - i
     inf = np.inf
-    last_a = np.where(i > 0, below(np.clip(i - 1, 0, None)), -inf)
-    last_b = np.where(j > 0, above(np.clip(j - 1, 0, None)), -inf)
-    middle = np.maximum(last_a, last_b)
-    next_a = np.where(i < lower_count, below(np.minimum(i, np.maximum(lower_count - 1, 0))), inf)
-    next_b = np.where(j < upper_count, above(np.minimum(j, np.maximum(upper_count - 1, 0))), inf)
+    last_a = np.where(i > 0, below(np.maximum(i - 1, 0)), -inf)
+    last_b = np.where(j > 0, above(np.maximum(j - 1, 0)), -inf)
+    kth = np.maximum(last_a, last_b)
+    next_a = np.where(i < lower_count, below(np.minimum(i, last_lower)), inf)
+    next_b = np.where(j < upper_count, above(np.minimum(j, last_upper)), inf)
     following = np.minimum(next_a, next_b)
-    return np.where(length % 2 == 0, (middle + following) / 2, middle)
+    return np.where(length % 2 == 0, (kth + following) / 2, kth)
 
 
 def row_medians(table: np.ndarray) -> np.ndarray:
