@@ -40,17 +40,21 @@ def rows_in_bank(members) -> np.ndarray:
 
 def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: np.ndarray,
                 side: str = "left") -> np.ndarray:
-    """Per row, ``np.searchsorted(row[:length], value, side)`` of sorted rows starting at ``flat[base]``."""
-    found = np.zeros(len(base), dtype=np.intp)
+    """Per row, ``np.searchsorted(row[:length], value, side)`` of sorted rows starting at ``flat[base]``.
+
+    A binary search in array steps, five array operations a step: a probe past a row's end reads
+    its last value (the row as if padded with it, still sorted), and the count is capped at
+    ``length`` at the end.
+    """
     longest = int(length.max(initial=0))
     step = 1 << (longest.bit_length() - 1) if longest > 0 else 0
+    last = base + length - 1
+    at = base - 1  # where the values counted so far end
+    counted = np.less if side == "left" else np.less_equal
     while step:
-        ahead = found + step
-        probe = flat[base + np.minimum(ahead, length) - 1]
-        before = probe < values if side == "left" else probe <= values
-        found += step * ((ahead <= length) & before)
+        np.add(at, step, out=at, where=counted(flat[np.minimum(at + step, last)], values))
         step >>= 1
-    return found
+    return np.minimum(at - base + 1, length)
 
 
 def replace_in_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, drop: np.ndarray,

@@ -485,3 +485,22 @@ def test_sorted_rows_stay_np_sort_of_their_values_through_short_and_long_moves(s
             recentre(buffers, np.arange(count), start, np.array([len(window) for window in windows]))
     assert moved_far
     assert (shifted > 0) == (slack > 0)
+
+
+def test_searching_sorted_rows_gives_np_searchsorted_of_each_row():
+    """Rows of every length up to 70 (empty ones too) in one buffer, values below, inside, between, on
+    and above each row's values, ties and infinities (never NaN: those are not learned), both sides."""
+    from detector.sortedrows import search_rows
+
+    rng = np.random.default_rng(9)
+    lengths = np.concatenate([np.arange(71), rng.integers(0, 71, 200)])
+    rows = [np.sort(np.round(rng.normal(0, 3, n))) for n in lengths]
+    rows[5][-2:] = np.inf
+    flat = np.concatenate([np.concatenate([row, rng.normal(0, 9, 3)]) for row in rows])  # stale slots between
+    base = np.concatenate([[0], np.cumsum(lengths + 3)[:-1]])
+    for side in ("left", "right"):
+        for values in (np.round(rng.normal(0, 4, len(rows))), np.full(len(rows), np.inf), np.full(len(rows), -50.0),
+                       np.array([row[len(row) // 2] if len(row) else 0.0 for row in rows])):
+            found = search_rows(flat, base, lengths, values, side)
+            expected = [np.searchsorted(row, value, side) for row, value in zip(rows, values, strict=True)]
+            np.testing.assert_array_equal(found, expected)
