@@ -352,11 +352,14 @@ class CalibrationBank:
         above = size - search_rows(flat, base, size, u, side="right")
         largest = flat[base + size - 1]
         p_u = above / length
-        # the sum of each row's values above u, all rows in one reduceat over (start, end) pairs (the
-        # segments between two rows' pairs are summed too, and dropped)
+        # the sum of each row's values above u, all rows in one reduceat over (start, end) pairs, the
+        # rows from the last in memory to the first: a segment between two pairs then runs backwards,
+        # which reduceat answers with one element instead of summing the rest of the row's buffer
+        order = np.argsort(base)[::-1]
         bounds = np.empty(2 * len(rows), dtype=np.intp)
-        bounds[0::2], bounds[1::2] = base + size - above, base + size
-        total = np.add.reduceat(flat, bounds)[0::2] if len(rows) else np.zeros(0)
+        bounds[0::2], bounds[1::2] = (base + size - above)[order], (base + size)[order]
+        total = np.empty(len(rows))
+        total[order] = np.add.reduceat(flat, bounds)[0::2] if len(rows) else np.zeros(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_excess = np.where(above > 0, total, 0.0) / above - u
             tail = np.where((above > 0) & (p_u > target), u + mean_excess * np.log(p_u / target), largest)
