@@ -342,18 +342,22 @@ class SeasonalModel(Model):
         phases: dict[tuple[float, int], int] = {}
         day_bins: dict[int, int] = {}
         for i, model in enumerate(models):
-            model._check_fitted()
+            try:  # a model not fitted has none of these (the check itself costs more than the loop's body)
+                periods, profiles, sigma = model.periods_, model.profiles_, model.sigma_
+            except AttributeError:
+                model._check_fitted()
+                raise
             total = 0.0  # what _seasonal sums, profile by profile
-            for period, profile in zip(model.periods_, model.profiles_, strict=True):
+            for period, profile in zip(periods, profiles, strict=True):
                 key = (period, len(profile))
                 if key not in phases:
                     phases[key] = int(model._phase(stamp, period, len(profile))[0])
                 total += profile[phases[key]]
-            bins = len(model.sigma_)
+            bins = len(sigma)
             if bins not in day_bins:
                 day_bins[bins] = int(model._day_bin(stamp, bins)[0])
             level[i], seasonal[i] = model.level_, total
-            half[i] = model.k * model.sigma_[day_bins[bins]]
+            half[i] = model.k * sigma[day_bins[bins]]
             alpha[i] = model.level_alpha
         expected = level + seasonal
         lower, upper = expected - half, expected + half

@@ -504,3 +504,14 @@ def test_searching_sorted_rows_gives_np_searchsorted_of_each_row():
             found = search_rows(flat, base, lengths, values, side)
             expected = [np.searchsorted(row, value, side) for row, value in zip(rows, values, strict=True)]
             np.testing.assert_array_equal(found, expected)
+
+
+def test_scoring_many_with_a_model_never_fitted_says_so():
+    """score_learn_many names the problem (NotFittedError), whichever model of the batch was never fitted."""
+    from detector.models.robust import RobustModel
+    from detector.models.seasonal import SeasonalModel
+
+    for cls in (SeasonalModel, RobustModel):
+        models = [make_model(cls.name).fit(daily_series(2)), cls()]
+        with pytest.raises(NotFittedError):
+            cls.score_learn_many(models, 1.7e9, np.array([50.0, 50.0]))
