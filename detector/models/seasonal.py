@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
+from detector.sortedrows import common_bank, rows_in_bank
 
 DAY = 86_400.0
 WEEK = 7 * DAY
@@ -138,7 +139,34 @@ class SeasonalModel(Model):
             return NAMED_PERIODS[self.seasonality]
         return tuple(pd.Timedelta(p).total_seconds() for p in self.seasonality)
 
+    @property
+    def level_(self) -> float:
+        """The level (a :class:`SeasonalBank` holds it while the model is scored in one)."""
+        bank = self.__dict__.get("_bank")
+        if bank is not None:
+            return float(bank.level[self._row])
+        try:
+            return self.__dict__["level_"]
+        except KeyError:
+            raise AttributeError("level_") from None
+
+    @level_.setter
+    def level_(self, value: float) -> None:
+        bank = self.__dict__.get("_bank")
+        if bank is not None:
+            bank.level[self._row] = value
+        else:
+            self.__dict__["level_"] = value
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_bank", "_row")}
+        if "_bank" in self.__dict__:
+            state["level_"] = self.level_
+        return state
+
     def fit(self, history: pd.DataFrame) -> SeasonalModel:
+        self.__dict__.pop("_bank", None)  # a bank's copy of the old fit no longer applies
+        self.__dict__.pop("_row", None)
         values = history["value"].to_numpy(dtype=float)
         seconds = _ns(history.index)
         keep = ~np.isnan(values)
@@ -271,7 +299,8 @@ class SeasonalModel(Model):
         tiled = np.tile(profile, blocks.size // n_phase + 1)[-blocks.size :]
         return upsample(tiled, factor, rest.size)
 
-    def _phase(self, seconds: np.ndarray, period: float, n_phase: int) -> np.ndarray:
+    @staticmethod
+    def _phase(seconds: np.ndarray, period: float, n_phase: int) -> np.ndarray:
         return np.floor(np.mod(seconds, period) / (period / n_phase)).astype(int) % n_phase
 
     def _seasonal(self, seconds: np.ndarray) -> np.ndarray:
@@ -331,41 +360,75 @@ class SeasonalModel(Model):
 
     @classmethod
     def score_learn_many(cls, models: Sequence[SeasonalModel], seconds: float, values: np.ndarray) -> dict[str, np.ndarray]:
-        """:meth:`score` then :meth:`learn` of one point per model, the band arithmetic over all units at once."""
+        """:meth:`score` then :meth:`learn` of one point per model, over all units at once (:class:`SeasonalBank`)."""
         values = np.asarray(values, dtype=float)
-        stamp = np.array([seconds], dtype=float)
-        n = len(models)
-        level = np.empty(n)
-        seasonal = np.empty(n)
-        half = np.empty(n)
-        alpha = np.empty(n)
-        phases: dict[tuple[float, int], int] = {}
-        day_bins: dict[int, int] = {}
-        for i, model in enumerate(models):
-            try:  # a model not fitted has none of these (the check itself costs more than the loop's body)
-                periods, profiles, sigma = model.periods_, model.profiles_, model.sigma_
-            except AttributeError:
-                model._check_fitted()
-                raise
-            total = 0.0  # what _seasonal sums, profile by profile
-            for period, profile in zip(periods, profiles, strict=True):
-                key = (period, len(profile))
-                if key not in phases:
-                    phases[key] = int(model._phase(stamp, period, len(profile))[0])
-                total += profile[phases[key]]
-            bins = len(sigma)
-            if bins not in day_bins:
-                day_bins[bins] = int(model._day_bin(stamp, bins)[0])
-            level[i], seasonal[i] = model.level_, total
-            half[i] = model.k * sigma[day_bins[bins]]
-            alpha[i] = model.level_alpha
+        bank = SeasonalBank.of(models)
+        rows = rows_in_bank(models)
+        level = bank.level[rows]
+        seasonal, half = bank.seasonal_and_half(rows, seconds)
         expected = level + seasonal
         lower, upper = expected - half, expected + half
         score = band_score(values, expected, lower, upper)
         deviation = values - seasonal - level
+        alpha = bank.alpha[rows]
         with np.errstate(invalid="ignore"):
             learned = ~np.isnan(values) & ~np.isnan(level) & (alpha > 0) & (np.abs(deviation) <= half)
-        moved = level + alpha * deviation
-        for i in np.flatnonzero(learned):
-            models[i].level_ = moved[i]
+        bank.level[rows[learned]] = (level + alpha * deviation)[learned]
         return {"expected": expected, "lower": lower, "upper": upper, "score": score}
+
+
+class SeasonalBank:
+    """The online state of many fitted :class:`SeasonalModel` as arrays.
+
+    Each model's level (moved by every in-band point) is one entry of ``level``; its profiles and band
+    widths are stacked with those of the models of the same shape (periods, profile lengths, band
+    buckets), so a point's expected value and band for every unit are a few array look-ups per shape:
+    the same values, in the same order of additions, as each model's :meth:`SeasonalModel.score`. A
+    model in a bank reads and sets its level there (:attr:`SeasonalModel.level_`) and pickles it as
+    its own; a model that is fitted again leaves it.
+    """
+
+    def __init__(self, models: Sequence[SeasonalModel]):
+        count = len(models)
+        for model in models:
+            model._check_fitted()
+        self.level = np.fromiter((m.level_ for m in models), dtype=float, count=count)
+        self.k = np.fromiter((m.k for m in models), dtype=float, count=count)
+        self.alpha = np.fromiter((m.level_alpha for m in models), dtype=float, count=count)
+        shapes: dict[tuple, list[int]] = {}
+        for r, model in enumerate(models):
+            key = (tuple(model.periods_), tuple(map(len, model.profiles_)), len(model.sigma_))
+            shapes.setdefault(key, []).append(r)
+        self.shape_of = np.empty(count, dtype=np.intp)
+        self.position = np.empty(count, dtype=np.intp)  # the row's place among its shape's rows
+        self.shapes = []
+        for index, ((periods, lengths, bins), rows) in enumerate(shapes.items()):
+            profiles = [np.array([models[r].profiles_[j] for r in rows]) for j in range(len(periods))]
+            sigma = np.array([models[r].sigma_ for r in rows])
+            self.shapes.append((periods, lengths, bins, profiles, sigma))
+            self.shape_of[rows] = index
+            self.position[rows] = np.arange(len(rows))
+        for r, model in enumerate(models):
+            model.__dict__.pop("level_", None)  # the bank holds it now
+            model._bank, model._row = self, r
+
+    @classmethod
+    def of(cls, models: Sequence[SeasonalModel]) -> SeasonalBank:
+        """The bank all of ``models`` are in, or a new one for them."""
+        return common_bank(models) or cls(models)
+
+    def seasonal_and_half(self, rows: np.ndarray, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+        """The seasonal component and the band's half width of ``rows`` at ``seconds``."""
+        stamp = np.array([seconds], dtype=float)
+        seasonal, half = np.zeros(len(rows)), np.empty(len(rows))
+        shape_of = self.shape_of[rows]
+        single = len(self.shapes) == 1
+        for index, (periods, lengths, bins, profiles, sigma) in enumerate(self.shapes):
+            at = slice(None) if single else np.flatnonzero(shape_of == index)
+            position = self.position[rows[at]]
+            total = np.zeros(len(position))  # what _seasonal sums, profile by profile
+            for period, length, table in zip(periods, lengths, profiles, strict=True):
+                total += table[position, int(SeasonalModel._phase(stamp, period, length)[0])]
+            seasonal[at] = total
+            half[at] = self.k[rows[at]] * sigma[position, int(SeasonalModel._day_bin(stamp, bins)[0])]
+        return seasonal, half

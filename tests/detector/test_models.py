@@ -515,3 +515,41 @@ def test_scoring_many_with_a_model_never_fitted_says_so():
         models = [make_model(cls.name).fit(daily_series(2)), cls()]
         with pytest.raises(NotFittedError):
             cls.score_learn_many(models, 1.7e9, np.array([50.0, 50.0]))
+
+
+def test_seasonal_models_scored_in_a_bank_keep_their_level_through_a_refit_and_a_lone_point():
+    """Models of several shapes (daily, daily and weekly, none) scored together score and learn as each
+    alone; one learning on its own moves its level in the bank, one fitted again leaves it, and the saved
+    state is each model's."""
+    import copy
+    import pickle
+
+    from detector.models.seasonal import SeasonalModel
+
+    histories = [daily_series(days, seed=days) for days in (3, 3, 15)] + [daily_series(1)]
+    models = [SeasonalModel(level_alpha=0.2).fit(h) for h in histories]
+    assert len({(tuple(m.periods_), len(m.sigma_)) for m in models}) == 3
+    twins = copy.deepcopy(models)
+    rng = np.random.default_rng(2)
+    start = histories[2].index[-1]
+    for step in range(40):
+        stamp = start + pd.Timedelta(minutes=step + 1)
+        values = 50 + rng.normal(0, 3, len(models))
+        batch = SeasonalModel.score_learn_many(models, stamp.timestamp(), values)
+        for i, twin in enumerate(twins):
+            frame = pd.DataFrame({"value": [values[i]]}, index=pd.DatetimeIndex([stamp]))
+            single = twin.score(frame)
+            twin.learn(frame)
+            for column in ("expected", "lower", "upper", "score"):
+                np.testing.assert_array_equal(batch[column][i], single[column].to_numpy()[0])
+        if step == 10:  # alone, through the model's own learn
+            frame = pd.DataFrame({"value": [51.0]}, index=pd.DatetimeIndex([stamp]))
+            models[0].learn(frame)
+            twins[0].learn(frame)
+        if step == 20:  # fitted again: out of the bank, scored in a new one with the others
+            models[1].fit(histories[2])
+            twins[1].fit(histories[2])
+    for model, twin in zip(models, twins, strict=True):
+        assert model.level_ == twin.level_
+        assert pickle.loads(pickle.dumps(model)).level_ == twin.level_
+        assert "_bank" not in pickle.loads(pickle.dumps(model)).__dict__
