@@ -77,15 +77,41 @@ def build_units(
             units[unit] = (counter_rate(series, query.step) if query.counter else series).to_frame("value")
         return units
     columns: dict[SeriesKey, dict[str, pd.Series]] = {}
-    for key, series in raw.items():
-        labels = dict(key)
-        entity = tuple(sorted(output_labels({k: labels.get(k, "") for k in query.group_by}).items()))
-        if shard_of(entity, total) != index:
-            continue
-        values = counter_rate(series, query.step) if query.counter else series
-        columns.setdefault(entity, {})[feature_name(labels, query.group_by)] = values
+    for (entity, feature), series in zip(entity_features(query, raw, shard), raw.values(), strict=True):
+        if entity is not None:
+            columns.setdefault(entity, {})[feature] = counter_rate(series, query.step) if query.counter else series
     for entity, features in columns.items():
         units[entity] = pd.DataFrame(dict(sorted(features.items())))
+    return units
+
+
+def entity_features(query: QueryConfig, keys: Iterable[SeriesKey],
+                    shard: tuple[int, int] = (0, 1)) -> list[tuple[SeriesKey | None, str]]:
+    """Each series' entity (its ``group_by`` labels; ``None`` where another replica's) and feature name."""
+    index, total = shard
+    out: list[tuple[SeriesKey | None, str]] = []
+    for key in keys:
+        labels = dict(key)
+        entity = tuple(sorted(output_labels({k: labels.get(k, "") for k in query.group_by}).items()))
+        out.append((entity if shard_of(entity, total) == index else None, feature_name(labels, query.group_by)))
+    return out
+
+
+def entity_units(query: QueryConfig, index: pd.DatetimeIndex, keys: Sequence[SeriesKey], values: np.ndarray,
+                 shard: tuple[int, int] = (0, 1)) -> dict[SeriesKey, pd.DataFrame]:
+    """:func:`build_units` of a multivariate query from its answer as arrays
+    (:meth:`~detector.reader.PrometheusReader.query_range_arrays`): no pandas Series per series, each
+    entity's frame made from its rows on the shared grid."""
+    if query.counter:
+        values = counter_rates(values, query.step)
+    columns: dict[SeriesKey, dict[str, np.ndarray]] = {}
+    for (entity, feature), row in zip(entity_features(query, keys, shard), values, strict=True):
+        if entity is not None:
+            columns.setdefault(entity, {})[feature] = row
+    units = {}
+    for entity, features in columns.items():  # one 2-D block a frame: a third of the cost of a dict of columns
+        names = sorted(features)
+        units[entity] = pd.DataFrame(np.column_stack([features[name] for name in names]), index=index, columns=names)
     return units
 
 

@@ -44,6 +44,7 @@ from detector.scoring import (
     UnitLayout,
     UnitRows,
     build_units,
+    entity_units,
     fit_bundle,
     grid_seconds,
     is_multivariate,
@@ -416,9 +417,9 @@ class Detector:
                                                   start=start, end=end))
         lead = query.step if query.counter else 0.0
         multivariate = is_multivariate(config, alias)
-        arrays = None if multivariate else getattr(reader, "query_range_arrays", None)
+        arrays = getattr(reader, "query_range_arrays", None)
         try:
-            if arrays is not None:  # no pandas object per series: the rows are scored in batches
+            if arrays is not None:  # no pandas object per series
                 answer = arrays(query.expr, start - lead, end, query.step)
             else:
                 raw = reader.query_range(query.expr, start - lead, end, query.step)
@@ -426,7 +427,11 @@ class Detector:
             self._query_failed(alias, err)
             return 0, reader.last_request_seconds
         query_seconds = reader.last_request_seconds
-        if arrays is not None:
+        if arrays is not None and multivariate:  # a frame per entity, from its rows
+            units = entity_units(query, *answer, self.shard)
+            if lead:
+                units = {key: frame.iloc[1:] for key, frame in units.items()}
+        elif arrays is not None:  # the rows are scored in batches
             units: Mapping[SeriesKey, pd.DataFrame] = UnitRows.from_query(query, *answer, self.shard, alias)
             if lead:  # the extra point before start only served the first rate
                 units = units.after_first()

@@ -296,6 +296,35 @@ def test_a_multivariate_query_scores_each_entity_and_names_the_features(tmp_path
         source.stop()
 
 
+@pytest.mark.parametrize("counter", [False, True])
+@pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
+def test_a_multivariate_answer_as_arrays_gives_the_frames_its_series_give(counter, shard):
+    """The serve cycle's entities (entity_units, from the reader's arrays) are build_units' frames from the
+    same answer as pandas Series: features, names, counter rates, shard and NaN gaps alike."""
+    import numpy as np
+    import pandas as pd
+
+    from detector.reader import utc_index
+    from detector.scoring import build_units, entity_units
+
+    config = validate({"schema_version": 1, "reader": {"url": "http://127.0.0.1:1"}, "state_dir": "/tmp/unused",
+                       "queries": {"q": {"expr": "x", "model": "iforest", "group_by": ["gpu"], "counter": counter}}})
+    query = config.queries["q"]
+    index = utc_index(NOW - 37 + STEP * np.arange(6))
+    rng = np.random.default_rng(1)
+    keys = tuple((("__name__", name), ("gpu", gpu), *((("fan", fan),) if fan else ()))
+                 for gpu in ("0", "1", "2", "3") for name, fan in (("temp", ""), ("power", ""), ("rpm", "a")))
+    values = np.cumsum(rng.uniform(0, 5, (len(keys), len(index))), axis=1)
+    values[3, 2] = np.nan
+    raw = {key: pd.Series(row, index=index, name="value") for key, row in zip(keys, values, strict=True)}
+    expected = build_units(query, True, raw, shard)
+    got = entity_units(query, index, keys, values, shard)
+    assert list(got) == list(expected) and 0 < len(got) <= 4
+    for entity, frame in expected.items():
+        pd.testing.assert_frame_equal(got[entity], frame, check_freq=False)
+    assert list(next(iter(got.values())).columns) == ["power", "rpm{fan=a}", "temp"]
+
+
 def test_the_sink_gets_the_fit_with_its_training_frames_and_what_it_returns_serves(source, tmp_path):
     import dataclasses
 
