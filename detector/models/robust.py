@@ -8,16 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from detector import sortedrows
 from detector.models.base import MAD_TO_SIGMA, Model, band_score, empty_scores
-from detector.sortedrows import (
-    common_bank,
-    middle,
-    recentre,
-    replace_in_rows,
-    rows_in_bank,
-    search_rows,
-    wider,
-)
 
 
 class RobustModel(Model):
@@ -142,7 +134,7 @@ class RobustModel(Model):
         bank = RobustBank.of(models)
         if bank is None:
             return cls._score_learn_stacked(models, values)
-        rows = rows_in_bank(models)
+        rows = sortedrows.rows_in_bank(models)
         expected, lower, upper = bank.bands(rows)
         score = band_score(values, expected, lower, upper)
         with np.errstate(invalid="ignore"):
@@ -181,11 +173,11 @@ class RobustBank:
     Row ``r`` holds one model's window twice: in arrival order in a ring (``ring[r]``, the oldest
     at ``head[r]`` once full) and sorted (``sorted[r, start[r]:start[r] + length[r]]``, in a row a
     quarter of the window wider on each side, so that a trend moves the row rather than its values;
-    see :func:`~detector.sortedrows.replace_in_rows`). The median is then one element (or the mean of two), the MAD the k-th smallest distance from it,
-    found by a binary search over the two sorted runs of distances below and above the median, and
-    learning a point moves one value out of and one into each sorted row. These are the values
-    ``np.median`` gives, bit for bit, at a cost that grows with the number of models, not with
-    models times window. A model attached to a bank reads its window from it
+    see :func:`~detector.sortedrows.replace_in_rows`). The median is then one element (or the mean
+    of two), the MAD the k-th smallest distance from it, found by a binary search over the two
+    sorted runs of distances below and above the median, and learning a point moves one value out
+    of and one into each sorted row. These are the values ``np.median`` gives, bit for bit, at a
+    cost that grows with the number of models, not with models times window. A model attached to a bank reads its window from it
     (:attr:`RobustModel.window_`) and pickles it as its own; a model that learns on its own
     takes its window back.
     """
@@ -198,9 +190,9 @@ class RobustBank:
         self.length = np.fromiter(map(len, windows), dtype=np.intp, count=count)
         self.head = np.zeros(count, dtype=np.intp)
         self.ring = np.zeros((count, width))
-        self.span = wider(width)
+        self.span = sortedrows.wider(width)
         self.sorted = np.full((count, self.span), np.inf)
-        self.start = middle(self.span, self.length)
+        self.start = sortedrows.middle(self.span, self.length)
         for r, window in enumerate(windows):
             self.ring[r, : len(window)] = window
             self.sorted[r, self.start[r]:self.start[r] + len(window)] = np.sort(window)
@@ -214,7 +206,7 @@ class RobustBank:
     @classmethod
     def of(cls, models: Sequence[RobustModel]) -> RobustBank | None:
         """The bank all of ``models`` are in, a new one for them, or ``None`` where they differ in window size."""
-        bank = common_bank(models)
+        bank = sortedrows.common_bank(models)
         if bank is not None:
             return bank
         for model in models:
@@ -271,9 +263,10 @@ class RobustBank:
         # the sorted rows lose the oldest value (a padding inf while not full) and gain the new one
         flat, start, span = self.sorted.reshape(-1), self.start[rows], self.span
         base = rows * span + start
-        drop = np.where(full, search_rows(flat, base, length, oldest), length)
-        self.start[rows] = start + replace_in_rows(flat, base, length, drop, values, (start, span - start - length))
-        recentre(self.sorted, rows, self.start, self.length)
+        drop = np.where(full, sortedrows.search_rows(flat, base, length, oldest), length)
+        room = (start, span - start - length)
+        self.start[rows] = start + sortedrows.replace_in_rows(flat, base, length, drop, values, room)
+        sortedrows.recentre(self.sorted, rows, self.start, self.length)
 
 
 def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, median: np.ndarray,
