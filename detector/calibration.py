@@ -281,23 +281,22 @@ class CalibrationBank:
         self.head[rows] = np.where(full, (head + 1) % capacity, head)
         self.length[rows] = np.minimum(length + 1, capacity)
         self.stale[rows[~full]] = True
-        flat, span = self.tail.reshape(-1), self.span
+        flat = self.tail.reshape(-1)
         # the oldest value leaves the tail if it was in it, else the values below it
-        size = self.size[rows]
-        smallest = flat[rows * span + self.start[rows]]  # where size > 0
-        out = full & (size > 0) & (oldest >= smallest)
+        size, base = self.size[rows], self._base(rows)
+        out = full & (size > 0) & (oldest >= flat[base])  # flat[base]: the smallest, where size > 0
         leave = rows[out]
-        self._replace(leave, lambda base, size: search_rows(flat, base, size, oldest[out]), np.full(len(leave), np.inf))
+        base, size = base[out], size[out]
+        self._replace(leave, base, search_rows(flat, base, size, oldest[out]), np.full(len(leave), np.inf))
         self.size[leave] -= 1
         self.stale[leave] = True
         # the new value joins the tail if it is not below it (the tail's smallest value leaves a full row)
-        size = self.size[rows]
-        smallest = flat[rows * span + self.start[rows]]
-        join = (size > 0) & (x >= smallest)
+        size, base = self.size[rows], self._base(rows)
+        join = (size > 0) & (x >= flat[base])
         enter = rows[join]
-        size = self.size[enter]
+        size = size[join]
         crowded = size >= self.tail_width[enter]
-        self._replace(enter, lambda base, size: np.where(crowded, 0, size), x[join])
+        self._replace(enter, base[join], np.where(crowded, 0, size), x[join])
         self.size[enter] = size + ~crowded
         self.stale[enter] = True
         recentre(self.tail, rows, self.start, self.size)
@@ -305,13 +304,15 @@ class CalibrationBank:
         for row in short.tolist():
             self._rebuild(row)
 
-    def _replace(self, rows: np.ndarray, drop, values: np.ndarray) -> None:
-        """:func:`~detector.sortedrows.replace_in_rows` in the tails of ``rows``: ``drop(base, size)`` the
-        place of the value each loses."""
-        flat, span, start, size = self.tail.reshape(-1), self.span, self.start[rows], self.size[rows]
-        base = rows * span + start
-        self.start[rows] = start + replace_in_rows(flat, base, size, drop(base, size), values,
-                                                   (start, span - start - size))
+    def _base(self, rows: np.ndarray) -> np.ndarray:
+        """Where the tail of each of ``rows`` starts in ``tail`` flattened."""
+        return rows * self.span + self.start[rows]
+
+    def _replace(self, rows: np.ndarray, base: np.ndarray, drop: np.ndarray, values: np.ndarray) -> None:
+        """:func:`~detector.sortedrows.replace_in_rows` in the tails of ``rows`` (starting at ``base``)."""
+        start, size = self.start[rows], self.size[rows]
+        self.start[rows] = start + replace_in_rows(self.tail.reshape(-1), base, size, drop, values,
+                                                   (start, self.span - start - size))
 
     def fit_levels(self, rows: np.ndarray) -> None:
         """Re-estimate the level of ``rows`` (the band's below ``min_points`` values) and restart their count.
@@ -339,7 +340,7 @@ class CalibrationBank:
         """
         quantile, target, length = self.tail_quantile[rows], self.target_rate[rows], self.length[rows]
         size = self.size[rows]
-        flat, base = self.tail.reshape(-1), rows * self.span + self.start[rows]
+        flat, base = self.tail.reshape(-1), self._base(rows)
         start = base + size - length  # where the value of overall rank 0 would be
         virtual = (length - 1) * quantile
         lower = np.floor(virtual)

@@ -177,9 +177,9 @@ class RobustBank:
     of two), the MAD the k-th smallest distance from it, found by a binary search over the two
     sorted runs of distances below and above the median, and learning a point moves one value out
     of and one into each sorted row. These are the values ``np.median`` gives, bit for bit, at a
-    cost that grows with the number of models, not with models times window. A model attached to a bank reads its window from it
-    (:attr:`RobustModel.window_`) and pickles it as its own; a model that learns on its own
-    takes its window back.
+    cost that grows with the number of models, not with models times window. A model attached to a
+    bank reads its window from it (:attr:`RobustModel.window_`) and pickles it as its own; a model
+    that learns on its own takes its window back.
     """
 
     def __init__(self, models: Sequence[RobustModel]):
