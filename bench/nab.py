@@ -4,11 +4,12 @@
                         [--models shipped,robust,...] [--jobs N] [--json FILE]
 
 Each file is served to a real :class:`detector.service.Detector` by a reader that answers its
-range queries from the file, with the clock set to each row's time in turn: the detector scores
-every row in a scoring cycle, as ``/metrics`` would publish it (stand-in model before the first
-fit, the query's model after, direction, calibration, hold), so the bench measures the product.
-Fits are asked for between cycles (``fit_query`` at the previous row's time, so a fit never
-sees the row it scores next): when the file has ``--first-fit-rows`` rows, whenever
+range queries from the file, with the clock set in turn to each row's grid point (the first whose
+value the row is; see :func:`cycle_times`): the detector scores every row in a scoring cycle, as
+``/metrics`` would publish it (stand-in model before the first fit, the query's model after,
+direction, calibration, hold), so the bench measures the product. Fits are asked for between
+cycles (``fit_query`` at the previous row's grid point, so a fit never sees the row it scores
+next): when the file has ``--first-fit-rows`` rows, whenever
 ``fit_every`` (1 day) has passed, and, while the history is young, when it has doubled, as a
 service that started with the file would refit once its history allows.
 
@@ -55,7 +56,7 @@ if __package__ in (None, ""):
 
 from detector.config import DetectorConfig  # noqa: E402
 from detector.nabscore import STANDARD_PROFILES, Profile, load_profiles, score_corpus  # noqa: E402
-from detector.reader import align, utc_index  # noqa: E402
+from detector.reader import utc_index  # noqa: E402
 from detector.service import Detector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +129,7 @@ def replay(spec: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list
     """Published score and raw score of every row, and the rows before which a fit was installed."""
     step = file_step(frame)
     times = frame.index.asi8 / 1e9
+    cycles = cycle_times(times, step)
     n = len(frame)
     score, raw = np.full(n, np.nan), np.full(n, np.nan)
     fit_rows: list[int] = []
@@ -139,14 +141,24 @@ def replay(spec: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list
             due = fitted_at is None and i >= FIRST_FIT_ROWS or fitted_at is not None and (
                 times[i - 1] - fitted_at >= fit_every or i >= 2 * fitted_rows)
             if due:
-                clock["now"] = float(times[i - 1])
+                clock["now"] = float(cycles[i - 1])
                 if detector.fit_query(ALIAS, clock["now"]) is not None:
                     fit_rows.append(i)
                 fitted_at, fitted_rows = float(times[i - 1]), i
-            clock["now"] = float(times[i])
+            clock["now"] = float(cycles[i])
             detector.run_cycle(clock["now"])
-            score[i], raw[i] = published(detector, align(times[i], step))
+            score[i], raw[i] = published(detector, clock["now"])
     return score, raw, fit_rows
+
+
+def cycle_times(times: np.ndarray, step: float) -> np.ndarray:
+    """Per row, the grid point whose scoring cycle publishes it: the first grid point whose value is
+    that row (its own time on the grid, else the next grid point: a grid point takes the last row at or
+    before it), or, where the next row comes first, the grid point before it (the row is never a grid
+    point's value; a cycle never reads a later row)."""
+    covering = np.ceil(times / step) * step
+    following = np.append(times[1:], np.inf)
+    return np.where(following > covering, covering, np.floor(times / step) * step)
 
 
 def file_detector(spec: str, frame: pd.DataFrame, state_dir: str) -> tuple[Detector, dict[str, float]]:

@@ -97,6 +97,23 @@ def test_published_scores_do_not_depend_on_future_rows(tmp_path):
     assert rising_edges(full[400:690]).sum() <= 2  # new extremes of the noise, at most
 
 
+def test_a_row_off_the_grid_gets_its_own_score(tmp_path):
+    """Rows two minutes past the five-minute grid (most real NAB files): each row's score is the one
+    published at the next grid point, the first whose value it is, not the previous row's; a row
+    followed by another before that grid point never reads it."""
+    data, _ = write_corpus(tmp_path)
+    frame = read_nab_file(data / "synthetic" / "jump.csv")
+    frame.index = frame.index + pd.Timedelta("2min")
+    spike = frame.index[400] + pd.Timedelta("1min")  # a spike one minute after row 400, before the grid point
+    frame = pd.concat([frame, pd.DataFrame({"value": [60.0]}, index=[spike])]).sort_index()
+    full, _, _ = replay("shipped", frame)
+    cut, _, _ = replay("shipped", frame.iloc[:721])
+    np.testing.assert_array_equal(full[:721], cut)
+    assert full[400] <= 1 and full[401] > 1  # row 400 is published before the spike is read
+    assert full[701] > 1 and full[700] <= 1  # the jump (now row 701) is reported at its own row
+    assert (full[702:712] == HELD).all()
+
+
 def test_a_refit_in_the_middle_of_an_incident_does_not_report_it_again(tmp_path):
     """The service installs a refit's models while the jump's score is held: the hold and the rest
     period go on with the new models (one rising edge, held for the alert's ``for``)."""
