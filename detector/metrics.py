@@ -107,6 +107,12 @@ class DetectorCollector:
         yield peaks
         yield _gauge("boxwatch_detector_models_ready", "1 once every query has fitted or loaded models.",
                      float(detector.ready))
+        yield _gauge("boxwatch_detector_memory_settled_timestamp_seconds",
+                     "Unix time the detector last collected garbage and froze what lives on (start-up, fits, "
+                     "champion installs, reloads).", stats.settled_timestamp)
+        yield _gauge("boxwatch_detector_gc_frozen_objects",
+                     "Objects kept out of garbage collections since the last settle (modules, models).",
+                     float(stats.frozen_objects))
         info = InfoMetricFamily("boxwatch_model", "The model version serving each query.",
                                 labels=["query", "model", "version"])
         for alias, model, version in detector.model_info():

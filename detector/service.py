@@ -121,6 +121,8 @@ class Stats:
     fit_process_peak_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
     reload_success: bool = True
     reload_timestamp: float = 0.0
+    settled_timestamp: float = 0.0
+    frozen_objects: int = 0
     remote_write_errors: int = 0
     anomalies_total: dict[str, int] = field(default_factory=dict)
 
@@ -198,13 +200,18 @@ class Detector:
         return self
 
     def settle_memory(self) -> None:
-        """After start-up and after fits: collect the garbage, give free pages back to the system, and
-        keep what is alive now (modules, models, calibrations) out of later garbage collections
-        (:func:`~boxwatch.memory.freeze_survivors`), so that a full collection in a serve cycle scans
-        that cycle's objects only. :meth:`start` and the fitting thread call it; a process that drives
-        the cycles itself (a benchmark) calls it after its fits, as the fitting thread would."""
-        freeze_survivors()
+        """After start-up and whenever models change: collect the garbage, give free pages back to the
+        system, and keep what is alive now (modules, models, calibrations) out of later garbage
+        collections (:func:`~boxwatch.memory.freeze_survivors`), so that a full collection in a serve
+        cycle scans that cycle's objects only. :meth:`start`, the fitting thread, :meth:`reload` and
+        the registry's champion watcher call it; a process that drives the cycles itself (a
+        benchmark) calls it after its fits, as the fitting thread would. Never call it holding the
+        lock a serve cycle waits for: a full collection takes tens of milliseconds."""
+        frozen = freeze_survivors()
         release_free_memory()
+        with self._lock:
+            self.stats.frozen_objects = frozen
+            self.stats.settled_timestamp = self.clock()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -337,6 +344,7 @@ class Detector:
             self._sync_states(new)
             self.stats.reload_success = True
             self.stats.reload_timestamp = self.clock()
+        self.settle_memory()  # new queries' loaded models live long; removed queries' are garbage
         log.info("configuration reloaded", extra=_fields(file=self.config_path, queries=len(new.queries)))
         self._fit_wakeup.set()
         return True, []

@@ -156,6 +156,8 @@ class ChampionWatcher:
                     log.info("serving a new champion", extra=kv(query=alias, version=bundle.version))
                 else:
                     errors.append(f"{alias}: champion v{bundle.version} was fitted for another configuration")
+            if installed:  # the champions live long, the bundles they replaced are garbage
+                detector.settle_memory()
             self.health.ok()
             return {"installed": installed, "errors": errors}
 

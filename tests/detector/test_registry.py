@@ -179,9 +179,12 @@ def test_serve_picks_up_an_alias_change_without_a_restart(store):
         detector.wait_for(lambda: detector.sample("boxwatch_detector_registry_up") == [1.0], 60, "registry checked")
         assert _model_info(detector) == {"load": "1"}
         cli(store, "promote", NAME, "3")
+        before = time.time()
         response = requests.post(f"{detector.url}/api/v1/models/reload", timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["installed"] == [{"query": "load", "version": "3"}]
+        # the champion installed is kept out of later garbage collections
+        assert detector.sample("boxwatch_detector_memory_settled_timestamp_seconds")[0] >= before
         assert _model_info(detector) == {"load": "3"}
         cli(store, "rollback", NAME)
         requests.post(f"{detector.url}/api/v1/models/reload", timeout=60).raise_for_status()

@@ -210,9 +210,13 @@ def test_reload_keeps_the_last_good_config_and_applies_a_good_one(history_promet
 
     config["queries"]["temp_copy"] = query("svc_test_value * 2")
     detector.config_path.write_text(yaml.safe_dump(config))
+    before = time.time()
     response = requests.post(f"{detector.url}/-/reload", timeout=10)
     assert response.status_code == 200, response.text
     assert detector.sample("boxwatch_detector_config_last_reload_successful") == [1.0]
+    # what the reload loaded is kept out of later garbage collections
+    assert detector.sample("boxwatch_detector_memory_settled_timestamp_seconds")[0] >= before
+    assert detector.sample("boxwatch_detector_gc_frozen_objects")[0] > 10_000
     detector.wait_for(lambda: {s.labels["query"] for s in detector.samples("boxwatch_anomaly_score")}
                       == {"temp", "temp_copy"}, what="the added query scored")
     assert detector.sample("boxwatch_detector_query_errors_total", query="temp") == errors
