@@ -71,6 +71,10 @@ class ReaderConfig(HttpClientConfig):
     catch_up_max: Duration = Field(
         3600.0, description="After an outage, score at most this much of the missed range (duration)."
     )
+    compression: bool = Field(
+        False, description="Ask Prometheus to gzip its answers (for a Prometheus across a slow link; beside it, "
+                           "compressing costs both ends more time than the bytes save)."
+    )
 
     @field_validator("url")
     @classmethod

@@ -8,6 +8,8 @@ Long ranges are split so that no request asks for more than ``max_points_per_req
 points per series (Prometheus refuses more than 11,000). Connection errors, 5xx and 429
 answers are retried with exponential backoff within one ``timeout``; a 4xx (a bad query) is
 not, nor a read timeout (a hung server): either way a request fails within ``timeout``.
+Answers come uncompressed unless ``compression`` is set: the detector usually runs beside
+Prometheus, where gzip costs both ends more time than the bytes it saves.
 
 Counters: prefer ``rate()`` in PromQL. For a query that returns raw counters, set
 ``counter: true`` and :func:`counter_rate` turns the values into per-second rates, reading a
@@ -107,6 +109,10 @@ class PrometheusReader:
     def __init__(self, config: ReaderConfig, session: requests.Session | None = None, sleep=time.sleep):
         self.config = config
         self._session = session_for(config, session)
+        if not config.compression and not any(name.lower() == "accept-encoding" for name in config.headers):
+            # requests asks for gzip by default, and Prometheus then compresses every answer: for a serve
+            # cycle's 5,000 series (700 kB) that made the request and its decoding 72 ms instead of 52
+            self._session.headers["Accept-Encoding"] = "identity"
         self._sleep = sleep
         self.last_request_seconds = 0.0
         self._layouts: dict[str, tuple[list[dict], tuple[SeriesKey, ...], dict[SeriesKey, int] | None]] = {}

@@ -68,6 +68,28 @@ def test_long_range_is_chunked_and_lands_on_the_step_grid(loaded):
 
 
 @pytest.mark.slow
+def test_answers_come_uncompressed_unless_asked_for(loaded):
+    """Beside Prometheus, gzip costs more than it saves: not asked for by default; ``compression`` asks for
+    it, and an ``Accept-Encoding`` header of the configuration wins either way."""
+
+    def encodings(**settings) -> tuple[list, dict]:
+        session, seen = requests.Session(), []
+        session.hooks["response"].append(lambda response, **_: seen.append(response.headers.get("Content-Encoding")))
+        reader = PrometheusReader(ReaderConfig(url=loaded.url, **settings), session=session)
+        answer = reader.query_range("reader_test_value", END - 3600, END, STEP)
+        return seen, answer
+
+    plain, answer = encodings()
+    gzipped, same = encodings(compression=True)
+    assert plain == [None] and gzipped == ["gzip"]
+    assert answer.keys() == same.keys()
+    for key, series in answer.items():
+        np.testing.assert_array_equal(series.to_numpy(), same[key].to_numpy())
+    assert encodings(headers={"accept-encoding": "gzip"})[0] == ["gzip"]
+    assert encodings(compression=True, headers={"Accept-Encoding": "identity"})[0] == [None]
+
+
+@pytest.mark.slow
 def test_smaller_chunks_give_the_same_answer(loaded):
     small = CountingSession()
     reader = PrometheusReader(ReaderConfig(url=loaded.url, max_points_per_request=500), session=small)
