@@ -435,16 +435,13 @@ class Detector:
             self._query_failed(alias, err)
             return 0, reader.last_request_seconds
         query_seconds = reader.last_request_seconds
-        if arrays is not None and multivariate:  # a frame per entity, from its rows
-            units = entity_units(query, *answer, self.shard)
-            if lead:
-                units = {key: frame.iloc[1:] for key, frame in units.items()}
-        elif arrays is not None:  # the rows are scored in batches
+        if arrays is not None and not multivariate:  # the rows are scored in batches
             units: Mapping[SeriesKey, pd.DataFrame] = UnitRows.from_query(query, *answer, self.shard, alias)
             if lead:  # the extra point before start only served the first rate
                 units = units.after_first()
-        else:
-            units = build_units(query, multivariate, raw, self.shard, alias)
+        else:  # a frame per unit (an entity's from its rows where the reader gave arrays)
+            units = (entity_units(query, *answer, self.shard) if arrays is not None
+                     else build_units(query, multivariate, raw, self.shard, alias))
             if lead:
                 units = {key: frame.iloc[1:] for key, frame in units.items()}
         try:
