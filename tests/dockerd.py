@@ -21,6 +21,8 @@ from pathlib import Path
 
 import docker
 
+from tests.harness import freeze
+
 BUSYBOX_IMAGE = "boxwatch-busybox:test"
 
 
@@ -94,7 +96,7 @@ class PrivateDockerd:
     def pause(self) -> None:
         """Freeze the daemon (SIGSTOP): its socket accepts connections but nothing answers."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        freeze(self.proc.pid)
 
     def resume(self) -> None:
         assert self.proc is not None

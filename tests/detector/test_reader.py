@@ -12,7 +12,7 @@ import requests
 from detector.config import ReaderConfig
 from detector.reader import PrometheusReader, PrometheusUnavailable, QueryError, counter_rate, counter_rates
 from tests.detector.conftest import STEP
-from tests.harness import free_port
+from tests.harness import free_port, freeze
 
 END = (int(time.time()) // 3600 - 2) * 3600  # an aligned hour, safely in the past
 DAYS = 9  # 12961 one-minute points: more than one request may carry
@@ -196,7 +196,7 @@ def test_a_hung_prometheus_is_reported_within_one_timeout_and_scoring_resumes(lo
                        "reader": {"url": loaded.url, "timeout": "2s", "retries": 3},
                        "queries": {"q": {"expr": "reader_test_value", "step": f"{STEP}s"}}})
     detector = Detector(config, clock=lambda: END)
-    os.kill(loaded.proc.pid, signal.SIGSTOP)
+    freeze(loaded.proc.pid)
     try:
         began = time.monotonic()
         with pytest.raises(PrometheusUnavailable, match="did not answer within 2 s"):
