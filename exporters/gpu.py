@@ -406,7 +406,8 @@ class NvmlPoller:
     # public -----------------------------------------------------------------
 
     def start(self, wait: float = 2.0) -> NvmlPoller:
-        """Start polling; wait up to ``wait`` seconds for the first snapshot (never longer)."""
+        """Start polling; wait up to ``wait`` seconds (never longer) for the first poll's readings, or
+        for NVML to be found down, so that the first scrape has them."""
         self._thread.start()
         self._first.wait(wait)
         return self
@@ -430,9 +431,11 @@ class NvmlPoller:
                                            errors=self._error_counts()))
                     self._stop.wait(self._retry.next_delay())
                     continue
-                # NVML is up but no GPU has been read yet: say so rather than nvml_up 0.
+                # NVML is up but no GPU has been read yet: say so rather than nvml_up 0 (not yet the
+                # first snapshot start() waits for: that one has the GPUs' readings)
                 self._publish(Snapshot(nvml_up=True, taken_at=self._clock(), poll_duration=0.0,
-                                       driver_version=self._driver_version, errors=self._error_counts()))
+                                       driver_version=self._driver_version, errors=self._error_counts()),
+                              complete=False)
             try:
                 self._poll()
             except Exception:
@@ -441,14 +444,15 @@ class NvmlPoller:
                 log.exception("NVML poll raised")
             self._stop.wait(self._config.poll_interval)
 
-    def _publish(self, snapshot: Snapshot) -> None:
+    def _publish(self, snapshot: Snapshot, complete: bool = True) -> None:
         self._snapshot = snapshot  # one reference swap: readers see the old or the new, whole
         for listener in self.listeners:
             try:
                 listener(snapshot)
             except Exception:  # a rendering bug must not stop the polling
                 log.exception("snapshot listener failed")
-        self._first.set()
+        if complete:  # a poll's readings, or NVML down
+            self._first.set()
 
     def _poll(self) -> None:
         start = self._clock()

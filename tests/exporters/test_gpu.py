@@ -242,6 +242,14 @@ def test_health_fields_pcie_link_limits_and_violation_time(start_exporter):
     assert value(text, "boxwatch_gpu_errors_total", **GPU1) == 0.0  # unsupported is not an error
 
 
+def test_the_first_scrape_has_the_first_poll_readings(start_exporter):
+    """Start-up waits (at most 2 s) for the first poll's readings, not only for NVML to initialise: with
+    NVML calls of 20 ms, a scrape right after the exporter listens already has every GPU."""
+    text = start_exporter(delay_us=20_000).scrape()
+    assert value(text, "boxwatch_gpu_up", **GPU0) == 1.0 and value(text, "boxwatch_gpu_up", **GPU1) == 1.0
+    assert value(text, "boxwatch_gpu_temperature_celsius", **GPU0) is not None
+
+
 def test_page_retirement_card_reports_retired_pages_instead_of_remapped_rows(start_exporter):
     text = start_exporter(page_retirement_gpu=1).scrape()
     v100 = {**GPU1, "name": "Tesla V100-PCIE-16GB"}
