@@ -506,6 +506,56 @@ def test_searching_sorted_rows_gives_np_searchsorted_of_each_row():
             np.testing.assert_array_equal(found, expected)
 
 
+@pytest.mark.parametrize("slack", [0, 3, 40])
+def test_sorted_rows_change_the_same_whether_updated_together_or_one_by_one(slack):
+    """A few rows are searched and updated one by one, many in array steps: the same places, the same
+    values after each replacement and the same shifts, for every kind of move (the rows of the test
+    above: random and trending values, rows that grow and shrink, ties, NaN searched)."""
+    from detector.sortedrows import ROW_BY_ROW, SLICE_FROM, replace_in_rows, search_rows
+
+    rng = np.random.default_rng(11)
+    count, width = 3 * ROW_BY_ROW, 3 * SLICE_FROM + 1  # odd: a full row has a middle, where moves tie
+    span = width + 1 + 2 * slack
+    windows = [list(np.round(rng.normal(0, 2, rng.integers(0, width)))) for _ in range(count)]
+    together = np.full((count, span), np.inf)
+    start = np.full(count, slack)
+    for row, window in enumerate(windows):
+        together[row, slack:slack + len(window)] = np.sort(window)
+    alone = together.copy()
+    rows = np.arange(count)
+    for step in range(2 * width):
+        length = np.array([len(window) for window in windows])
+        trend = rows % 3 == 0
+        values = np.where(trend, step + rng.random(count), np.round(rng.normal(0, 2, count)))
+        shrink = (rng.random(count) < 0.05) & (length > 0)
+        values[shrink] = np.inf
+        full = (length >= width) | shrink
+        oldest = np.array([window[0] if window else np.inf for window in windows])
+        base = rows * span + start
+        probe = np.where(rng.random(count) < 0.1, np.nan, values)
+        for side in ("left", "right"):
+            found = search_rows(together.reshape(-1), base, length, probe, side)
+            each = np.concatenate([search_rows(together.reshape(-1), base[i:i + 1], length[i:i + 1], probe[i:i + 1],
+                                               side) for i in range(count)])
+            np.testing.assert_array_equal(found, each)
+        drop = np.where(full, search_rows(together.reshape(-1), base, length, oldest), length)
+        room = (start, span - start - length) if slack else None
+        shift = replace_in_rows(together.reshape(-1), base, length, drop, values, room)
+        for i in range(0, count, ROW_BY_ROW):  # groups small enough to go row by row
+            part = slice(i, i + ROW_BY_ROW)
+            part_room = (room[0][part], room[1][part]) if room is not None else None
+            np.testing.assert_array_equal(
+                replace_in_rows(alone.reshape(-1), base[part], length[part], drop[part], values[part], part_room),
+                shift[part])
+        np.testing.assert_array_equal(alone, together)
+        start += shift
+        for row, window in enumerate(windows):
+            if full[row]:
+                window.pop(0)
+            if not shrink[row]:
+                window.append(values[row])
+
+
 def test_scoring_many_with_a_model_never_fitted_says_so():
     """score_learn_many names the problem (NotFittedError), whichever model of the batch was never fitted."""
     from detector.models.robust import RobustModel
