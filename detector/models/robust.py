@@ -289,17 +289,20 @@ def kth_distance_median(flat: np.ndarray, base: np.ndarray, length: np.ndarray, 
     lo = np.maximum(0, take - upper_count)
     hi = np.minimum(take, lower_count)
     last_upper, last_lower = np.maximum(upper_count - 1, 0), np.maximum(lower_count - 1, 0)
-    while True:  # smallest i with above(take - 1 - i) <= below(i), or i == hi
-        open_ = lo < hi
-        if not open_.any():
-            break
-        mid = (lo + hi) // 2
-        safe = np.where(open_, mid, 0)  # >= 0 (np.minimum/np.maximum: np.clip costs 3x as much)
-        j = np.minimum(np.maximum(take - 1 - safe, 0), last_upper)
-        enough = open_ & (above(j) <= below(np.minimum(safe, last_lower)))
-        hi = np.where(enough, mid, hi)
-        lo = np.where(open_ & ~enough, mid + 1, lo)
-    i = lo
+    # i = the smallest i in lo..hi with above(take - 1 - i) <= below(i) (hi if none): lo plus how many of
+    # lo..hi-1 fail that, counted in steps of halving size (as search_rows); a probe past hi - 1 reads
+    # hi - 1, which can only carry the count past hi where every one failed (capped below)
+    widest = int((hi - lo).max(initial=0))
+    step = 1 << (widest.bit_length() - 1) if widest > 0 else 0
+    at = lo - 1  # the failing ones counted so far end here
+    top = np.maximum(hi - 1, lo)
+    upper_from, lower_from = base + half + take - 1, base + half - 1
+    while step:
+        probe = np.minimum(at + step, top)
+        fails = flat[upper_from - probe] - median > median - flat[lower_from - probe]
+        np.add(at, step, out=at, where=fails)
+        step >>= 1
+    i = np.minimum(at + 1, hi)
     j = take - i
     inf = np.inf
     last_a = np.where(i > 0, below(np.maximum(i - 1, 0)), -inf)
