@@ -461,7 +461,9 @@ def score_online_many(
 
 def grid_seconds(index: pd.Index) -> np.ndarray:
     """Unix seconds of a unit frame's ``DatetimeIndex``, as the models compute them."""
-    return pd.DatetimeIndex(index).as_unit("ns").asi8.astype(float) / 1e9
+    if not isinstance(index, pd.DatetimeIndex):  # a serve cycle's is one already: not made again
+        index = pd.DatetimeIndex(index)
+    return (index if index.unit == "ns" else index.as_unit("ns")).asi8 / 1e9
 
 
 def top_features(value: Any) -> list[str]:
