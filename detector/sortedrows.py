@@ -6,7 +6,8 @@ array steps, and one move of the values between the old and the new place (eleme
 rows where few move, a slice copy per row where many do). A row kept inside a wider buffer may
 instead move the values outside the two places, and with them its start, where that moves fewer:
 a trend, which puts the oldest and the newest value at opposite ends of the row, then moves almost
-none. Used for the robust
+none. A few rows (up to ``ROW_BY_ROW``) are searched and updated one by one instead, with the same
+results: array steps cost numpy's overhead per call whatever the number of rows. Used for the robust
 model's windows and the score calibration's tail (the same values ``np.sort`` would give), and the
 look-up of the bank (the set of such rows) a list of models or calibrations lives in.
 """
@@ -50,7 +51,7 @@ def search_rows(flat: np.ndarray, base: np.ndarray, length: np.ndarray, values: 
 
     A binary search in array steps, five array operations a step: a probe past a row's end reads
     its last value (the row as if padded with it, still sorted), and the count is capped at
-    ``length`` at the end.
+    ``length`` at the end. A NaN value counts none. Up to ``ROW_BY_ROW`` rows, one searchsorted a row.
     """
     if len(base) <= ROW_BY_ROW:
         return _search_each(flat, base, length, values, side)
