@@ -136,16 +136,20 @@ def _replace_each(flat: np.ndarray, base: np.ndarray, length: np.ndarray, drop: 
     """:func:`replace_in_rows` row by row: the same runs moved (slice copies), the same shifts."""
     shift = np.zeros(len(base), dtype=np.intp)
     places = _search_each(flat, base, length, values, "left")
-    before, after = room if room is not None else (None, None)
+    before, after = (room[0].tolist(), room[1].tolist()) if room is not None else (None, None)
     for i, (b, n, d, value, place) in enumerate(zip(base.tolist(), length.tolist(), drop.tolist(), values.tolist(),
                                                     places.tolist(), strict=True)):
         if place > d:
             place -= 1
         rightwards = place < d
         moved = abs(d - place)
+        # (first slot written, how many, where each reads from relative to it): the values between the two places
         runs = [(b + place + 1, moved, -1) if rightwards else (b + d, moved, 1)]
         by = 0
         if room is not None:
+            # the values after the freed place and those before the new one step left (a row that grows with
+            # no free slot after it does so whatever the cost), or those before the freed place and after the
+            # new one step right, where that moves fewer; the row's start moves with them
             if before[i] > 0 and ((d >= n and after[i] <= 0) or rightwards and max(n - 1 - d, 0) + place < moved):
                 runs, by = [(b + d, max(n - 1 - d, 0), 1), (b - 1, place, 1)], -1
             elif not rightwards and d < n and after[i] > 0 and d + n - 1 - place < moved:
